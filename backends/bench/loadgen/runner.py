@@ -1,0 +1,254 @@
+"""Parent side of the load generator: runs one level across worker processes.
+
+Workers are spawned (not forked) so they never inherit a UI's threads or event loop. The level's
+clock starts only after every worker has opened its keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from backends.bench.loadgen.arrivals import arrival_times
+from backends.bench.loadgen.requests import Endpoint
+from backends.bench.loadgen.selfmon import merge_client_stats
+from backends.bench.loadgen.worker import WorkerJob, WorkerProgress, worker_main
+from backends.bench.models import ClientStats, LoadLevel, RequestRecord
+from backends.errors import TargetError
+
+_READY_TIMEOUT_S = 60.0
+_START_MARGIN_S = 0.05
+_MAX_PREOPEN = 1024
+
+
+@dataclass
+class LevelPlan:
+    level: LoadLevel
+    requests: list[bytes]
+    prompt_lens: list[int]
+    output_lens: list[int]
+    seed: int = 0
+    workers: int = 1
+    request_timeout_s: float = 600.0
+    idle_timeout_s: float = 60.0
+
+
+@dataclass
+class LevelOutcome:
+    records: list[RequestRecord]
+    client: ClientStats
+    duration_s: float
+    cancelled: bool = False
+    error: str | None = None
+
+
+@dataclass
+class LevelProgress:
+    """Totals over all workers, updated as worker messages arrive."""
+
+    t: float = 0.0
+    sent: int = 0
+    completed: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    new_tokens: int = 0
+    new_records: list[RequestRecord] = field(default_factory=list)
+
+
+def _split(count: int, parts: int, part: int) -> int:
+    return count // parts + (1 if part < count % parts else 0)
+
+
+def _worker_cpus(workers: int) -> list[int | None]:
+    """Pin workers to the last cores so the first core stays free for a UI, when there is room."""
+    try:
+        available = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return [None] * workers
+    if len(available) <= workers:
+        return [None] * workers
+    return [available[-1 - i] for i in range(workers)]
+
+
+def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
+    level = plan.level
+    total = len(plan.requests)
+    workers = max(1, min(plan.workers, total or 1))
+    arrivals = arrival_times(total, level.request_rate, level.burstiness, plan.seed)
+    cap = level.concurrency_cap
+    cpus = _worker_cpus(workers)
+    jobs = []
+    for w in range(workers):
+        positions = list(range(w, total, workers))
+        worker_cap = None if cap is None else max(1, _split(cap, workers, w))
+        if worker_cap is not None:
+            preopen = min(worker_cap, len(positions))
+        else:
+            preopen = min(len(positions), max(8, math.ceil(level.request_rate * 2)))
+        jobs.append(
+            WorkerJob(
+                worker_index=w,
+                endpoint=endpoint,
+                requests=[plan.requests[i] for i in positions],
+                indices=positions,
+                prompt_lens=[plan.prompt_lens[i] for i in positions],
+                output_lens=[plan.output_lens[i] for i in positions],
+                arrivals=[arrivals[i] for i in positions],
+                concurrency=worker_cap,
+                preopen=min(preopen, _MAX_PREOPEN),
+                request_timeout_s=plan.request_timeout_s,
+                idle_timeout_s=plan.idle_timeout_s,
+                cpu=cpus[w],
+            )
+        )
+    return jobs
+
+
+class _WorkerHandle:
+    def __init__(self, job: WorkerJob, inbox: Callable[[int, tuple[Any, ...]], None]) -> None:
+        ctx = mp.get_context("spawn")
+        self.index = job.worker_index
+        parent_end, child_end = ctx.Pipe(duplex=True)
+        self.conn: Connection = parent_end
+        self.process = ctx.Process(target=worker_main, args=(job, child_end), daemon=True)
+        self.process.start()
+        child_end.close()
+        self._inbox = inbox
+        self._reader = threading.Thread(target=self._read, name=f"loadgen-reader-{self.index}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                self._inbox(self.index, ("eof",))
+                return
+            self._inbox(self.index, message)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.conn.send(message)
+        except (OSError, BrokenPipeError):
+            pass
+
+    def stop(self) -> None:
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+
+
+async def run_level(
+    plan: LevelPlan,
+    endpoint: Endpoint,
+    on_progress: Callable[[LevelProgress], None],
+    cancel: asyncio.Event,
+) -> LevelOutcome:
+    """Run one level; finished requests survive cancel and worker death."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, tuple[Any, ...]]] = asyncio.Queue()
+
+    def inbox(index: int, message: tuple[Any, ...]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (index, message))
+
+    jobs = build_jobs(plan, endpoint)
+    handles = [_WorkerHandle(job, inbox) for job in jobs]
+    records: list[RequestRecord] = []
+    stats: dict[int, ClientStats] = {}
+    latest: dict[int, WorkerProgress] = {}
+    finished: set[int] = set()
+    error: str | None = None
+    cancelled = False
+    start_at = 0.0
+    end_at: float | None = None
+    cancel_task = loop.create_task(cancel.wait())
+    try:
+        ready: set[int] = set()
+        deadline = loop.time() + _READY_TIMEOUT_S
+        while len(ready) < len(handles):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TargetError("load generator workers did not get ready in time (connections not opened)")
+            getter = loop.create_task(queue.get())
+            done, _ = await asyncio.wait({getter, cancel_task}, timeout=remaining, return_when="FIRST_COMPLETED")
+            if getter not in done:
+                getter.cancel()
+                if cancel_task in done:
+                    for handle in handles:
+                        handle.send(("cancel",))
+                    return LevelOutcome([], ClientStats(), 0.0, cancelled=True)
+                continue
+            index, message = getter.result()
+            if message[0] == "ready":
+                ready.add(index)
+            elif message[0] == "fatal":
+                raise TargetError(str(message[1]))
+            elif message[0] == "eof":
+                raise TargetError("a load generator worker exited before starting")
+        start_at = time.perf_counter() + _START_MARGIN_S
+        for handle in handles:
+            handle.send(("start", start_at))
+
+        while len(finished) < len(handles):
+            getter = loop.create_task(queue.get())
+            waiting: set[asyncio.Future[Any]] = {getter}
+            if not cancelled:
+                waiting.add(cancel_task)
+            done, _ = await asyncio.wait(waiting, return_when="FIRST_COMPLETED")
+            if cancel_task in done and not cancelled:
+                cancelled = True
+                end_at = time.perf_counter()
+                for handle in handles:
+                    handle.send(("cancel",))
+            if getter not in done:
+                getter.cancel()
+                continue
+            index, message = getter.result()
+            kind = message[0]
+            if kind == "progress":
+                progress: WorkerProgress = message[1]
+                latest[index] = progress
+                records.extend(progress.records)
+                on_progress(
+                    LevelProgress(
+                        t=progress.t,
+                        sent=sum(p.sent for p in latest.values()),
+                        completed=sum(p.completed for p in latest.values()),
+                        failed=sum(p.failed for p in latest.values()),
+                        in_flight=sum(p.in_flight for p in latest.values()),
+                        new_tokens=progress.tokens,
+                        new_records=progress.records,
+                    )
+                )
+            elif kind == "done":
+                stats[index] = message[1]
+                finished.add(index)
+            elif kind == "eof":
+                if index not in finished:
+                    error = error or f"load generator worker {index} died; finished requests were kept"
+                    finished.add(index)
+        if end_at is None:
+            end_at = time.perf_counter()
+    finally:
+        cancel_task.cancel()
+        for handle in handles:
+            if handle.index not in finished:
+                handle.send(("cancel",))
+        await asyncio.gather(*(asyncio.to_thread(handle.stop) for handle in handles))
+    records.sort(key=lambda r: r.index)
+    return LevelOutcome(
+        records=records,
+        client=merge_client_stats(list(stats.values())),
+        duration_s=max(0.0, end_at - start_at),
+        cancelled=cancelled,
+        error=error,
+    )

@@ -1,0 +1,81 @@
+"""The load generator watches itself: event-loop lag and CPU share per level.
+
+Lag is the time a callback made ready waits before it runs (``call_soon`` from a 10 ms timer), which
+is exactly the delay a socket read suffers before it is timestamped. It is immune to the 1 ms
+granularity of uvloop's timers, which would otherwise read as lag on an idle loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from backends.bench.models import ClientStats
+
+LAG_LIMIT_MS = 1.0
+CPU_LIMIT_PERCENT = 70.0
+_SAMPLE_INTERVAL_S = 0.01
+
+
+class LoopLagSampler:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self.lags: list[float] = []
+
+    def start(self) -> None:
+        self._handle = self._loop.call_later(_SAMPLE_INTERVAL_S, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        queued = time.perf_counter()
+        self._loop.call_soon(self._measure, queued)
+        self._handle = self._loop.call_later(_SAMPLE_INTERVAL_S, self._tick)
+
+    def _measure(self, queued: float) -> None:
+        self.lags.append(time.perf_counter() - queued)
+
+
+def client_stats(lags_s: list[float], cpu_seconds: float, wall_seconds: float) -> ClientStats:
+    if lags_s:
+        lags_ms = np.asarray(lags_s) * 1000.0
+        p50, p99 = (float(x) for x in np.percentile(lags_ms, [50, 99]))
+        worst = float(lags_ms.max())
+    else:
+        p50 = p99 = worst = 0.0
+    cpu_percent = 100.0 * cpu_seconds / wall_seconds if wall_seconds > 0 else 0.0
+    reasons = []
+    if p99 > LAG_LIMIT_MS:
+        lag = f"event-loop lag p99 {p99:.2f} ms > {LAG_LIMIT_MS:g} ms"
+        if cpu_percent < CPU_LIMIT_PERCENT / 2:
+            lag += f" while the client used only {cpu_percent:.0f}% CPU: the host is busy"
+        reasons.append(lag)
+    if cpu_percent > CPU_LIMIT_PERCENT:
+        reasons.append(f"client CPU {cpu_percent:.0f}% > {CPU_LIMIT_PERCENT:g}%")
+    return ClientStats(
+        loop_lag_p50_ms=p50,
+        loop_lag_p99_ms=p99,
+        loop_lag_max_ms=worst,
+        cpu_percent=cpu_percent,
+        cpu_seconds=cpu_seconds,
+        client_limited=bool(reasons),
+        reason="; ".join(reasons) or None,
+    )
+
+
+def merge_client_stats(stats: list[ClientStats]) -> ClientStats:
+    """Several workers: the worst lag and the busiest worker decide whether the client limited the level."""
+    if not stats:
+        return ClientStats()
+    worst = max(stats, key=lambda s: (s.client_limited, s.loop_lag_p99_ms, s.cpu_percent))
+    merged = worst.model_copy()
+    merged.cpu_seconds = sum(s.cpu_seconds for s in stats)
+    merged.cpu_percent = max(s.cpu_percent for s in stats)
+    merged.workers = len(stats)
+    return merged

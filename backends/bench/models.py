@@ -1,0 +1,179 @@
+"""Typed data that crosses the bench core's boundaries.
+
+Times inside one level are seconds on the load generator's monotonic clock
+(``time.perf_counter``) measured from the level's start, so records from a worker process can
+be merged without wall-clock skew.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TargetKind(StrEnum):
+    VLLM = "vllm"
+    LLAMACPP = "llamacpp"
+    TWIN = "twin"
+    OPENAI = "openai-compatible"
+
+
+class TargetCapabilities(BaseModel):
+    tokenize: bool = False
+    metrics: bool = False
+    slots: bool = False
+    stream_usage: bool = False
+    continuous_usage: bool = False
+
+
+class Target(BaseModel):
+    """One OpenAI-compatible endpoint. The API key is never stored: only where to read it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    base_url: str
+    model: str
+    kind: TargetKind = TargetKind.OPENAI
+    api_key_env: str | None = None
+    capabilities: TargetCapabilities = Field(default_factory=TargetCapabilities)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value.endswith("/v1"):
+            value = value[: -len("/v1")]
+        return value
+
+
+class SampledRequest(BaseModel):
+    """One prompt drawn from a dataset, with its token counts and asked output length."""
+
+    prompt: str
+    prompt_len: int
+    expected_output_len: int
+
+
+class Axis(StrEnum):
+    CONCURRENCY = "concurrency"
+    REQUEST_RATE = "request-rate"
+
+
+class LoadLevel(BaseModel):
+    """One point of a sweep.
+
+    Closed loop: ``max_concurrency`` requests in flight, all released at t=0 (rate = inf).
+    Open loop: Poisson (burstiness 1) or gamma arrivals at ``request_rate`` req/s.
+    """
+
+    axis: Axis
+    value: float
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+
+    @property
+    def request_rate(self) -> float:
+        return self.value if self.axis is Axis.REQUEST_RATE else math.inf
+
+    @property
+    def concurrency_cap(self) -> int | None:
+        if self.axis is Axis.CONCURRENCY:
+            return int(self.value)
+        return self.max_concurrency
+
+    @property
+    def label(self) -> str:
+        if self.axis is Axis.CONCURRENCY:
+            return f"concurrency {int(self.value)}"
+        return f"{self.value:g} req/s"
+
+
+class RequestRecord(BaseModel):
+    """Everything measured about one request. Times are seconds from the level's start."""
+
+    index: int
+    prompt_len: int
+    expected_output_len: int
+    queued_at: float
+    sent_at: float | None = None
+    first_token_at: float | None = None
+    chunk_times: list[float] = Field(default_factory=list)
+    chunk_tokens: list[int] = Field(default_factory=list)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+    http_status: int | None = None
+    error: str | None = None
+    success: bool = False
+    server_timings: dict[str, float] | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        if self.sent_at is None or self.first_token_at is None:
+            return None
+        return self.first_token_at - self.sent_at
+
+    @property
+    def latency(self) -> float | None:
+        if self.sent_at is None or not self.chunk_times:
+            return None
+        return self.chunk_times[-1] - self.sent_at
+
+    @property
+    def queue_time(self) -> float | None:
+        if self.sent_at is None:
+            return None
+        return self.sent_at - self.queued_at
+
+    @property
+    def itls(self) -> list[float]:
+        times = self.chunk_times
+        return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+class ClientStats(BaseModel):
+    """How hard the load generator itself worked during one level."""
+
+    loop_lag_p50_ms: float = 0.0
+    loop_lag_p99_ms: float = 0.0
+    loop_lag_max_ms: float = 0.0
+    cpu_percent: float = 0.0
+    cpu_seconds: float = 0.0
+    workers: int = 1
+    client_limited: bool = False
+    reason: str | None = None
+
+
+class ServerSnapshot(BaseModel):
+    """Server-side state from one /metrics (and /slots) scrape."""
+
+    t: float
+    source: Literal["vllm-v1", "vllm-v0", "llamacpp", "twin", "unknown"] = "unknown"
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache_usage: float | None = Field(default=None, description="0..1")
+    prompt_tokens_total: float | None = None
+    generation_tokens_total: float | None = None
+    preemptions_total: float | None = None
+    prefix_cache_hits_total: float | None = None
+    prefix_cache_queries_total: float | None = None
+
+
+class ProgressSnapshot(BaseModel):
+    """Emitted about once a second while a level runs."""
+
+    level_index: int
+    level_label: str
+    t: float
+    total: int
+    sent: int
+    completed: int
+    failed: int
+    in_flight: int
+    output_tokens_per_s: float
+    recent_ttft_ms: list[float] = Field(default_factory=list)
+    server: ServerSnapshot | None = None

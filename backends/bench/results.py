@@ -1,0 +1,89 @@
+"""Results of a level and of a sweep, and their exports (vLLM ``--save-result`` JSON, CSV)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from backends.bench.metrics import BenchmarkMetrics
+from backends.bench.models import (
+    Axis,
+    ClientStats,
+    LoadLevel,
+    RequestRecord,
+    ServerSnapshot,
+    Target,
+)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETE = "complete"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+
+class DatasetSpec(BaseModel):
+    """Which prompts to send: bundled ShareGPT, a user's ShareGPT-format file, or synthetic random."""
+
+    kind: str = "sharegpt"  # "sharegpt" | "file" | "random"
+    path: str | None = None
+    random_input_len: int = 1024
+    random_output_len: int = 128
+    random_range_ratio: float = 0.0
+
+
+class SweepConfig(BaseModel):
+    target: Target
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    axis: Axis
+    levels: list[float]
+    num_prompts: int = 100
+    output_len: int | None = None
+    ignore_eos: bool = False
+    seed: int = 0
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    goodput_slos_ms: dict[str, float] = Field(default_factory=dict)
+    percentiles: list[float] = Field(default_factory=lambda: [99.0])
+    endpoint: str = "chat"  # "chat" -> /v1/chat/completions, "completions" -> /v1/completions
+    temperature: float = 0.0
+    label: str | None = None
+    workers: int = 1
+    request_timeout_s: float = 600.0
+    idle_timeout_s: float = 60.0
+
+    def load_levels(self) -> list[LoadLevel]:
+        return [
+            LoadLevel(
+                axis=self.axis,
+                value=value,
+                burstiness=self.burstiness,
+                max_concurrency=self.max_concurrency,
+            )
+            for value in self.levels
+        ]
+
+
+class LevelResult(BaseModel):
+    index: int
+    level: LoadLevel
+    started_at: datetime
+    status: RunStatus
+    metrics: BenchmarkMetrics
+    client: ClientStats
+    records: list[RequestRecord]
+    server_snapshots: list[ServerSnapshot] = Field(default_factory=list)
+    message: str | None = None
+
+
+class SweepResult(BaseModel):
+    run_id: str
+    config: SweepConfig
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: RunStatus = RunStatus.RUNNING
+    levels: list[LevelResult] = Field(default_factory=list)
+    message: str | None = None

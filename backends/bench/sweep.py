@@ -1,0 +1,272 @@
+"""A sweep: the same sampled prompts sent at each concurrency level or request rate, in order.
+
+``run_sweep`` emits typed events as it goes (``SweepEvent``); callers draw them (CLI, TUI) and
+persist them (sessions). Cancelling keeps every finished level and the finished requests of the
+current level, marked partial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+
+from backends.bench.datasets import SampledDataset, sample_requests
+from backends.bench.loadgen.requests import (
+    RequestOptions,
+    parse_endpoint,
+    render_body,
+    render_request,
+)
+from backends.bench.loadgen.runner import LevelOutcome, LevelPlan, LevelProgress, run_level
+from backends.bench.metrics import compute_metrics
+from backends.bench.models import LoadLevel, ProgressSnapshot, RequestRecord, ServerSnapshot
+from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
+from backends.bench.tokenizers import pick_token_counter
+from backends.errors import ConfigError
+from backends.prometheus import MetricsScraper
+
+_SNAPSHOT_INTERVAL_S = 1.0
+_RECENT_TTFTS = 64
+
+
+class SweepStarted(BaseModel):
+    run_id: str
+    config: SweepConfig
+    notes: list[str]
+
+
+class LevelStarted(BaseModel):
+    index: int
+    level: LoadLevel
+    total: int
+
+
+class RecordsBatch(BaseModel):
+    level_index: int
+    records: list[RequestRecord]
+
+
+class LevelFinished(BaseModel):
+    result: LevelResult
+
+
+class SweepFinished(BaseModel):
+    result: SweepResult
+
+
+SweepEvent = SweepStarted | LevelStarted | ProgressSnapshot | RecordsBatch | LevelFinished | SweepFinished
+
+
+def validate_config(config: SweepConfig) -> None:
+    if not config.levels:
+        raise ConfigError("give at least one level (e.g. --concurrency 1,4,16 or --request-rate 1,10)")
+    for value in config.levels:
+        if not value > 0:
+            raise ConfigError(f"levels must be > 0, got {value:g}")
+    if config.num_prompts < 1:
+        raise ConfigError(f"--num-prompts must be >= 1, got {config.num_prompts}")
+    if config.output_len is not None and config.output_len < 1:
+        raise ConfigError(f"--output-len must be >= 1, got {config.output_len}")
+    if config.endpoint not in ("chat", "completions"):
+        raise ConfigError(f"endpoint must be 'chat' or 'completions', got {config.endpoint!r}")
+
+
+def _api_key(config: SweepConfig) -> str | None:
+    env = config.target.api_key_env
+    return os.environ.get(env) if env else None
+
+
+class _LevelMonitor:
+    """Folds worker progress and server scrapes into one snapshot a second."""
+
+    def __init__(self, index: int, level: LoadLevel, total: int, emit: Callable[[SweepEvent], None]) -> None:
+        self.index = index
+        self.level = level
+        self.total = total
+        self.emit = emit
+        self.progress = LevelProgress()
+        self.tokens_since_snapshot = 0
+        self.last_snapshot_t = 0.0
+        self.recent_ttft_ms: deque[float] = deque(maxlen=_RECENT_TTFTS)
+        self.server: ServerSnapshot | None = None
+        self.server_snapshots: list[ServerSnapshot] = []
+        self.started = time.perf_counter()
+
+    def on_progress(self, progress: LevelProgress) -> None:
+        self.progress = progress
+        self.tokens_since_snapshot += progress.new_tokens
+        for record in progress.new_records:
+            ttft = record.ttft
+            if record.success and ttft is not None:
+                self.recent_ttft_ms.append(ttft * 1000.0)
+        if progress.new_records:
+            self.emit(RecordsBatch(level_index=self.index, records=progress.new_records))
+
+    def on_server(self, snapshot: ServerSnapshot) -> None:
+        self.server = snapshot
+        self.server_snapshots.append(snapshot)
+
+    def snapshot(self) -> ProgressSnapshot:
+        now = time.perf_counter() - self.started
+        interval = max(now - self.last_snapshot_t, 1e-6)
+        rate = self.tokens_since_snapshot / interval
+        self.tokens_since_snapshot = 0
+        self.last_snapshot_t = now
+        p = self.progress
+        return ProgressSnapshot(
+            level_index=self.index,
+            level_label=self.level.label,
+            t=now,
+            total=self.total,
+            sent=p.sent,
+            completed=p.completed,
+            failed=p.failed,
+            in_flight=p.in_flight,
+            output_tokens_per_s=rate,
+            recent_ttft_ms=list(self.recent_ttft_ms),
+            server=self.server,
+        )
+
+
+async def _tick_snapshots(monitor: _LevelMonitor) -> None:
+    while True:
+        await asyncio.sleep(_SNAPSHOT_INTERVAL_S)
+        monitor.emit(monitor.snapshot())
+
+
+async def _run_one_level(
+    index: int,
+    level: LoadLevel,
+    config: SweepConfig,
+    dataset: SampledDataset,
+    emit: Callable[[SweepEvent], None],
+    cancel: asyncio.Event,
+) -> tuple[LevelResult, bool]:
+    target = config.target
+    endpoint = parse_endpoint(target.base_url)
+    options = RequestOptions(
+        model=target.model,
+        endpoint=config.endpoint,
+        temperature=config.temperature,
+        ignore_eos=config.ignore_eos,
+        continuous_usage=target.capabilities.continuous_usage,
+        api_key=_api_key(config),
+    )
+    samples = dataset.requests
+    plan = LevelPlan(
+        level=level,
+        requests=[render_request(endpoint, render_body(s, options), options) for s in samples],
+        prompt_lens=[s.prompt_len for s in samples],
+        output_lens=[s.expected_output_len for s in samples],
+        seed=config.seed,
+        workers=config.workers,
+        request_timeout_s=config.request_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+    )
+    emit(LevelStarted(index=index, level=level, total=len(samples)))
+    monitor = _LevelMonitor(index, level, len(samples), emit)
+    started_at = datetime.now(UTC)
+    stop_scraper = asyncio.Event()
+    background: list[asyncio.Task[None]] = [asyncio.create_task(_tick_snapshots(monitor))]
+    if target.capabilities.metrics or target.capabilities.slots:
+        scraper = MetricsScraper(target.base_url, api_key=options.api_key, slots=target.capabilities.slots)
+        background.append(asyncio.create_task(scraper.run(monitor.on_server, stop_scraper)))
+    try:
+        outcome: LevelOutcome = await run_level(plan, endpoint, monitor.on_progress, cancel)
+    finally:
+        stop_scraper.set()
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    emit(monitor.snapshot())
+    metrics = compute_metrics(
+        outcome.records,
+        outcome.duration_s,
+        goodput_slos_ms=config.goodput_slos_ms or None,
+        percentiles=config.percentiles,
+    )
+    if outcome.cancelled:
+        status, message = RunStatus.PARTIAL, "cancelled: finished requests of this level were kept"
+    elif outcome.error:
+        status, message = RunStatus.PARTIAL, outcome.error
+    elif metrics.completed == 0:
+        first_error = next((r.error for r in outcome.records if r.error), "no request completed")
+        status, message = RunStatus.FAILED, f"no request completed: {first_error}"
+    else:
+        status, message = RunStatus.COMPLETE, None
+    if status is not RunStatus.FAILED and metrics.failed:
+        errors = {r.error for r in outcome.records if r.error}
+        note = f"{metrics.failed} failed requests (e.g. {sorted(errors)[0]})"
+        message = f"{message}; {note}" if message else note
+    result = LevelResult(
+        index=index,
+        level=level,
+        started_at=started_at,
+        status=status,
+        metrics=metrics,
+        client=outcome.client,
+        records=outcome.records,
+        server_snapshots=monitor.server_snapshots,
+        message=message,
+    )
+    emit(LevelFinished(result=result))
+    return result, outcome.cancelled
+
+
+async def prepare_dataset(config: SweepConfig) -> SampledDataset:
+    counter = pick_token_counter(
+        config.target.base_url,
+        config.target.model,
+        has_tokenize=config.target.capabilities.tokenize,
+        api_key=_api_key(config),
+    )
+    return await asyncio.to_thread(
+        sample_requests, config.dataset, config.num_prompts, counter, config.seed, config.output_len
+    )
+
+
+async def run_sweep(
+    config: SweepConfig,
+    emit: Callable[[SweepEvent], None],
+    cancel: asyncio.Event | None = None,
+    dataset: SampledDataset | None = None,
+) -> SweepResult:
+    validate_config(config)
+    cancel = cancel or asyncio.Event()
+    if dataset is None:
+        dataset = await prepare_dataset(config)
+    result = SweepResult(run_id=uuid.uuid4().hex[:12], config=config, started_at=datetime.now(UTC))
+    emit(SweepStarted(run_id=result.run_id, config=config, notes=dataset.notes))
+    try:
+        for index, level in enumerate(config.load_levels()):
+            if cancel.is_set():
+                break
+            level_result, was_cancelled = await _run_one_level(index, level, config, dataset, emit, cancel)
+            result.levels.append(level_result)
+            if was_cancelled:
+                break
+    finally:
+        result.finished_at = datetime.now(UTC)
+        statuses = [lvl.status for lvl in result.levels]
+        if cancel.is_set() or len(result.levels) < len(config.levels):
+            result.status = RunStatus.PARTIAL if result.levels else RunStatus.FAILED
+            result.message = "cancelled: finished levels and requests were kept"
+        elif all(s is RunStatus.FAILED for s in statuses):
+            result.status = RunStatus.FAILED
+            result.message = result.levels[-1].message if result.levels else None
+        elif any(s is not RunStatus.COMPLETE for s in statuses):
+            result.status = RunStatus.PARTIAL
+        else:
+            result.status = RunStatus.COMPLETE
+        emit(SweepFinished(result=result))
+    return result

@@ -1,0 +1,66 @@
+"""`servedeck` console script: the headless CLI.
+
+Each sub-command lives in ``tui/commands/<name>.py`` and exposes ``add_parser(subparsers)``, which
+registers its arguments and sets ``handler`` (``Callable[[argparse.Namespace], int]``) as a default.
+Handlers raise ``ServeDeckError`` for anything the user can fix; ``main`` prints it as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from backends.errors import ServeDeckError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _CommandModule(Protocol):
+    def add_parser(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None: ...
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _command_modules() -> list[_CommandModule]:
+    from tui.commands import bench, local, runs
+
+    return [bench, local, runs]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(
+        prog="servedeck",
+        description="Deploy, chat with and benchmark vLLM (Kubernetes, local llama.cpp engine, vLLM twin).",
+    )
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser
+    )
+    for module in _command_modules():
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except ServeDeckError as err:
+        print(f"servedeck: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("servedeck: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

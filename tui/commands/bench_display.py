@@ -1,0 +1,169 @@
+"""Live terminal display of a sweep for the headless CLI (rich), and its summary table."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from backends.bench.models import Axis, ProgressSnapshot
+from backends.bench.results import LevelResult, RunStatus, SweepResult
+from backends.bench.sweep import (
+    LevelFinished,
+    LevelStarted,
+    RecordsBatch,
+    SweepEvent,
+    SweepFinished,
+    SweepStarted,
+)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _server_line(snapshot: ProgressSnapshot) -> str:
+    server = snapshot.server
+    if server is None:
+        return "server: no /metrics"
+    parts = []
+    if server.running is not None:
+        parts.append(f"running {server.running:g}")
+    if server.waiting is not None:
+        parts.append(f"waiting {server.waiting:g}")
+    if server.kv_cache_usage is not None:
+        parts.append(f"KV {server.kv_cache_usage * 100:.1f}%")
+    return "server: " + (", ".join(parts) or "-")
+
+
+def results_table(result: SweepResult) -> Table:
+    axis = "concurrency" if result.config.axis is Axis.CONCURRENCY else "req/s"
+    table = Table(title=f"{result.config.target.model} @ {result.config.target.base_url}")
+    for header in (
+        axis,
+        "status",
+        "ok/fail",
+        "req/s",
+        "out tok/s",
+        "total tok/s",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "ITL p99",
+        "peak conc",
+        "client",
+    ):
+        table.add_column(header, justify="right")
+    for level in result.levels:
+        table.add_row(*_level_row(level))
+    return table
+
+
+def _level_row(level: LevelResult) -> list[str]:
+    m = level.metrics
+    status_style = {RunStatus.COMPLETE: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red"}
+    status = f"[{status_style.get(level.status, 'white')}]{level.status.value}[/]"
+    return [
+        f"{level.level.value:g}",
+        status,
+        f"{m.completed}/{m.failed}",
+        _fmt(m.request_throughput, 2),
+        _fmt(m.output_throughput),
+        _fmt(m.total_token_throughput),
+        _fmt(m.ttft.median),
+        _fmt(m.ttft.percentiles.get("99")),
+        _fmt(m.tpot.median),
+        _fmt(m.itl.percentiles.get("99")),
+        str(m.max_concurrent_requests),
+        "[red]client-limited[/]" if level.client.client_limited else "ok",
+    ]
+
+
+class SweepDisplay:
+    """Receives sweep events; draws a live view on a terminal or prints lines otherwise."""
+
+    def __init__(self, plain: bool, console: Console | None = None) -> None:
+        self.plain = plain
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.status = Text("")
+        self.live: Live | None = None
+        self.task: TaskID | None = None
+        self.finished: list[LevelResult] = []
+
+    def __enter__(self) -> SweepDisplay:
+        if not self.plain:
+            self.live = Live(Group(self.progress, self.status), console=self.console, refresh_per_second=4)
+            self.live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.live is not None:
+            self.live.__exit__(exc_type, exc, tb)
+            self.live = None
+
+    def handle(self, event: SweepEvent) -> None:
+        if isinstance(event, SweepStarted):
+            for note in event.notes:
+                self.console.print(f"[yellow]note:[/] {note}")
+        elif isinstance(event, LevelStarted):
+            self.task = self.progress.add_task(event.level.label, total=event.total)
+            if self.plain:
+                self.console.print(f"level {event.index + 1}: {event.level.label}, {event.total} requests")
+        elif isinstance(event, ProgressSnapshot):
+            self._on_snapshot(event)
+        elif isinstance(event, LevelFinished):
+            self._on_level(event.result)
+        elif isinstance(event, RecordsBatch | SweepFinished):
+            pass
+
+    def _on_snapshot(self, snapshot: ProgressSnapshot) -> None:
+        done = snapshot.completed + snapshot.failed
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
+        ttft = sorted(snapshot.recent_ttft_ms)
+        ttft_text = f"{ttft[len(ttft) // 2]:.0f} ms" if ttft else "-"
+        line = (
+            f"{snapshot.level_label}: {snapshot.output_tokens_per_s:,.0f} tok/s, in flight "
+            f"{snapshot.in_flight}, failed {snapshot.failed}, recent TTFT p50 {ttft_text}, {_server_line(snapshot)}"
+        )
+        if self.plain:
+            self.console.print(line, highlight=False)
+        else:
+            self.status.plain = line
+
+    def _on_level(self, level: LevelResult) -> None:
+        self.finished.append(level)
+        m = level.metrics
+        line = (
+            f"{level.level.label}: {level.status.value}, {m.completed} ok / {m.failed} failed, "
+            f"{m.output_throughput:,.1f} out tok/s, TTFT p99 {_fmt(m.ttft.percentiles.get('99'))} ms"
+        )
+        if level.client.client_limited:
+            line += f" [red]client-limited: {level.client.reason}[/]"
+        if level.message:
+            line += f" ({level.message})"
+        self.console.print(line, highlight=False)
+
+    def print_summary(self, result: SweepResult) -> None:
+        out = Console(file=sys.stdout) if self.console.stderr else self.console
+        if result.levels:
+            out.print(results_table(result))
+        if result.message:
+            self.console.print(f"[yellow]{result.message}[/]")
