@@ -37,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="servedeck",
         description="Deploy, chat with and benchmark vLLM (Kubernetes, local llama.cpp engine, vLLM twin).",
     )
-    subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser
-    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser)
     for module in _command_modules():
         module.add_parser(subparsers)
     return parser

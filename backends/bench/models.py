@@ -7,6 +7,7 @@ be merged without wall-clock skew.
 
 from __future__ import annotations
 
+import itertools
 import math
 from enum import StrEnum
 from typing import Literal
@@ -132,7 +133,7 @@ class RequestRecord(BaseModel):
     @property
     def itls(self) -> list[float]:
         times = self.chunk_times
-        return [b - a for a, b in zip(times, times[1:], strict=False)]
+        return [b - a for a, b in itertools.pairwise(times)]
 
 
 class ClientStats(BaseModel):

@@ -176,8 +176,11 @@ async def _run_one_level(
     started_at = datetime.now(UTC)
     stop_scraper = asyncio.Event()
     background: list[asyncio.Task[None]] = [asyncio.create_task(_tick_snapshots(monitor))]
+    scraper: MetricsScraper | None = None
     if target.capabilities.metrics or target.capabilities.slots:
-        scraper = MetricsScraper(target.base_url, api_key=options.api_key, slots=target.capabilities.slots)
+        scraper = MetricsScraper(
+            target.base_url, api_key=options.api_key, fetch_slots=True if target.capabilities.slots else None
+        )
         background.append(asyncio.create_task(scraper.run(monitor.on_server, stop_scraper)))
     try:
         outcome: LevelOutcome = await run_level(plan, endpoint, monitor.on_progress, cancel)
@@ -188,6 +191,8 @@ async def _run_one_level(
         for task in background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if scraper is not None:
+            await scraper.aclose()
     emit(monitor.snapshot())
     metrics = compute_metrics(
         outcome.records,
@@ -223,16 +228,25 @@ async def _run_one_level(
     return result, outcome.cancelled
 
 
-async def prepare_dataset(config: SweepConfig) -> SampledDataset:
+def sample_for(config: SweepConfig) -> SampledDataset:
+    """Sample the sweep's prompts, counting tokens with the target's own tokenizer when it has one."""
     counter = pick_token_counter(
         config.target.base_url,
         config.target.model,
         has_tokenize=config.target.capabilities.tokenize,
         api_key=_api_key(config),
     )
-    return await asyncio.to_thread(
-        sample_requests, config.dataset, config.num_prompts, counter, config.seed, config.output_len
-    )
+    try:
+        dataset = sample_requests(config.dataset, config.num_prompts, counter, config.seed, config.output_len)
+    finally:
+        close = getattr(counter, "close", None)
+        if close is not None:
+            close()
+    return dataset.model_copy(update={"notes": [*dataset.notes, f"token counts: {counter.name}"]})
+
+
+async def prepare_dataset(config: SweepConfig) -> SampledDataset:
+    return await asyncio.to_thread(sample_for, config)
 
 
 async def run_sweep(

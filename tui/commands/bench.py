@@ -56,7 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="sweep concurrency levels or request rates against a target",
         description=(
             "Closed loop (--concurrency N: N requests in flight) or open loop (--request-rate R: Poisson or "
-            "gamma arrivals, R req/s). Metrics use vllm bench serve's definitions; --out writes its JSON keys."
+            "gamma arrivals, R req/s). Metrics use vllm bench serve's definitions; --out writes its JSON "
+            "keys."
         ),
     )
     parser.add_argument("--target", required=True, help="base URL (http://host:port) or 'local'")
@@ -65,7 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     axis = parser.add_mutually_exclusive_group(required=True)
     axis.add_argument("--concurrency", type=_int_list, help="closed loop: comma list of in-flight counts")
     axis.add_argument("--request-rate", type=_float_list, help="open loop: comma list of req/s")
-    parser.add_argument("--burstiness", type=float, default=1.0, help="gamma shape for arrivals (1 = Poisson)")
+    parser.add_argument(
+        "--burstiness", type=float, default=1.0, help="gamma shape for arrivals (1 = Poisson)"
+    )
     parser.add_argument("--max-concurrency", type=int, help="cap on in-flight requests for --request-rate")
     parser.add_argument("--num-prompts", type=int, default=100, help="requests per level (default 100)")
     parser.add_argument("--dataset", default="sharegpt", help="sharegpt | random | PATH to a ShareGPT json")

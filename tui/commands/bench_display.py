@@ -141,7 +141,8 @@ class SweepDisplay:
         ttft_text = f"{ttft[len(ttft) // 2]:.0f} ms" if ttft else "-"
         line = (
             f"{snapshot.level_label}: {snapshot.output_tokens_per_s:,.0f} tok/s, in flight "
-            f"{snapshot.in_flight}, failed {snapshot.failed}, recent TTFT p50 {ttft_text}, {_server_line(snapshot)}"
+            f"{snapshot.in_flight}, failed {snapshot.failed}, recent TTFT p50 {ttft_text}, "
+            f"{_server_line(snapshot)}"
         )
         if self.plain:
             self.console.print(line, highlight=False)
@@ -162,7 +163,8 @@ class SweepDisplay:
         self.console.print(line, highlight=False)
 
     def print_summary(self, result: SweepResult) -> None:
-        out = Console(file=sys.stdout) if self.console.stderr else self.console
+        wide = None if sys.stdout.isatty() else 160
+        out = Console(file=sys.stdout, width=wide) if self.console.stderr else self.console
         if result.levels:
             out.print(results_table(result))
         if result.message:

@@ -68,7 +68,9 @@ def render_body(sample: SampledRequest, options: RequestOptions) -> dict[str, ob
 
 
 def render_request(endpoint: Endpoint, body: dict[str, object], options: RequestOptions) -> bytes:
-    path = endpoint.path_prefix + ("/v1/chat/completions" if options.endpoint == "chat" else "/v1/completions")
+    path = endpoint.path_prefix + (
+        "/v1/chat/completions" if options.endpoint == "chat" else "/v1/completions"
+    )
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     headers = [
         f"POST {path} HTTP/1.1",

@@ -7,6 +7,7 @@ clock starts only after every worker has opened its keep-alive connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -135,10 +136,8 @@ class _WorkerHandle:
             self._inbox(self.index, message)
 
     def send(self, message: tuple[Any, ...]) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.conn.send(message)
-        except (OSError, BrokenPipeError):
-            pass
 
     def stop(self) -> None:
         self.process.join(timeout=5)
@@ -179,7 +178,9 @@ async def run_level(
             if remaining <= 0:
                 raise TargetError("load generator workers did not get ready in time (connections not opened)")
             getter = loop.create_task(queue.get())
-            done, _ = await asyncio.wait({getter, cancel_task}, timeout=remaining, return_when="FIRST_COMPLETED")
+            done, _ = await asyncio.wait(
+                {getter, cancel_task}, timeout=remaining, return_when="FIRST_COMPLETED"
+            )
             if getter not in done:
                 getter.cancel()
                 if cancel_task in done:
@@ -232,10 +233,11 @@ async def run_level(
             elif kind == "done":
                 stats[index] = message[1]
                 finished.add(index)
-            elif kind == "eof":
-                if index not in finished:
-                    error = error or f"load generator worker {index} died; finished requests were kept"
-                    finished.add(index)
+            elif kind == "fatal":
+                error = error or f"{message[1]}; finished requests were kept"
+            elif kind == "eof" and index not in finished:
+                error = error or f"load generator worker {index} died; finished requests were kept"
+                finished.add(index)
         if end_at is None:
             end_at = time.perf_counter()
     finally:

