@@ -243,6 +243,10 @@ def to_vllm_result(
         "client": level_result.client.model_dump(mode="json"),
         "server": summarize_server(level_result.server_snapshots).model_dump(mode="json"),
     }
+    if metrics.ttft_minus_server_prompt is not None:
+        result["servedeck"]["ttft_minus_server_prompt"] = distribution_keys(
+            "ttft_minus_server_prompt", metrics.ttft_minus_server_prompt
+        )
     return result
 
 

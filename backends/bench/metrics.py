@@ -64,6 +64,13 @@ class BenchmarkMetrics(BaseModel):
         default_factory=dict, description="completed requests per output-length source (usage, chunks, ...)"
     )
     notes: list[str] = Field(default_factory=list, description="where a number is estimated, and how")
+    ttft_minus_server_prompt: Distribution | None = Field(
+        default=None,
+        description=(
+            "client TTFT minus the server's own prompt time (llama.cpp `timings.prompt_ms`) per request: "
+            "what the network, the first decode step and the client add; None when the server reports none"
+        ),
+    )
 
 
 def percentile_key(p: float) -> str:
@@ -242,6 +249,11 @@ def compute_metrics(
         intervals.append((record.sent_at, record.sent_at + e2el))
 
     completed = len(completed_records)
+    server_gaps = [
+        ttft - record.server_timings["prompt_ms"] / 1000.0
+        for record, ttft in zip(completed_records, ttfts, strict=True)
+        if record.server_timings and "prompt_ms" in record.server_timings
+    ]
     good_completed: int | None = None
     if slos:
         measured = {"ttft": ttfts, "tpot": all_tpots, "e2el": e2els}
@@ -274,6 +286,7 @@ def compute_metrics(
         good_completed=good_completed,
         output_len_sources=sources,
         notes=_notes(completed, sources),
+        ttft_minus_server_prompt=summarize(server_gaps, selected) if server_gaps else None,
     )
 
 

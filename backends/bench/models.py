@@ -111,6 +111,9 @@ class RequestRecord(BaseModel):
     error: str | None = None
     success: bool = False
     server_timings: dict[str, float] | None = None
+    probe_emit_arrival_ns: list[tuple[int, int]] | None = Field(
+        default=None, description="calibration only: (server emit_ns, client arrival time_ns) per chunk"
+    )
 
     @property
     def ttft(self) -> float | None:

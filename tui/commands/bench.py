@@ -7,13 +7,18 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from backends.bench.models import Axis, Target
 from backends.bench.results import DatasetSpec, RunStatus, SweepConfig, SweepResult
+from backends.bench.sweep import SweepEvent
 from backends.errors import ConfigError
 from tui.commands.bench_display import SweepDisplay
+
+if TYPE_CHECKING:
+    from tui.commands.bench_history import HistoryRecorder
 
 _SLO_KEYS = ("ttft", "tpot", "e2el")
 
@@ -203,17 +208,21 @@ async def _run(args: argparse.Namespace, base_url: str) -> int:
     return 0 if result.status is RunStatus.COMPLETE else 1
 
 
-def _fan_out(*sinks: object) -> object:
+class EventSink(Protocol):
+    def handle(self, event: SweepEvent) -> None: ...
+
+
+def _fan_out(*sinks: EventSink | None) -> Callable[[SweepEvent], None]:
     live = [s for s in sinks if s is not None]
 
-    def emit(event: object) -> None:
+    def emit(event: SweepEvent) -> None:
         for sink in live:
-            sink.handle(event)  # type: ignore[attr-defined]
+            sink.handle(event)
 
     return emit
 
 
-def _open_recorder(args: argparse.Namespace) -> object | None:
+def _open_recorder(args: argparse.Namespace) -> HistoryRecorder | None:
     if args.no_save:
         return None
     from tui.commands.bench_history import HistoryRecorder

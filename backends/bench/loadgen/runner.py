@@ -40,6 +40,7 @@ class LevelPlan:
     workers: int = 1
     request_timeout_s: float = 600.0
     idle_timeout_s: float = 60.0
+    probe_timing: bool = False
 
 
 @dataclass
@@ -108,6 +109,7 @@ def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
                 request_timeout_s=plan.request_timeout_s,
                 idle_timeout_s=plan.idle_timeout_s,
                 cpu=cpus[w],
+                probe_timing=plan.probe_timing,
             )
         )
     return jobs

@@ -40,6 +40,7 @@ class StreamState:
         "last_activity",
         "last_completion_tokens",
         "malformed",
+        "probe",
         "sent_at",
         "tail_events",
     )
@@ -56,6 +57,7 @@ class StreamState:
         self.error_body = bytearray()
         self.error: str | None = None
         self.malformed: bytes | None = None
+        self.probe: list[tuple[int, int]] | None = None
         self.done = False
         self.last_activity = 0.0
 
@@ -168,6 +170,10 @@ class StreamConnection(asyncio.Protocol):
                 state.malformed = event
             return
         if payload[:1] == b"{":
+            if payload[-1:] != b"}":
+                if state.malformed is None:
+                    state.malformed = event
+                return
             if _EMPTY_CHOICES in payload or _EMPTY_CHOICES_SPACED in payload or b'"choices"' not in payload:
                 # usage-only chunk, or an error object: parsed once at the end
                 state.tail_events.append(payload)
@@ -290,3 +296,25 @@ def parse_tail_events(events: list[bytes]) -> dict[str, Any]:
         if isinstance(timings, dict):
             found["timings"] = {k: float(v) for k, v in timings.items() if isinstance(v, int | float)}
     return found
+
+
+_EMIT_NS = b'"emit_ns":'
+
+
+class ProbingStreamConnection(StreamConnection):
+    """For calibration against the fake SSE server only: pairs each chunk's server ``emit_ns`` with the
+    wall-clock time of the socket read that delivered it, so timing error can be measured exactly."""
+
+    def data_received(self, data: bytes) -> None:
+        self._now_ns = time.time_ns()
+        super().data_received(data)
+
+    def _event(self, event: bytes, state: StreamState) -> None:
+        before = len(state.chunk_times)
+        super()._event(event, state)
+        if len(state.chunk_times) > before:
+            pos = event.find(_EMIT_NS)
+            if pos >= 0:
+                if state.probe is None:
+                    state.probe = []
+                state.probe.append((_read_int(event, pos + len(_EMIT_NS)), self._now_ns))

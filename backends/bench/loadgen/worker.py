@@ -26,7 +26,12 @@ from pydantic import BaseModel, Field
 
 from backends.bench.loadgen.requests import Endpoint
 from backends.bench.loadgen.selfmon import LoopLagSampler, client_stats
-from backends.bench.loadgen.stream_protocol import StreamConnection, StreamState, parse_tail_events
+from backends.bench.loadgen.stream_protocol import (
+    ProbingStreamConnection,
+    StreamConnection,
+    StreamState,
+    parse_tail_events,
+)
 from backends.bench.models import ClientStats, RequestRecord
 
 _perf_counter = time.perf_counter
@@ -49,6 +54,7 @@ class WorkerJob(BaseModel):
     idle_timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
     cpu: int | None = None
+    probe_timing: bool = False
 
 
 class WorkerProgress(BaseModel):
@@ -63,12 +69,19 @@ class WorkerProgress(BaseModel):
 
 
 class _Pool:
-    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: Endpoint,
+        connect_timeout_s: float,
+        probe_timing: bool = False,
+    ) -> None:
         self._loop = loop
         self._endpoint = endpoint
         self._timeout = connect_timeout_s
         self._idle: list[StreamConnection] = []
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if endpoint.tls else None
+        self._protocol = ProbingStreamConnection if probe_timing else StreamConnection
         self.opened = 0
 
     async def open(self) -> StreamConnection:
@@ -76,7 +89,7 @@ class _Pool:
         try:
             _, protocol = await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: StreamConnection(self._loop),
+                    lambda: self._protocol(self._loop),
                     endpoint.host,
                     endpoint.port,
                     ssl=self._ssl,
@@ -125,7 +138,7 @@ class LevelWorker:
         self.job = job
         self.loop = loop
         self.emit = emit
-        self.pool = _Pool(loop, job.endpoint, job.connect_timeout_s)
+        self.pool = _Pool(loop, job.endpoint, job.connect_timeout_s, job.probe_timing)
         self.start_at = 0.0
         self.sent = 0
         self.completed = 0
@@ -195,6 +208,7 @@ class LevelWorker:
             error=error,
             success=success,
             server_timings=tail.get("timings"),
+            probe_emit_arrival_ns=state.probe,
         )
         if success:
             self.completed += 1

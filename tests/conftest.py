@@ -1,0 +1,50 @@
+"""Shared fixtures.
+
+``local_engine``: ONE real llama-server (Gemma 3 270M, 8 slots x 2048 tokens) for the whole test
+session, on a free port of 127.0.0.1. It yields the ``LocalEngine``: ``base_url`` (server root, where
+``/health``, ``/metrics``, ``/slots``, ``/tokenize`` live), ``openai_base_url`` (``.../v1``),
+``model_id`` ("gemma-3-270m"), ``port``, ``pid``, ``target()``. Tests must not stop it; start a
+private ``LocalEngine`` to test stopping.
+
+A test that needs the engine is skipped only when llama-server is genuinely not installed, and
+with ``SERVEDECK_REQUIRE_ENGINE=1`` (CI) that fails loudly instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from backends.engines.llama_binary import LlamaServerBinary, find_llama_server
+from backends.engines.local import LocalEngine, LocalEngineConfig
+from backends.errors import EngineError
+
+REQUIRE_ENGINE_ENV = "SERVEDECK_REQUIRE_ENGINE"
+SESSION_ENGINE_PARALLEL = 8
+SESSION_ENGINE_CTX_PER_SLOT = 2048
+ENGINE_START_DEADLINE_S = 180.0
+
+
+def require_llama_server() -> LlamaServerBinary:
+    """The installed llama-server, or skip the calling test (fail it when SERVEDECK_REQUIRE_ENGINE=1)."""
+    try:
+        return find_llama_server()
+    except EngineError as err:
+        if os.environ.get(REQUIRE_ENGINE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENGINE_ENV}=1 but the local engine is unavailable: {err}", pytrace=False)
+        pytest.skip(f"llama-server is not installed (set {REQUIRE_ENGINE_ENV}=1 to fail instead): {err}")
+
+
+@pytest.fixture(scope="session")
+def local_engine() -> Iterator[LocalEngine]:
+    require_llama_server()
+    engine = LocalEngine(
+        LocalEngineConfig(parallel=SESSION_ENGINE_PARALLEL, ctx_per_slot=SESSION_ENGINE_CTX_PER_SLOT)
+    )
+    engine.start(deadline_s=ENGINE_START_DEADLINE_S)
+    try:
+        yield engine
+    finally:
+        engine.stop()

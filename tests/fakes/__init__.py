@@ -1,0 +1,1 @@
+"""Real-HTTP stand-ins for servers, used by tests."""
