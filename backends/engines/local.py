@@ -23,7 +23,7 @@ from backends.bench.models import Target, TargetCapabilities, TargetKind
 from backends.config import CACHE_DIR_ENV, cache_dir
 from backends.engines.child_process import GuardedChild
 from backends.engines.gemma_model import MODEL_ID, ensure_gemma_model
-from backends.engines.llama_binary import LlamaServerBinary, find_llama_server, llama_server_in
+from backends.engines.llama_binary import LlamaServerBinary, find_llama_server, llama_server_at
 from backends.errors import ConfigError, EngineError
 
 HOST = "127.0.0.1"
@@ -191,7 +191,7 @@ class LocalEngine:
 
     def _binary(self) -> LlamaServerBinary:
         if self.config.binary_path is not None:
-            return llama_server_in(self.config.binary_path.parent)
+            return llama_server_at(self.config.binary_path)
         return find_llama_server()
 
     def _cache_root(self) -> Path:

@@ -116,10 +116,6 @@ def config_from_args(args: argparse.Namespace, target: Target) -> SweepConfig:
     dataset.random_input_len = args.random_input_len
     dataset.random_output_len = args.random_output_len
     dataset.random_range_ratio = args.random_range_ratio
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    if args.burstiness <= 0:
-        raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), got {args.burstiness:g}")
     return SweepConfig(
         target=target,
         dataset=dataset,
@@ -165,10 +161,26 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def _validate_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked without the target, checked before connecting to it."""
     _check_output_paths(args)
     if args.goodput:
         parse_goodput(args.goodput)
+    if args.dataset not in ("sharegpt", "random") and not Path(args.dataset).is_file():
+        raise ConfigError(f"--dataset: no such file {args.dataset!r} (use sharegpt, random or a path)")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.burstiness <= 0:
+        raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), got {args.burstiness:g}")
+    if args.num_prompts < 1:
+        raise ConfigError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    from backends.bench.metrics import validate_percentiles
+
+    validate_percentiles(args.percentiles)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    _validate_args(args)
     with _target_for(args) as base_url:
         return asyncio.run(_run(args, base_url))
 

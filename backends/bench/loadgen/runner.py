@@ -203,7 +203,7 @@ async def run_level(
 
         while len(finished) < len(handles):
             getter = loop.create_task(queue.get())
-            waiting: set[asyncio.Future[Any]] = {getter}
+            waiting: set[asyncio.Task[Any]] = {getter}
             if not cancelled:
                 waiting.add(cancel_task)
             done, _ = await asyncio.wait(waiting, return_when="FIRST_COMPLETED")

@@ -1,0 +1,258 @@
+"""`servedeck bench` as a user runs it: a real process, a real server, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.sse_server import FakeSSEServer
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeSSEServer]:
+    srv = FakeSSEServer(mode="tick")
+    srv.start_in_thread()
+    yield srv
+    srv.stop()
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "SERVEDECK_DATA_DIR": str(data_dir), "COLUMNS": "160"}
+
+
+def _bench(args: list[str], data_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tui.cli", "bench", "--plain", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(data_dir),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _url(srv: FakeSSEServer) -> str:
+    return f"http://127.0.0.1:{srv.port}"
+
+
+SMALL = ["--dataset", "random", "--random-input-len", "24", "--output-len", "8", "--num-prompts", "8"]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error" in line.lower()]
+
+
+def test_bench_writes_vllm_json_csv_and_history(server: FakeSSEServer, tmp_path: Path) -> None:
+    out, csv = tmp_path / "run.json", tmp_path / "run.csv"
+    done = _bench(
+        [
+            "--target",
+            _url(server),
+            "--concurrency",
+            "1,4",
+            *SMALL,
+            "--goodput",
+            "ttft:5000",
+            "--out",
+            str(out),
+            "--csv",
+            str(csv),
+            "--label",
+            "cli-test",
+        ],
+        tmp_path / "data",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    saved = json.loads(out.read_text())
+    assert saved["servedeck_sweep"]["status"] == "complete"
+    assert [lvl["max_concurrency"] for lvl in saved["levels"]] == [1, 4]
+    for level in saved["levels"]:
+        assert level["request_rate"] == "inf"
+        assert level["completed"] == 8
+        for key in ("mean_ttft_ms", "median_tpot_ms", "p99_itl_ms", "request_goodput", "output_throughput"):
+            assert key in level
+        assert level["servedeck"]["axis"] == "concurrency"
+    rows = csv.read_text().strip().splitlines()
+    assert rows[0].startswith("axis,value,status") and len(rows) == 3
+    listed = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "runs", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(tmp_path / "data"),
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "cli-test" in listed.stdout
+
+
+def test_request_rate_with_burstiness(server: FakeSSEServer, tmp_path: Path) -> None:
+    out = tmp_path / "rate.json"
+    done = _bench(
+        [
+            "--target",
+            _url(server),
+            "--request-rate",
+            "20",
+            "--burstiness",
+            "0.5",
+            *SMALL,
+            "--out",
+            str(out),
+            "--no-save",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    level = json.loads(out.read_text())["levels"][0]
+    assert level["request_rate"] == 20.0 and level["burstiness"] == 0.5
+    assert level["servedeck"]["axis"] == "request-rate"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--concurrency", "1", "--request-rate", "2"], "not allowed with argument"),
+        (["--concurrency", "two"], "expected comma-separated numbers"),
+        (["--concurrency", "1.5"], "whole numbers"),
+        (["--concurrency", "1", "--endpoint", "bogus"], "invalid choice"),
+    ],
+)
+def test_nonsense_flags_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    done = _bench(["--target", "http://127.0.0.1:9", *args], tmp_path)
+    assert done.returncode == 2
+    lines = _error_lines(done.stderr)
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "cannot connect"),
+        (["--goodput", "latency:5"], "bad --goodput item"),
+        (["--dataset", "/no/such/file.json"], "no such file"),
+        (["--out", "/no/such/dir/x.json"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(extra: list[str], message: str, tmp_path: Path) -> None:
+    done = _bench(["--target", f"http://127.0.0.1:{_free_port()}", "--concurrency", "1", *extra], tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("servedeck: error:"), done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_empty_and_truncated_dataset_files(server: FakeSSEServer, tmp_path: Path) -> None:
+    empty = _bench(
+        ["--target", _url(server), "--concurrency", "1", "--dataset", str(DATA / "empty.json"), "--no-save"],
+        tmp_path,
+    )
+    assert empty.returncode == 1 and "servedeck: error:" in empty.stderr and "Traceback" not in empty.stderr
+    truncated = _bench(
+        [
+            "--target",
+            _url(server),
+            "--concurrency",
+            "2",
+            "--dataset",
+            str(DATA / "sharegpt_truncated.json"),
+            "--num-prompts",
+            "4",
+            "--output-len",
+            "4",
+            "--no-save",
+        ],
+        tmp_path,
+    )
+    assert truncated.returncode == 0, truncated.stderr
+    assert "truncated" in truncated.stderr
+
+
+def test_unwritable_data_dir_is_one_clear_line(server: FakeSSEServer, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    done = _bench(["--target", _url(server), "--concurrency", "1", *SMALL], blocker / "data")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("servedeck: error:")
+    assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_keeps_finished_requests_in_the_file_and_history(
+    server: FakeSSEServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "partial.json"
+    data_dir = tmp_path / "data"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tui.cli",
+            "bench",
+            "--plain",
+            "--target",
+            _url(server),
+            "--concurrency",
+            "2,4",
+            "--dataset",
+            "random",
+            "--random-input-len",
+            "24",
+            "--output-len",
+            "64",
+            "--num-prompts",
+            "400",
+            "--out",
+            str(out),
+            "--label",
+            "interrupted",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(data_dir),
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:
+        # A progress line with a nonzero rate: requests are finishing.
+        if "tok/s" in line and not line.startswith(("concurrency 2: 0 tok/s",)):
+            break
+        assert time.monotonic() < deadline
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert "interrupted: finished levels and requests were kept" in rest
+    assert "Traceback" not in rest
+    saved = json.loads(out.read_text())
+    assert saved["servedeck_sweep"]["status"] == "partial"
+    level = saved["levels"][0]
+    assert level["servedeck"]["status"] == "partial"
+    assert 0 < level["completed"] < 400
+    listed = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "runs", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(data_dir),
+    )
+    assert "interrupted" in listed.stdout and "partial" in listed.stdout
