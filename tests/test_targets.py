@@ -352,6 +352,7 @@ def test_real_llama_server_is_discovered_and_scraped(real_llama_server: str) -> 
     assert target.model == "gemma-3-270m"
     assert target.capabilities.tokenize and target.capabilities.metrics and target.capabilities.slots
     assert target.capabilities.stream_usage
+    assert not target.capabilities.continuous_usage  # usage only on its last chunk
 
     async def scrape_while_generating() -> ServerSnapshot | None:
         payload = {"model": target.model, "prompt": "Once upon a time", "max_tokens": 64, "ignore_eos": True}
