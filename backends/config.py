@@ -44,7 +44,7 @@ def config_dir(explicit: Path | str | None = None) -> Path:
     return _resolve(explicit, CONFIG_DIR_ENV, platformdirs.user_config_dir(APP_NAME))
 
 
-def ensure_writable_dir(path: Path, purpose: str) -> Path:
+def ensure_writable_dir(path: Path, purpose: str, env_name: str = DATA_DIR_ENV) -> Path:
     """Create ``path`` if needed and prove it is writable, or raise one clear ConfigError."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def ensure_writable_dir(path: Path, purpose: str) -> Path:
         reason = exc.strerror or exc.__class__.__name__
         raise ConfigError(
             f"cannot write the {purpose} directory {path}: {reason}; "
-            f"set {DATA_DIR_ENV} (or pass --data-dir) to a writable folder"
+            f"set {env_name} (or pass --data-dir) to a writable folder"
         ) from None
     return path
 

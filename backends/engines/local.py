@@ -111,8 +111,13 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def _prune_logs(logs_dir: Path) -> None:
-    logs = sorted(logs_dir.glob("llama-server-*.log"), key=lambda path: path.stat().st_mtime)
-    for old in logs[:-LOGS_KEPT]:
+    """Keep the newest LOGS_KEPT engine logs; other ServeDeck processes may be pruning at the same time."""
+    dated: list[tuple[float, Path]] = []
+    for log in logs_dir.glob("llama-server-*.log"):
+        with contextlib.suppress(OSError):
+            dated.append((log.stat().st_mtime, log))
+    dated.sort()
+    for _, old in dated[:-LOGS_KEPT]:
         with contextlib.suppress(OSError):
             old.unlink()
 

@@ -82,13 +82,14 @@ def _serve(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with engine.start(deadline_s=STARTUP_DEADLINE_S):
-            print(
-                f"local engine ready at {engine.openai_base_url}  (OpenAI API; /metrics, /slots, /tokenize)"
-            )
-            print(f"model id: {engine.model_id}")
-            print(f"log: {engine.log_path}")
-            print(f"llama-server pid: {engine.pid}; press ctrl-c to stop", flush=True)
             try:
+                print(
+                    f"local engine ready at {engine.openai_base_url}  "
+                    "(OpenAI API; /metrics, /slots, /tokenize)"
+                )
+                print(f"model id: {engine.model_id}")
+                print(f"log: {engine.log_path}")
+                print(f"llama-server pid: {engine.pid}; press ctrl-c to stop", flush=True)
                 while engine.wait(0.5) is None:
                     pass
             except KeyboardInterrupt:
