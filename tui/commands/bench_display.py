@@ -89,7 +89,7 @@ class SweepDisplay:
 
     def __init__(self, plain: bool, console: Console | None = None) -> None:
         self.plain = plain
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
