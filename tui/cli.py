@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 from backends.errors import ServeDeckError
+from manifests.errors import ManifestError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -27,9 +28,9 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _command_modules() -> list[_CommandModule]:
-    from tui.commands import bench, local, runs
+    from tui.commands import bench, cost, local, runs
 
-    return [bench, local, runs]
+    return [bench, cost, local, runs]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except ServeDeckError as err:
+    except (ServeDeckError, ManifestError) as err:
         print(f"servedeck: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
