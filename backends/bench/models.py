@@ -165,6 +165,9 @@ class ServerSnapshot(BaseModel):
     preemptions_total: float | None = None
     prefix_cache_hits_total: float | None = None
     prefix_cache_queries_total: float | None = None
+    prompt_tokens_per_s: float | None = Field(default=None, description="from vLLM's periodic log line")
+    generation_tokens_per_s: float | None = Field(default=None, description="from vLLM's periodic log line")
+    prefix_cache_hit_rate: float | None = Field(default=None, description="0..1, from vLLM's log line")
 
 
 class ProgressSnapshot(BaseModel):

@@ -63,6 +63,9 @@ class VllmStatsLine(BaseModel):
             running=float(self.running),
             waiting=float(self.waiting),
             kv_cache_usage=self.gpu_kv_cache_usage,
+            prompt_tokens_per_s=self.prompt_tokens_per_s,
+            generation_tokens_per_s=self.generation_tokens_per_s,
+            prefix_cache_hit_rate=self.prefix_cache_hit_rate,
         )
 
 
