@@ -1,0 +1,77 @@
+"""The live stats under an answer: TTFT, tokens/s, TPOT on one row; ITL spark line, tokens, e2e below."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Sparkline, Static
+
+from backends.chat_stats import AnswerStats
+
+SPARK_POINTS = 256  # the newest ITL gaps drawn; the spark line buckets them into its width
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    ms = seconds * 1000.0
+    if ms >= 10_000:
+        return f"{seconds:.1f} s"
+    if ms >= 1000:
+        return f"{seconds:.2f} s"
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    return f"{ms:.1f} ms"
+
+
+def speed_text(stats: AnswerStats, state: str = "") -> str:
+    """First row: ``TTFT 354 ms · 56.1 tok/s · TPOT 17.7 ms`` and the answer's state if not complete."""
+    rate = "–" if stats.tokens_per_s is None else f"{stats.tokens_per_s:.1f}"
+    text = f"TTFT {_ms(stats.ttft_s)} · {rate} tok/s · TPOT {_ms(stats.tpot_s)}"
+    return f"{text} · {state}" if state else text
+
+
+def totals_text(stats: AnswerStats) -> str:
+    """Second row, after the ITL spark line: ``12 tok · e2e 989 ms``."""
+    return f"{stats.output_tokens} tok · e2e {_ms(stats.e2e_s)}"
+
+
+class AnswerStatsLine(Vertical):
+    DEFAULT_CSS = """
+    AnswerStatsLine { height: auto; width: 1fr; color: $text-muted; }
+    AnswerStatsLine > .speed { height: auto; width: 1fr; }
+    AnswerStatsLine > Horizontal { height: 1; width: 1fr; }
+    AnswerStatsLine .itl-label { width: 4; }
+    AnswerStatsLine Sparkline { width: 1fr; max-width: 24; min-width: 4; margin-right: 1; }
+    AnswerStatsLine .totals { width: auto; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stats: AnswerStats | None = None
+        self._state = ""
+        self._ready = False
+
+    def compose(self) -> ComposeResult:
+        yield Static("TTFT – · – tok/s · TPOT –", classes="speed", markup=False)
+        with Horizontal():
+            yield Static("ITL", classes="itl-label", markup=False)
+            yield Sparkline([], summary_function=max)
+            yield Static("0 tok · e2e –", classes="totals", markup=False)
+
+    def on_mount(self) -> None:
+        self._ready = True
+        self._apply()
+
+    def show(self, stats: AnswerStats, state: str = "") -> None:
+        self._stats = stats
+        self._state = state
+        self._apply()
+
+    def _apply(self) -> None:
+        stats = self._stats
+        if not self._ready or stats is None:
+            return  # on_mount shows the newest stats
+        self.query_one(".speed", Static).update(speed_text(stats, self._state))
+        self.query_one(Sparkline).data = [gap * 1000.0 for gap in stats.itl_s[-SPARK_POINTS:]]
+        self.query_one(".totals", Static).update(totals_text(stats))
