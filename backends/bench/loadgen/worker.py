@@ -18,6 +18,7 @@ import resource
 import signal
 import socket
 import ssl
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -375,12 +376,7 @@ async def _serve(job: WorkerJob, conn: Connection, loop: asyncio.AbstractEventLo
 
     start_event: asyncio.Future[float] = loop.create_future()
 
-    def on_message() -> None:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            message = ("cancel",)
-            loop.remove_reader(conn.fileno())
+    def on_message(message: tuple[Any, ...]) -> None:
         if message[0] == "start" and not start_event.done():
             start_event.set_result(float(message[1]))
         elif message[0] == "cancel":
@@ -388,12 +384,23 @@ async def _serve(job: WorkerJob, conn: Connection, loop: asyncio.AbstractEventLo
                 start_event.set_result(-1.0)
             worker.cancel()
 
-    loop.add_reader(conn.fileno(), on_message)
+    # A blocking reader thread, not loop.add_reader: an event-loop reader would switch the pipe to
+    # non-blocking mode, and a large progress message would then fail mid-send with BlockingIOError.
+    def read_parent() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = ("cancel",)
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(on_message, message)
+            if message[0] == "cancel":
+                return
+
+    threading.Thread(target=read_parent, name="loadgen-parent-reader", daemon=True).start()
     start_at = await start_event
     if start_at < 0:
         return
     stats = await worker.run(start_at, closed_loop)
-    with contextlib.suppress(ValueError, OSError):
-        loop.remove_reader(conn.fileno())
     stats.workers = 1
     conn.send(("done", stats))
