@@ -96,6 +96,9 @@ def run_level(
     idle_steps = 0
     previous_pass = -math.inf
     free_since_previous = _NO_LIMIT if cap is None else cap
+    # A request sent because a slot freed at a step end reaches the server after the next step has
+    # begun (the client needs the finishing chunk first), so it joins the step after that one.
+    deferred: list[int] = []
     while done < total:
         # Admit what has arrived. Slots free up only at step ends, so an arrival since the previous pass
         # was sent on arrival if a slot was free then, else it waited for this step end.
@@ -108,7 +111,10 @@ def run_level(
             else:
                 sent = now
             sent_at[i] = sent
-            _submit(engine, requests[i], f"{index}-{i}", sent, ignore_eos, eos_after, i)
+            if sent == now and engine.has_work():
+                deferred.append(i)
+            else:
+                _submit(engine, requests[i], f"{index}-{i}", sent, ignore_eos, eos_after, i)
             next_arrival += 1
             in_flight += 1
             free_now -= 1
@@ -123,7 +129,9 @@ def run_level(
         until = arrivals[next_arrival] if can_admit else math.inf
         if until <= now:
             until = math.inf if not can_admit else now
-        burst = engine.decode_burst(now, until, _NO_LIMIT) if bursts and until > now else None
+        burst = (
+            engine.decode_burst(now, until, _NO_LIMIT) if bursts and until > now and not deferred else None
+        )
         if burst is not None:
             ends = burst.step_ends
             for request_id in burst.request_ids:
@@ -155,6 +163,9 @@ def run_level(
                     in_flight -= 1
                     done += 1
             now = end
+        for i in deferred:
+            _submit(engine, requests[i], f"{index}-{i}", sent_at[i], ignore_eos, eos_after, i)
+        deferred.clear()
         if now >= next_snapshot:
             snapshots.append(_snapshot(engine, now))
             next_snapshot = math.floor(now / _SNAPSHOT_INTERVAL_S + 1) * _SNAPSHOT_INTERVAL_S
