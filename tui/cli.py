@@ -28,9 +28,9 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _command_modules() -> list[_CommandModule]:
-    from tui.commands import bench, cost, deploy, local, plan, runs, twin
+    from tui.commands import bench, bench_worker, cost, deploy, local, plan, runs, twin
 
-    return [bench, cost, deploy, local, plan, runs, twin]
+    return [bench, bench_worker, cost, deploy, local, plan, runs, twin]
 
 
 def build_parser() -> argparse.ArgumentParser:

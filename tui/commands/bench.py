@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "keys."
         ),
     )
-    parser.add_argument("--target", required=True, help="base URL (http://host:port) or 'local'")
+    parser.add_argument("--target", help="base URL (http://host:port) or 'local'")
     parser.add_argument("--model", help="model id (default: the first one /v1/models lists)")
     parser.add_argument("--api-key-env", help="name of the environment variable holding the API key")
     axis = parser.add_mutually_exclusive_group(required=True)
@@ -97,6 +97,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--no-save", action="store_true", help="do not store the run in history")
     parser.add_argument("--data-dir", type=Path, help="history database folder (default: user data dir)")
     parser.add_argument("--plain", action="store_true", help="plain line output instead of a live display")
+    from tui.commands.bench_incluster import add_incluster_arguments
+
+    add_incluster_arguments(parser)
     parser.set_defaults(handler=run_bench)
 
 
@@ -181,6 +184,13 @@ def _validate_args(args: argparse.Namespace) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     _validate_args(args)
+    from tui.commands.bench_incluster import check_local_run, run_in_cluster
+
+    if args.in_cluster:
+        return run_in_cluster(args)
+    check_local_run(args)
+    if not args.target:
+        raise ConfigError("--target is required (a base URL or 'local'), or use --in-cluster --service NAME")
     with _target_for(args) as base_url:
         return asyncio.run(_run(args, base_url))
 

