@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/servedeck bench --target local --concurrency 1,2,4,8 --num-prompts 24 --output-len 64 --label make-run
+	$(BIN)/servedeck
 
 lint: install
 	$(BIN)/ruff check .

@@ -28,15 +28,18 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _command_modules() -> list[_CommandModule]:
-    from tui.commands import bench, bench_worker, cost, deploy, local, plan, runs, twin
+    from tui.commands import app, bench, bench_worker, cost, deploy, local, plan, runs, twin
 
-    return [bench, bench_worker, cost, deploy, local, plan, runs, twin]
+    return [app, bench, bench_worker, cost, deploy, local, plan, runs, twin]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog="servedeck",
-        description="Deploy, chat with and benchmark vLLM (Kubernetes, local llama.cpp engine, vLLM twin).",
+        description=(
+            "Deploy, chat with and benchmark vLLM (Kubernetes, local llama.cpp engine, vLLM twin). "
+            "With no command, opens the terminal app."
+        ),
     )
     subparsers = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
@@ -44,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for module in _command_modules():
         module.add_parser(subparsers)
+    from tui.commands.app import add_app_arguments
+
+    add_app_arguments(parser)
     return parser
 
 
@@ -52,8 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help()
-        return 2
+        from tui.commands.app import run_app
+
+        handler = run_app
     try:
         return handler(args)
     except (ServeDeckError, ManifestError) as err:

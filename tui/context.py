@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backends.bench.models import Target
-from sessions.store import SessionStore
+
+if TYPE_CHECKING:
+    from sessions.store import SessionStore
 
 
 @dataclass
@@ -22,6 +25,8 @@ class AppContext:
 
     def open_store(self) -> SessionStore:
         """A new connection to the sessions store; callers close it (workers open their own)."""
+        from sessions.store import SessionStore  # numpy and sqlite stay off the first frame's path
+
         return SessionStore.open(self.data_dir)
 
     def target(self, name: str) -> Target | None:

@@ -1,0 +1,602 @@
+"""The Deployments view and its flows, driven through Pilot against real servers on 127.0.0.1.
+
+Kubernetes flows run against the fake API server of ``tests.fakes.kube_api`` (real HTTP, watch
+streams, pod logs, WebSocket port-forward); manual URLs against ``tests.fakes.openai_like_server``;
+twins are real twin processes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from textual.app import App, ComposeResult
+from textual.pilot import Pilot
+from textual.widgets import Button, DataTable, Input, Select
+
+from backends.errors import ConfigError
+from backends.target_registry import (
+    MANUAL_TARGETS_FILE,
+    ManualTargetStore,
+    TargetRegistry,
+    TargetStatus,
+    follow_log_file,
+    validate_api_key_env,
+)
+from tests.fakes.kube_api import FakeKubeApi
+from tests.fakes.kube_objects import servedeck_objects
+from tests.fakes.kube_rollout import ScriptedRollout
+from tests.fakes.openai_like_server import FakeServer, FakeServerConfig, Flavor
+from tui.app import VIEWS, ServeDeckApp
+from tui.context import AppContext
+from tui.screens.new_deployment import NewDeploymentScreen
+from tui.widgets.deploy_details import DeploymentDetailsScreen
+from tui.widgets.deploy_dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
+from tui.widgets.deploy_log_view import STATS_STYLE, DeployLogView, LogLines
+from tui.widgets.deploy_table import DeploymentTable
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+SIZE = (120, 40)
+WAIT_S = 15.0
+STATS_LINE = (
+    "INFO 05-14 10:22:33 [loggers.py:116] Engine 000: Avg prompt throughput: 1523.4 tokens/s, "
+    "Avg generation throughput: 812.7 tokens/s, Running: 37 reqs, Waiting: 0 reqs, "
+    "GPU KV cache usage: 43.1%, Prefix cache hit rate: 26.0%"
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("SERVEDECK_CONFIG_DIR", "SERVEDECK_DATA_DIR", "SERVEDECK_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    return tmp_path
+
+
+def config_dir(tmp_path: Path) -> Path:
+    return tmp_path / "servedeck_config_dir"
+
+
+async def wait_until(pilot: Pilot[Any], predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.05)
+
+
+def make_app(ctx: AppContext | None = None, **options: Any) -> ServeDeckApp:
+    defaults: dict[str, Any] = {
+        "start_local_engine": False,
+        "show_welcome": False,
+        "check_health": False,
+        "discover_cluster": False,
+        "views": VIEWS[:1],
+    }
+    defaults.update(options)
+    return ServeDeckApp(ctx, **defaults)
+
+
+def table_of(app: ServeDeckApp) -> DeploymentTable:
+    return app.screen.query_one(DeploymentTable)
+
+
+def row_names(app: ServeDeckApp) -> list[str]:
+    table = table_of(app)
+    return [str(table.get_row_at(index)[0]).strip(" ●") for index in range(table.row_count)]
+
+
+def status_of(app: ServeDeckApp, key: str) -> TargetStatus | None:
+    row = app.registry.row(key)
+    return row.status if row is not None else None
+
+
+async def highlight(pilot: Pilot[Any], app: ServeDeckApp, name: str) -> None:
+    table = table_of(app)
+    table.focus()
+    table.move_cursor(row=row_names(app).index(name))
+    await pilot.pause()
+    assert table.highlighted is not None and table.highlighted.name == name
+
+
+def dead_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def notifications(app: ServeDeckApp) -> list[str]:
+    return [notification.message for notification in app._notifications]
+
+
+# -- new deployment form ------------------------------------------------------------------------------
+
+
+async def open_form(pilot: Pilot[Any], app: ServeDeckApp) -> NewDeploymentScreen:
+    await pilot.press("n")
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, NewDeploymentScreen)
+    return screen
+
+
+async def choose(pilot: Pilot[Any], screen: NewDeploymentScreen, widget_id: str, value: object) -> None:
+    screen.query_one(f"#{widget_id}", Select).value = value
+    await pilot.pause()
+
+
+async def test_form_shows_that_gemma_27b_does_not_fit_one_l4() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-model", "google/gemma-3-27b-it")
+        await choose(pilot, form, "nd-gpu", "l4")
+        await choose(pilot, form, "nd-count", 1)
+        assert form.plan.fit is not None and not form.plan.fit.fits
+        assert "does not fit 1xL4" in form.plan.fit.message
+        assert "51.2 GiB" in form.plan.fit.message
+        assert form.plan.yaml_text == ""
+        assert form.query_one("#nd-twin", Button).disabled
+        assert form.query_one("#nd-apply", Button).disabled
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert any("cannot deploy this spec" in message for message in notifications(app))
+        assert app.screen is form
+
+
+async def test_form_renders_valid_yaml_for_one_h100() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-gpu", "h100")
+        await choose(pilot, form, "nd-count", 1)
+        await pilot.click("#nd-max-len")
+        await pilot.press(*"8192")
+        await pilot.pause()
+        assert form.plan.deployable
+        documents = [doc for doc in yaml.safe_load_all(form.plan.yaml_text) if doc]
+        kinds = [doc["kind"] for doc in documents]
+        assert "Deployment" in kinds and "Service" in kinds
+        deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-h100-80gb"
+        container = pod["containers"][0]
+        assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+        assert "--max-model-len=8192" in container["args"]
+        assert "--tensor-parallel-size=1" in container["args"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["MODEL_ID"] == "google/gemma-3-27b-it"
+        assert not form.query_one("#nd-twin", Button).disabled
+
+
+async def test_form_explains_a_bad_number_and_keeps_the_input() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot, app)
+        await pilot.click("#nd-util")
+        form.query_one("#nd-util", Input).value = ""
+        await pilot.press(*"1.5")
+        await pilot.pause()
+        assert form.plan.error is not None
+        assert "gpu-memory-utilization must be in (0, 1]" in form.plan.error
+        assert form.query_one("#nd-util", Input).value == "1.5"
+        assert form.query_one("#nd-twin", Button).disabled
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, NewDeploymentScreen)
+
+
+async def test_form_offers_only_gpu_counts_a_machine_has() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-gpu", "l4")
+        await choose(pilot, form, "nd-count", 4)
+        assert form.plan.fit is not None and form.plan.fit.fits
+        await choose(pilot, form, "nd-gpu", "cpu-c4")
+        count = form.query_one("#nd-count", Select)
+        assert count.value == 1
+        assert form.plan.spec is not None and form.plan.spec.is_cpu
+
+
+async def test_apply_without_a_cluster_says_to_start_a_twin_instead() -> None:
+    app = make_app(discover_cluster=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        form = await open_form(pilot, app)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: any("no Kubernetes cluster" in m for m in notifications(app)))
+        message = next(m for m in notifications(app) if "no Kubernetes cluster" in m)
+        assert "no kubeconfig found" in message and "start the spec as a twin" in message
+        assert form is not None
+
+
+# -- manual URLs --------------------------------------------------------------------------------------
+
+
+async def open_add_url(pilot: Pilot[Any], app: ServeDeckApp) -> AddUrlScreen:
+    await pilot.press("a")
+    await pilot.pause()
+    assert isinstance(app.screen, AddUrlScreen)
+    return app.screen
+
+
+async def test_adding_a_dead_url_says_so_and_keeps_what_was_typed(isolated: Path) -> None:
+    url = dead_url()
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        dialog = await open_add_url(pilot, app)
+        await pilot.press(*url, "enter")
+        message = dialog.query_one("#add-url-message")
+        await wait_until(pilot, lambda: "connection refused" in str(message.render()))
+        text = str(message.render())
+        assert f"cannot connect to {url}" in text and "is the server running on that port?" in text
+        assert app.screen is dialog
+        assert dialog.query_one("#add-url-url", Input).value == url
+        assert not dialog.query_one("#add-url-add", Button).disabled
+    assert not (config_dir(isolated) / MANUAL_TARGETS_FILE).exists()
+
+
+async def test_adding_a_live_url_adds_a_row_and_saves_it(isolated: Path) -> None:
+    with FakeServer(FakeServerConfig(flavor=Flavor.VLLM, models=["google/gemma-3-27b-it"])) as server:
+        app = make_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await open_add_url(pilot, app)
+            await pilot.press(*server.url, "tab", *"lab-h100", "enter")
+            await wait_until(pilot, lambda: not isinstance(app.screen, AddUrlScreen))
+            await wait_until(pilot, lambda: "lab-h100" in row_names(app))
+            row = app.registry.row("manual:lab-h100")
+            assert row is not None and row.engine == "vLLM" and row.status is TargetStatus.READY
+            assert [target.name for target in app.ctx.targets] == ["lab-h100"]
+    saved = json.loads((config_dir(isolated) / MANUAL_TARGETS_FILE).read_text())
+    assert saved["targets"][0]["name"] == "lab-h100"
+    assert saved["targets"][0]["base_url"] == server.url
+    reopened = make_app()
+    async with reopened.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: "lab-h100" in row_names(reopened))
+
+
+async def test_a_pasted_api_key_is_refused_without_being_echoed() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        dialog = await open_add_url(pilot, app)
+        await pilot.press(*"http://127.0.0.1:8000", "tab", "tab", *"sk-live-abc123", "enter")
+        message = dialog.query_one("#add-url-message")
+        await wait_until(pilot, lambda: "NAME of an environment variable" in str(message.render()))
+        assert "sk-live-abc123" not in str(message.render())
+
+
+async def test_deleting_a_manual_url_asks_first(isolated: Path) -> None:
+    with FakeServer(FakeServerConfig(flavor=Flavor.PLAIN)) as server:
+        app = make_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await app.registry.add_manual_url(server.url, name="scratch")
+            await wait_until(pilot, lambda: "scratch" in row_names(app))
+            await highlight(pilot, app, "scratch")
+            await pilot.press("ctrl+d")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            await pilot.pause()
+            assert "scratch" in row_names(app)
+            await pilot.press("ctrl+d", "y")
+            await wait_until(pilot, lambda: "scratch" not in row_names(app))
+    saved = json.loads((config_dir(isolated) / MANUAL_TARGETS_FILE).read_text())
+    assert saved["targets"] == []
+
+
+async def test_health_check_marks_a_dead_given_target_unreachable() -> None:
+    from backends.bench.models import Target
+
+    ctx = AppContext(targets=[Target(name="gone", base_url=dead_url(), model="m")])
+    app = make_app(ctx, check_health=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: status_of(app, "given:gone") is TargetStatus.UNREACHABLE)
+        row = app.registry.row("given:gone")
+        assert row is not None and "connection refused" in row.detail
+
+
+# -- filter, use, start/stop ----------------------------------------------------------------------------
+
+
+async def test_slash_filters_rows_and_bang_inverts() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash", *"h100")
+        await pilot.pause()
+        assert row_names(app) == [
+            "twin-27b-1xh100",
+            "twin-27b-2xh100",
+            "twin-27b-4xh100",
+        ]
+        app.screen.query_one("#deployments-filter", Input).value = "!twin"
+        await pilot.pause()
+        assert row_names(app) == ["kubernetes", "local"]
+        await pilot.press("enter")
+        assert isinstance(app.focused, DataTable)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert len(row_names(app)) == 9
+
+
+async def test_use_on_a_row_without_endpoint_explains_how_to_start_it() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await highlight(pilot, app, "local")
+        await pilot.press("u")
+        await pilot.pause()
+        assert any("local has no endpoint yet; press t to start it" in m for m in notifications(app))
+        assert app.ctx.selected_target is None
+
+
+async def test_port_forward_and_scale_explain_they_are_for_kubernetes() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await highlight(pilot, app, "twin-27b-4xl4")
+        await pilot.press("f", "s")
+        await pilot.pause()
+        messages = notifications(app)
+        assert any("port-forward is for Kubernetes deployments" in m for m in messages)
+        assert any("scale is for Kubernetes deployments" in m for m in messages)
+
+
+async def test_start_a_twin_use_it_and_stop_it() -> None:
+    app = make_app()
+    key = "twin:gemma-3-27b-it-1xh100"
+    async with app.run_test(size=SIZE) as pilot:
+        await highlight(pilot, app, "twin-27b-1xh100")
+        await pilot.press("t")
+        await wait_until(pilot, lambda: status_of(app, key) is TargetStatus.READY, timeout_s=90)
+        row = app.registry.row(key)
+        assert row is not None and row.target is not None and row.endpoint is not None
+        models = httpx.get(f"{row.target.base_url}/v1/models", timeout=5).json()
+        assert models["data"][0]["id"] == row.target.model
+        assert row.target.model.endswith("-twin")
+        await pilot.press("u")
+        await pilot.pause()
+        assert app.ctx.selected_target == "twin-27b-1xh100"
+        assert "target: twin-27b-1xh100" in app.sub_title
+        await pilot.press("t")
+        await wait_until(pilot, lambda: status_of(app, key) is TargetStatus.AVAILABLE)
+        assert app.ctx.selected_target is None
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{row.target.base_url}/v1/models", timeout=2)
+
+
+async def test_start_as_twin_from_the_form_adds_a_running_row() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-model", "google/gemma-3-1b-it")
+        await choose(pilot, form, "nd-gpu", "l4")
+        await choose(pilot, form, "nd-count", 1)
+        await pilot.click("#nd-name")
+        await pilot.press(*"tiny-l4")
+        await pilot.press("ctrl+t")
+        await wait_until(pilot, lambda: status_of(app, "twin:tiny-l4") is TargetStatus.READY, timeout_s=90)
+        assert not isinstance(app.screen, NewDeploymentScreen)
+        assert "twin-tiny-l4" in row_names(app)
+        await app.workers.wait_for_complete()
+        await highlight(pilot, app, "twin-tiny-l4")
+        await pilot.press("ctrl+d", "y")
+        await wait_until(pilot, lambda: "twin-tiny-l4" not in row_names(app))
+
+
+# -- Kubernetes -----------------------------------------------------------------------------------------
+
+NS = "servedeck"
+NAME = "gemma-27b"
+
+
+@pytest.fixture
+def kube_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKubeApi]:
+    with FakeKubeApi() as api:
+        for obj in servedeck_objects(NAME, NS):
+            api.put(obj)
+        monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+        yield api
+
+
+async def test_cluster_deployment_details_logs_forward_scale_and_delete(kube_api: FakeKubeApi) -> None:
+    rollout = ScriptedRollout(
+        kube_api, NS, NAME, ["pending", "failed_scheduling", "scheduled", "running", "ready"]
+    )
+    while rollout.advance():
+        pass
+    key = f"kube:{NS}/{NAME}"
+    with FakeServer(FakeServerConfig(flavor=Flavor.VLLM, models=["google/gemma-3-27b-it"])) as pod_server:
+        host, port = pod_server.url.removeprefix("http://").split(":")
+        kube_api.set_port_backend(NS, rollout.pod_name, 8000, (host, int(port)))
+        app = make_app(discover_cluster=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: f"{NS}/{NAME}" in row_names(app))
+            assert app.ctx.kube_context == "fake"
+            assert "context: fake" in app.sub_title
+            row = app.registry.row(key)
+            assert row is not None
+            assert (row.status, row.replicas, row.accelerator) == (TargetStatus.READY, "1/1", "H100 x1")
+            assert row.price_per_hour is not None and row.price_per_hour > 10
+
+            await highlight(pilot, app, f"{NS}/{NAME}")
+            await pilot.press("d")
+            await wait_until(pilot, lambda: isinstance(app.screen, DeploymentDetailsScreen))
+            details = app.screen
+            pods = details.query_one("#details-pods", DataTable)
+            await wait_until(pilot, lambda: pods.row_count == 1)
+            assert str(pods.get_row_at(0)[0]) == rollout.pod_name
+            events = details.query_one("#details-events")
+            await wait_until(pilot, lambda: "FailedScheduling" in str(events.render()))
+            log_view = details.query_one(DeployLogView)
+            kube_api.append_log(NS, rollout.pod_name, "INFO starting vLLM", STATS_LINE)
+            await wait_until(pilot, lambda: log_view.last_stats is not None)
+            assert log_view.last_stats is not None and log_view.last_stats.running == 37
+            assert "KV cache 43.1%" in str(details.query_one("#log-stats").render())
+
+            await pilot.press("f")
+            await wait_until(pilot, lambda: (app.registry.row(key) or row).target is not None)
+            forwarded = app.registry.row(key)
+            assert forwarded is not None and forwarded.target is not None
+            assert forwarded.target.base_url.startswith("http://127.0.0.1:")
+            answer = httpx.get(f"{forwarded.target.base_url}/v1/models", timeout=5)
+            assert answer.json()["data"][0]["id"] == "google/gemma-3-27b-it"
+            await pilot.press("escape")
+            await wait_until(pilot, lambda: not isinstance(app.screen, DeploymentDetailsScreen))
+
+            await highlight(pilot, app, f"{NS}/{NAME}")
+            await pilot.press("s")
+            assert isinstance(app.screen, ScaleScreen)
+            replicas = app.screen.query_one("#scale-replicas", Input)
+            replicas.value = ""
+            await pilot.press("2", "enter")
+            await wait_until(
+                pilot, lambda: (kube_api.get("Deployment", NAME, NS) or {})["spec"]["replicas"] == 2
+            )
+            await wait_until(pilot, lambda: (app.registry.row(key) or row).replicas.endswith("/2"))
+
+            await pilot.press("ctrl+d")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await wait_until(pilot, lambda: kube_api.get("Deployment", NAME, NS) is None)
+            await wait_until(pilot, lambda: f"{NS}/{NAME}" not in row_names(app))
+            assert kube_api.get("Namespace", NS) is not None
+
+
+async def test_cluster_errors_are_one_line_in_the_table(kube_api: FakeKubeApi) -> None:
+    kube_api.deny("list", "deployments")
+    app = make_app(discover_cluster=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: status_of(app, "kube") is TargetStatus.UNREACHABLE)
+        row = app.registry.row("kube")
+        assert row is not None and "forbidden" in row.detail.lower()
+        assert "\n" not in row.detail
+
+
+# -- logs ----------------------------------------------------------------------------------------------
+
+
+class _LogApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield DeployLogView(id="log")
+
+
+async def test_log_view_highlights_the_vllm_stats_line() -> None:
+    app = _LogApp()
+    async with app.run_test(size=SIZE) as pilot:
+        view = app.query_one(DeployLogView)
+        view.post_message(LogLines(["plain line", STATS_LINE, "ERROR something broke"]))
+        await wait_until(pilot, lambda: view.line_count == 3)
+        assert view.last_stats is not None
+        assert view.last_stats.generation_tokens_per_s == pytest.approx(812.7)
+        summary = view.query_one("#log-stats")
+        assert "generation 812.7 tok/s" in str(summary.render())
+        assert "prefix hits 26.0%" in str(summary.render())
+        assert STATS_STYLE in str(summary.styles) or view.last_stats.waiting == 0
+
+
+def test_follow_log_file_tails_then_follows(tmp_path: Path) -> None:
+    log = tmp_path / "engine.log"
+    log.write_text("old 1\nold 2\n")
+    stop = False
+    batches = follow_log_file(log, lambda: stop)
+    assert next(batches) == ["old 1", "old 2"]
+    assert next(batches) == []
+    with log.open("a") as handle:
+        handle.write("new 3\npartial")
+    assert next(batches) == ["new 3"]
+    stop = True
+    assert list(batches) == []
+
+
+# -- registry rules ------------------------------------------------------------------------------------
+
+
+def test_api_key_field_takes_an_environment_variable_name() -> None:
+    assert validate_api_key_env(" OPENAI_API_KEY ") == "OPENAI_API_KEY"
+    assert validate_api_key_env("") is None
+    with pytest.raises(ConfigError, match="NAME of an environment variable"):
+        validate_api_key_env("sk-abc")
+
+
+def test_manual_store_reports_a_newer_version_and_does_not_overwrite_it(tmp_path: Path) -> None:
+    store = ManualTargetStore(tmp_path)
+    store.path.write_text('{"version": 9, "targets": []}')
+    with pytest.raises(ConfigError, match="version 9"):
+        store.load()
+    registry = TargetRegistry(manual_store=store, twin_specs=[])
+    registry.load_manual()
+    assert registry.load_error is not None
+    assert store.path.read_text() == '{"version": 9, "targets": []}'
+
+
+async def test_registry_refuses_duplicate_urls_and_names(tmp_path: Path) -> None:
+    with FakeServer(FakeServerConfig(flavor=Flavor.PLAIN)) as server:
+        registry = TargetRegistry(manual_store=ManualTargetStore(tmp_path), twin_specs=[])
+        await registry.add_manual_url(server.url, name="one")
+        with pytest.raises(ConfigError, match="already in the list"):
+            await registry.add_manual_url(f"{server.url}/v1/")
+        with pytest.raises(ConfigError, match="already exists"):
+            await registry.add_manual_url("http://127.0.0.1:1", name="one")
+        with pytest.raises(ConfigError, match="no manual target named"):
+            registry.remove_manual("two")
+
+
+async def test_apply_from_the_form_creates_the_deployment_in_the_cluster(
+    kube_api: FakeKubeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    app = make_app(discover_cluster=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.ctx.kube_context == "fake")
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-model", "google/gemma-3-4b-it")
+        await choose(pilot, form, "nd-gpu", "l4")
+        await choose(pilot, form, "nd-count", 1)
+        await pilot.click("#nd-namespace")
+        form.query_one("#nd-namespace", Input).value = NS
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: any("HF_TOKEN is not set" in m for m in notifications(app)))
+        assert kube_api.get("Deployment", "gemma-3-4b-it-1xl4", NS) is None
+
+        monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-model", "google/gemma-3-4b-it")
+        await choose(pilot, form, "nd-gpu", "l4")
+        await choose(pilot, form, "nd-count", 1)
+        form.query_one("#nd-namespace", Input).value = NS
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: kube_api.get("Deployment", "gemma-3-4b-it-1xl4", NS) is not None)
+        await wait_until(pilot, lambda: f"{NS}/gemma-3-4b-it-1xl4" in row_names(app))
+        row = app.registry.row(f"kube:{NS}/gemma-3-4b-it-1xl4")
+        assert row is not None and row.accelerator == "L4 x1" and row.replicas == "0/1"
+        assert any("applied gemma-3-4b-it-1xl4 to fake" in m for m in notifications(app))
+        assert not any("hf_xxxx" in m for m in notifications(app))
+
+
+async def test_details_show_a_cluster_error_in_place(kube_api: FakeKubeApi) -> None:
+    rollout = ScriptedRollout(kube_api, NS, NAME, ["pending", "scheduled", "running", "ready"])
+    while rollout.advance():
+        pass
+    kube_api.deny("list", "events", NS)
+    app = make_app(discover_cluster=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: f"{NS}/{NAME}" in row_names(app))
+        await highlight(pilot, app, f"{NS}/{NAME}")
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, DeploymentDetailsScreen))
+        events = app.screen.query_one("#details-events")
+        await wait_until(pilot, lambda: "forbidden" in str(events.render()).lower())
+        assert not any("forbidden" in m.lower() for m in notifications(app))

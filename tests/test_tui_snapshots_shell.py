@@ -1,0 +1,108 @@
+"""Pictures of the shell and the Deployments view at 120x40 (pytest-textual-snapshot).
+
+Deterministic by construction: fixed targets, no engine started, no health probes, a kubeconfig path
+that does not exist (the same text on every machine), no clock in the header, cursors that do not
+blink, and every worker finished before the picture. Regenerate with
+``.venv/bin/pytest tests/test_tui_snapshots_shell.py --snapshot-update`` and review the SVGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, Select
+
+from backends.bench.models import Target, TargetKind
+from tui.app import VIEWS, ServeDeckApp
+from tui.context import AppContext
+
+SIZE = (120, 40)
+MISSING_KUBECONFIG = "/nonexistent/servedeck-snapshots/kubeconfig"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SERVEDECK_CONFIG_DIR", "SERVEDECK_DATA_DIR", "SERVEDECK_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("KUBECONFIG", MISSING_KUBECONFIG)
+
+
+def snapshot_app(*, show_welcome: bool = False) -> ServeDeckApp:
+    ctx = AppContext(
+        targets=[
+            Target(
+                name="lab-vllm",
+                base_url="http://10.0.0.12:8000",
+                model="google/gemma-3-27b-it",
+                kind=TargetKind.VLLM,
+            )
+        ]
+    )
+    return ServeDeckApp(
+        ctx,
+        start_local_engine=False,
+        show_welcome=show_welcome,
+        check_health=False,
+        discover_cluster=True,
+        views=VIEWS[:1],
+    )
+
+
+async def settle(pilot: Pilot[Any]) -> None:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    for box in pilot.app.screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause()
+
+
+def steps(*keys: str, then: Any = None) -> Any:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        if keys:
+            await pilot.press(*keys)
+        if then is not None:
+            await then(pilot)
+        await settle(pilot)
+
+    return run_before
+
+
+def test_shell_with_deployments(snap_compare: Any) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=SIZE, run_before=steps())
+
+
+def test_welcome_on_first_start(snap_compare: Any) -> None:
+    assert snap_compare(snapshot_app(show_welcome=True), terminal_size=SIZE, run_before=steps())
+
+
+def test_help_screen(snap_compare: Any) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=SIZE, run_before=steps("question_mark"))
+
+
+def test_jump_prompt(snap_compare: Any) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=SIZE, run_before=steps("colon", "d"))
+
+
+def test_filtered_deployments(snap_compare: Any) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=SIZE, run_before=steps("slash", *"h100"))
+
+
+def test_new_deployment_form_one_h100(snap_compare: Any) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=SIZE, run_before=steps("n"))
+
+
+def test_new_deployment_form_does_not_fit_one_l4(snap_compare: Any) -> None:
+    async def choose_l4(pilot: Pilot[Any]) -> None:
+        pilot.app.screen.query_one("#nd-gpu", Select).value = "l4"
+        await pilot.pause()
+        pilot.app.screen.query_one("#nd-count", Select).value = 1
+
+    assert snap_compare(snapshot_app(), terminal_size=SIZE, run_before=steps("n", then=choose_l4))
+
+
+def test_add_url_dialog(snap_compare: Any) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=SIZE, run_before=steps("a"))

@@ -1,0 +1,335 @@
+"""Deployments view: every target in one table (Kubernetes vLLM, local engine, twins, manual URLs).
+
+The screen is thin: it shows ``app.registry.rows()`` and turns keys into app-level workers (which
+outlive the screen) or dialogs. It refreshes on ``TargetsChanged``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, cast
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from backends.target_registry import DeploymentRow, TargetSource, TargetStatus
+from tui.messages import TargetsChanged
+from tui.widgets.deploy_dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
+from tui.widgets.deploy_table import DeploymentTable
+
+if TYPE_CHECKING:
+    from tui.app import ServeDeckApp
+
+
+NEW_DEPLOYMENT_SCREEN = "new-deployment"
+
+
+class DeploymentsScreen(Screen[None]):
+    TITLE = "Deployments"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "u",
+            "use_target",
+            "use",
+            tooltip="use the highlighted target in Chat and Bench",
+            id="deployments.use",
+        ),
+        Binding(
+            "t",
+            "start_stop",
+            "start/stop",
+            tooltip="start or stop the local engine or a twin",
+            id="deployments.start_stop",
+        ),
+        Binding(
+            "n",
+            "new_deployment",
+            "new",
+            tooltip="new deployment: fit, KV capacity, cost, YAML; apply or twin",
+            id="deployments.new",
+        ),
+        Binding(
+            "a",
+            "add_url",
+            "add URL",
+            tooltip="add an OpenAI-compatible URL (kept in the config folder)",
+            id="deployments.add_url",
+        ),
+        Binding(
+            "d",
+            "details",
+            "details",
+            tooltip="details: pods, events and the log (also enter)",
+            id="deployments.details",
+        ),
+        Binding(
+            "l",
+            "logs",
+            "logs",
+            tooltip="stream the log, vLLM's stats line highlighted",
+            id="deployments.logs",
+        ),
+        Binding(
+            "f",
+            "port_forward",
+            "port-forward",
+            show=False,
+            tooltip="port-forward a Kubernetes deployment to 127.0.0.1",
+            id="deployments.port_forward",
+        ),
+        Binding(
+            "s", "scale", "scale", show=False, tooltip="scale a Kubernetes deployment", id="deployments.scale"
+        ),
+        Binding(
+            "ctrl+d",
+            "delete",
+            "delete",
+            tooltip="delete / stop / forget the highlighted row (asks first)",
+            id="deployments.delete",
+        ),
+        Binding(
+            "r",
+            "refresh",
+            "refresh",
+            show=False,
+            tooltip="check every endpoint and re-list the cluster",
+            id="deployments.refresh",
+        ),
+        Binding(
+            "slash",
+            "filter",
+            "filter",
+            key_display="/",
+            tooltip="filter rows (! inverts)",
+            id="deployments.filter",
+        ),
+        Binding(
+            "escape",
+            "clear_filter",
+            "clear filter",
+            show=False,
+            tooltip="clear the filter, else go back",
+            id="deployments.clear_filter",
+        ),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._filter = ""
+
+    @property
+    def deck(self) -> ServeDeckApp:
+        return cast("ServeDeckApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="deployments-body"):
+            yield Input(placeholder="filter (! inverts)", id="deployments-filter", classes="hidden")
+            yield DeploymentTable(id="deployments-table")
+            yield Static("", id="deployments-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._refresh_table()
+        self.query_one(DeploymentTable).focus()
+
+    @property
+    def table(self) -> DeploymentTable:
+        return self.query_one(DeploymentTable)
+
+    def _refresh_table(self) -> None:
+        rows = self.deck.registry.rows()
+        self.table.show(rows, self._filter, self.deck.ctx.selected_target)
+        self._show_detail()
+
+    @on(TargetsChanged)
+    def _targets_changed(self) -> None:
+        self._refresh_table()
+
+    @on(DataTable.RowHighlighted)
+    def _show_detail(self) -> None:
+        row = self.table.highlighted
+        detail = self.query_one("#deployments-detail", Static)
+        if row is None:
+            detail.update("no rows match the filter; esc clears it" if self._filter else "")
+            return
+        parts = [f"{row.name}: {row.status.value}"]
+        if row.detail:
+            parts.append(row.detail)
+        if row.endpoint:
+            parts.append(f"endpoint {row.endpoint}")
+        detail.update("  ·  ".join(parts))
+
+    def highlighted_row(self) -> DeploymentRow | None:
+        row = self.table.highlighted
+        if row is None:
+            self.notify("no row is highlighted; move to one with the arrow keys", severity="warning")
+        return row
+
+    # -- filter ---------------------------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        box = self.query_one("#deployments-filter", Input)
+        box.remove_class("hidden")
+        box.focus()
+
+    @on(Input.Changed, "#deployments-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self._filter = event.value
+        self._refresh_table()
+
+    @on(Input.Submitted, "#deployments-filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#deployments-filter", Input)
+        if box.has_class("hidden") and not self._filter:
+            self.deck.action_go_back()
+            return
+        box.value = ""
+        self._filter = ""
+        box.add_class("hidden")
+        self.table.focus()
+        self._refresh_table()
+
+    # -- row actions ----------------------------------------------------------------------------------
+
+    def action_use_target(self) -> None:
+        row = self.highlighted_row()
+        if row is None:
+            return
+        if row.target is None:
+            hint = (
+                "press t to start it"
+                if row.source in (TargetSource.LOCAL, TargetSource.TWIN)
+                else "wait for it"
+            )
+            self.notify(f"{row.name} has no endpoint yet; {hint}", severity="warning")
+            return
+        self.deck.select_target(row.name)
+        self.notify(f"target for Chat and Bench: {row.name}", timeout=3)
+
+    def action_start_stop(self) -> None:
+        row = self.highlighted_row()
+        if row is None:
+            return
+        if row.source is TargetSource.LOCAL:
+            if row.status in (TargetStatus.READY, TargetStatus.STARTING):
+                self.deck.stop_local_engine()
+                self.notify("stopping the local engine ...", timeout=3)
+            else:
+                self.deck.start_local_engine()
+                self.notify("starting the local engine (Gemma 3 270M on llama.cpp) ...", timeout=3)
+        elif row.source is TargetSource.TWIN:
+            if row.status in (TargetStatus.READY, TargetStatus.STARTING):
+                self.deck.stop_twin(row.key)
+            else:
+                self.deck.start_twin(row.key)
+        else:
+            self.notify(
+                f"{row.name} is not started by ServeDeck; use s to scale a Kubernetes deployment",
+                severity="warning",
+            )
+
+    def action_new_deployment(self) -> None:
+        # Built once and kept (installed): the form keeps what was typed, and opening it again is instant.
+        if not self.app.is_screen_installed(NEW_DEPLOYMENT_SCREEN):
+            from tui.screens.new_deployment import NewDeploymentScreen
+
+            self.app.install_screen(NewDeploymentScreen(), NEW_DEPLOYMENT_SCREEN)
+        self.app.push_screen(NEW_DEPLOYMENT_SCREEN)
+
+    def action_add_url(self) -> None:
+        def added(row: DeploymentRow | None) -> None:
+            if row is not None:
+                self.notify(f"added {row.name} ({row.engine}, {row.model})", timeout=4)
+
+        self.app.push_screen(AddUrlScreen(self.deck.registry), added)
+
+    @on(DataTable.RowSelected)
+    def action_details(self) -> None:
+        row = self.highlighted_row()
+        if row is None:
+            return
+        from tui.widgets.deploy_details import DeploymentDetailsScreen
+
+        self.app.push_screen(DeploymentDetailsScreen(row.key))
+
+    def action_logs(self) -> None:
+        row = self.highlighted_row()
+        if row is None:
+            return
+        from tui.widgets.deploy_details import DeploymentDetailsScreen
+
+        self.app.push_screen(DeploymentDetailsScreen(row.key, show_logs=True))
+
+    def action_port_forward(self) -> None:
+        row = self.highlighted_row()
+        if row is None:
+            return
+        if row.source is not TargetSource.KUBERNETES:
+            where = f"already reachable at {row.endpoint}" if row.endpoint else "not running"
+            self.notify(
+                f"port-forward is for Kubernetes deployments; {row.name} is {where}", severity="warning"
+            )
+            return
+        self.deck.port_forward(row.key)
+
+    def action_scale(self) -> None:
+        row = self.highlighted_row()
+        if row is None:
+            return
+        if row.source is not TargetSource.KUBERNETES:
+            self.notify(
+                f"scale is for Kubernetes deployments; {row.name} is {row.source.value}", severity="warning"
+            )
+            return
+        current = int(row.replicas.partition("/")[2] or 0) if "/" in row.replicas else 0
+
+        def scaled(replicas: int | None) -> None:
+            if replicas is not None:
+                self.deck.scale_deployment(row.key, replicas)
+
+        self.app.push_screen(ScaleScreen(row.name, current), scaled)
+
+    def action_delete(self) -> None:
+        row = self.highlighted_row()
+        if row is None:
+            return
+        question = self._delete_question(row)
+        if question is None:
+            return
+
+        def confirmed(answer: bool | None) -> None:
+            if answer:
+                self.deck.delete_row(row.key)
+
+        self.app.push_screen(ConfirmScreen(question), confirmed)
+
+    def _delete_question(self, row: DeploymentRow) -> str | None:
+        if row.source is TargetSource.KUBERNETES:
+            return (
+                f"Delete Kubernetes deployment {row.name}? Only the objects ServeDeck labelled are removed; "
+                "the model cache volume goes with them."
+            )
+        if row.source is TargetSource.MANUAL:
+            return f"Remove {row.name} ({row.endpoint}) from the list? The server itself is not touched."
+        if row.source in (TargetSource.LOCAL, TargetSource.TWIN) and row.status in (
+            TargetStatus.READY,
+            TargetStatus.STARTING,
+        ):
+            return f"Stop {row.name}? Chats and runs against it are kept."
+        if row.source is TargetSource.GIVEN:
+            self.notify(f"{row.name} was given on the command line; it leaves the list when ServeDeck exits")
+            return None
+        self.notify(f"{row.name} is not running; there is nothing to delete", severity="warning")
+        return None
+
+    def action_refresh(self) -> None:
+        self.deck.refresh_targets()
+        self.notify("checking every endpoint ...", timeout=2)

@@ -1,0 +1,244 @@
+"""New deployment: a form whose fit / KV-capacity / cost panel and YAML preview follow every keystroke.
+
+The same spec goes to a Kubernetes cluster ("apply") or to a local vLLM twin ("start as twin").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Button, Footer, Header, Input, Label, Select, Static, Switch
+
+from manifests.catalog import default_catalog
+from manifests.errors import ManifestError
+from manifests.gpus import ACCELERATORS, GpuType
+from manifests.model_profiles import MODELS
+from manifests.spec import DeploymentSpec, build_spec
+from tui.widgets.deploy_plan import DeploymentPlan, plan_deployment, plan_renderable
+
+if TYPE_CHECKING:
+    from tui.app import ServeDeckApp
+
+DEFAULT_MODEL = "google/gemma-3-27b-it"
+DEFAULT_GPU = GpuType.H100
+YAML_DEBOUNCE_S = 0.25
+
+
+class FormError(ValueError):
+    """A field that cannot be read; the message names the field and what it takes."""
+
+
+def _optional_int(text: str, field: str, low: int) -> int | None:
+    value = text.strip().replace("_", "").replace(",", "")
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise FormError(
+            f"{field} must be a whole number (or empty for vLLM's default), got {text.strip()!r}"
+        ) from None
+    if number < low:
+        raise FormError(f"{field} must be at least {low}, got {number}")
+    return number
+
+
+def _fraction(text: str, field: str) -> float:
+    value = text.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        raise FormError(f"{field} must be a number in (0, 1], e.g. 0.9, got {value!r}") from None
+    if not 0 < number <= 1:
+        raise FormError(f"{field} must be in (0, 1], e.g. 0.9, got {number:g}")
+    return number
+
+
+def gpu_counts(gpu: GpuType) -> tuple[int, ...]:
+    return default_catalog().allowed_gpu_counts(gpu)
+
+
+class NewDeploymentScreen(Screen[None]):
+    TITLE = "New deployment"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "back", id="new.back"),
+        Binding("ctrl+t", "start_twin", "start as twin", id="new.twin"),
+        Binding("ctrl+s", "apply", "apply to cluster", id="new.apply"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan = DeploymentPlan(error="fill in the form")
+        self._yaml_timer: Timer | None = None
+        self._yaml_shown: str | None = None
+
+    @property
+    def deck(self) -> ServeDeckApp:
+        return cast("ServeDeckApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="new-deployment-body"):
+            with VerticalScroll(id="new-deployment-form") as form:
+                form.border_title = "Spec"
+                yield from self._field("Model", Select(
+                    [(profile.name, profile.hf_id) for profile in MODELS.values()],
+                    value=DEFAULT_MODEL, allow_blank=False, id="nd-model",
+                ))  # fmt: skip
+                yield from self._field("GPU type", Select(
+                    [(ACCELERATORS[gpu].display_name, gpu.value) for gpu in GpuType],
+                    value=DEFAULT_GPU.value, allow_blank=False, id="nd-gpu",
+                ))  # fmt: skip
+                yield from self._field("GPU count", Select(
+                    [(str(n), n) for n in gpu_counts(DEFAULT_GPU)], value=1, allow_blank=False, id="nd-count",
+                ))  # fmt: skip
+                yield from self._field("max-model-len", Input(placeholder="model's maximum", id="nd-max-len"))
+                yield from self._field("gpu-memory-util", Input("0.9", id="nd-util"))
+                yield from self._field("max-num-seqs", Input(placeholder="vLLM default", id="nd-max-seqs"))
+                yield from self._field("Spot VMs", Switch(value=False, id="nd-spot"))
+                yield from self._field("Name", Input(placeholder="from model and GPUs", id="nd-name"))
+                yield from self._field("Namespace", Input("vllm", id="nd-namespace"))
+            with Vertical(id="new-deployment-right"):
+                fit = Static("", id="new-deployment-fit")
+                fit.border_title = "Fit · KV capacity · cost"
+                yield fit
+                with VerticalScroll(id="new-deployment-yaml") as yaml_box:
+                    yaml_box.border_title = "YAML"
+                    yield Static("", id="nd-yaml")
+                with Horizontal(id="new-deployment-buttons"):
+                    yield Button("Start as twin (ctrl+t)", variant="primary", id="nd-twin")
+                    yield Button("Apply to cluster (ctrl+s)", variant="warning", id="nd-apply")
+                    yield Button("Cancel (esc)", id="nd-cancel")
+        yield Footer()
+
+    @staticmethod
+    def _field(label: str, control: Any) -> ComposeResult:
+        with Horizontal(classes="field-row"):
+            yield Label(label, classes="field-label")
+            yield control
+
+    def on_mount(self) -> None:
+        self.recompute()
+        # The YAML follows right after the first paint, so the form itself appears at once.
+        self.call_after_refresh(self._show_yaml)
+        self.query_one("#nd-model", Select).focus()
+
+    # -- reading the form -----------------------------------------------------------------------------
+
+    def _input(self, widget_id: str) -> str:
+        return self.query_one(f"#{widget_id}", Input).value
+
+    def read_spec(self) -> DeploymentSpec:
+        """The spec the form describes; FormError or ManifestError (one line) when it cannot be built."""
+        model = str(self.query_one("#nd-model", Select).value)
+        gpu = GpuType(str(self.query_one("#nd-gpu", Select).value))
+        count_value = self.query_one("#nd-count", Select).value
+        count = count_value if isinstance(count_value, int) else 1
+        fields: dict[str, Any] = {
+            "model": model,
+            "gpu": gpu,
+            "gpu_count": count,
+            "max_model_len": _optional_int(self._input("nd-max-len"), "max-model-len", 16),
+            "gpu_memory_utilization": _fraction(self._input("nd-util"), "gpu-memory-utilization"),
+            "max_num_seqs": _optional_int(self._input("nd-max-seqs"), "max-num-seqs", 1),
+            "spot": self.query_one("#nd-spot", Switch).value,
+            "namespace": self._input("nd-namespace").strip() or "vllm",
+        }
+        name = self._input("nd-name").strip()
+        if name:
+            fields["name"] = name
+        return build_spec(fields)
+
+    def recompute(self) -> None:
+        try:
+            spec = self.read_spec()
+        except (FormError, ManifestError) as err:
+            self.plan = DeploymentPlan(error=str(err))
+        else:
+            self.plan = plan_deployment(spec)
+        self._show_plan()
+
+    def _show_plan(self) -> None:
+        plan = self.plan
+        fit_panel = self.query_one("#new-deployment-fit", Static)
+        fit_panel.update(plan_renderable(plan))
+        fit_panel.set_class(not plan.deployable, "does-not-fit")
+        self.query_one("#nd-twin", Button).disabled = not plan.deployable
+        self.query_one("#nd-apply", Button).disabled = not plan.deployable
+        # Highlighting and laying out ~170 lines of YAML is the costly part of a keystroke: it waits until
+        # typing pauses, while the fit panel above follows every key.
+        if self._yaml_timer is not None:
+            self._yaml_timer.stop()
+            self._yaml_timer = None
+        if not plan.deployable:
+            self._show_yaml()
+        else:
+            self._yaml_timer = self.set_timer(YAML_DEBOUNCE_S, self._show_yaml)
+
+    def _show_yaml(self) -> None:
+        self._yaml_timer = None
+        text = self.plan.yaml_text
+        if text == self._yaml_shown:
+            return
+        self._yaml_shown = text
+        yaml_view = self.query_one("#nd-yaml", Static)
+        if text:
+            yaml_view.update(Syntax(text, "yaml", theme="ansi_dark").highlight(text))
+        else:
+            yaml_view.update(Text("no YAML: fix what the panel above says", style="dim"))
+
+    @on(Select.Changed, "#nd-gpu")
+    def _gpu_changed(self, event: Select.Changed) -> None:
+        count = self.query_one("#nd-count", Select)
+        allowed = gpu_counts(GpuType(str(event.value)))
+        current = count.value if isinstance(count.value, int) else 1
+        count.set_options([(str(n), n) for n in allowed])
+        count.value = current if current in allowed else allowed[0]
+        self.recompute()
+
+    @on(Select.Changed)
+    @on(Input.Changed)
+    @on(Switch.Changed)
+    def _changed(self) -> None:
+        self.recompute()
+
+    # -- actions --------------------------------------------------------------------------------------
+
+    def _deployable_spec(self) -> DeploymentSpec | None:
+        if not self.plan.deployable or self.plan.spec is None:
+            reason = self.plan.error or (self.plan.fit.message if self.plan.fit else "the form is incomplete")
+            self.notify(f"cannot deploy this spec: {reason}", severity="error", timeout=8)
+            return None
+        return self.plan.spec
+
+    @on(Button.Pressed, "#nd-twin")
+    def action_start_twin(self) -> None:
+        spec = self._deployable_spec()
+        if spec is None:
+            return
+        key = self.deck.registry.add_twin(spec)
+        self.deck.start_twin(key)
+        self.notify(f"starting twin of {spec.name} ({spec.hardware_label}) ...", timeout=4)
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#nd-apply")
+    def action_apply(self) -> None:
+        spec = self._deployable_spec()
+        if spec is None:
+            return
+        self.deck.apply_deployment(spec)
+        self.notify(f"applying {spec.name} to {self.deck.ctx.context_label} ...", timeout=4)
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#nd-cancel")
+    def action_back(self) -> None:
+        self.dismiss(None)
