@@ -256,3 +256,10 @@ def test_ctrl_c_keeps_finished_requests_in_the_file_and_history(
         env=_env(data_dir),
     )
     assert "interrupted" in listed.stdout and "partial" in listed.stdout
+
+
+@pytest.mark.parametrize("levels", ["inf", "nan", "1,inf"])
+def test_non_finite_levels_are_one_clear_line(levels: str, tmp_path: Path) -> None:
+    done = _bench(["--target", "http://127.0.0.1:9", "--concurrency", levels], tmp_path)
+    assert done.returncode == 2
+    assert "expected finite numbers" in done.stderr and "Traceback" not in done.stderr

@@ -271,16 +271,23 @@ async def run_sweep(
                 break
     finally:
         result.finished_at = datetime.now(UTC)
-        statuses = [lvl.status for lvl in result.levels]
         if cancel.is_set() or len(result.levels) < len(config.levels):
             result.status = RunStatus.PARTIAL if result.levels else RunStatus.FAILED
             result.message = "cancelled: finished levels and requests were kept"
-        elif all(s is RunStatus.FAILED for s in statuses):
-            result.status = RunStatus.FAILED
-            result.message = result.levels[-1].message if result.levels else None
-        elif any(s is not RunStatus.COMPLETE for s in statuses):
-            result.status = RunStatus.PARTIAL
         else:
-            result.status = RunStatus.COMPLETE
+            set_status_from_levels(result)
         emit(SweepFinished(result=result))
     return result
+
+
+def set_status_from_levels(result: SweepResult) -> None:
+    """The status of a run whose every level ran: FAILED (with the last level's message) when all failed,
+    PARTIAL when any did not complete, else COMPLETE."""
+    statuses = [lvl.status for lvl in result.levels]
+    if all(s is RunStatus.FAILED for s in statuses):
+        result.status = RunStatus.FAILED
+        result.message = result.levels[-1].message if result.levels else None
+    elif any(s is not RunStatus.COMPLETE for s in statuses):
+        result.status = RunStatus.PARTIAL
+    else:
+        result.status = RunStatus.COMPLETE

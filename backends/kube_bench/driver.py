@@ -41,6 +41,7 @@ from backends.bench.sweep import (
     SweepEvent,
     SweepFinished,
     SweepStarted,
+    set_status_from_levels,
     validate_config,
 )
 from backends.kube.client import KubeClient, ObjectRef
@@ -565,7 +566,6 @@ class InClusterSweep:
 
     def _finish(self, result: SweepResult, stop_message: str | None) -> None:
         result.finished_at = datetime.now(UTC)
-        statuses = [level.status for level in result.levels]
         if self.cancel.is_set():
             result.status = (
                 RunStatus.PARTIAL if any(lvl.records for lvl in result.levels) else RunStatus.FAILED
@@ -579,13 +579,8 @@ class InClusterSweep:
         elif len(result.levels) < len(self.config.levels):
             result.status = RunStatus.PARTIAL if result.levels else RunStatus.FAILED
             result.message = "the sweep stopped early: finished levels and requests were kept"
-        elif all(s is RunStatus.FAILED for s in statuses):
-            result.status = RunStatus.FAILED
-            result.message = result.levels[-1].message if result.levels else None
-        elif any(s is not RunStatus.COMPLETE for s in statuses):
-            result.status = RunStatus.PARTIAL
         else:
-            result.status = RunStatus.COMPLETE
+            set_status_from_levels(result)
 
     def _start_delay(self) -> float:
         if self.options.start_delay_s is not None:

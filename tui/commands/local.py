@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from collections.abc import Callable
-from types import FrameType
 
 from backends.engines.local import LocalEngine, LocalEngineConfig
+from tui.commands.foreground import int_in_range, sigterm_as_ctrl_c
 
 STARTUP_DEADLINE_S = 180.0
-
-
-def _int_in_range(low: int, high: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,20 +23,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "127.0.0.1 and keep it in the foreground until ctrl-c.",
     )
     serve.add_argument(
-        "--port", type=_int_in_range(0, 65535, "--port"), default=0, help="port to listen on (0 = a free one)"
+        "--port", type=int_in_range(0, 65535, "--port"), default=0, help="port to listen on (0 = a free one)"
     )
     serve.add_argument(
-        "--parallel", type=_int_in_range(1, 256, "--parallel"), default=8, help="concurrent slots (default 8)"
+        "--parallel", type=int_in_range(1, 256, "--parallel"), default=8, help="concurrent slots (default 8)"
     )
     serve.add_argument(
         "--ctx-per-slot",
-        type=_int_in_range(64, 32768, "--ctx-per-slot"),
+        type=int_in_range(64, 32768, "--ctx-per-slot"),
         default=2048,
         help="context tokens per slot (default 2048)",
     )
     serve.add_argument(
         "--threads",
-        type=_int_in_range(1, 1024, "--threads"),
+        type=int_in_range(1, 1024, "--threads"),
         default=None,
         help="CPU threads (default: all cores)",
     )
@@ -64,10 +49,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     local.set_defaults(handler=_local_help)
 
 
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _serve(args: argparse.Namespace) -> int:
     config = LocalEngineConfig(
         port=args.port, parallel=args.parallel, ctx_per_slot=args.ctx_per_slot, threads=args.threads
@@ -78,25 +59,19 @@ def _serve(args: argparse.Namespace) -> int:
         f"{config.thread_count} threads ...",
         flush=True,
     )
-    # A service manager's SIGTERM stops the engine as cleanly as ctrl-c does.
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        with engine.start(deadline_s=STARTUP_DEADLINE_S):
-            try:
-                print(
-                    f"local engine ready at {engine.openai_base_url}  "
-                    "(OpenAI API; /metrics, /slots, /tokenize)"
-                )
-                print(f"model id: {engine.model_id}")
-                print(f"log: {engine.log_path}")
-                print(f"llama-server pid: {engine.pid}; press ctrl-c to stop", flush=True)
-                while engine.wait(0.5) is None:
-                    pass
-            except KeyboardInterrupt:
-                print("stopping llama-server ...", file=sys.stderr, flush=True)
-                engine.stop()
-                print("stopped", file=sys.stderr, flush=True)
-                return 0
-            raise engine.unexpected_exit_error()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_ctrl_c(), engine.start(deadline_s=STARTUP_DEADLINE_S):
+        try:
+            print(
+                f"local engine ready at {engine.openai_base_url}  (OpenAI API; /metrics, /slots, /tokenize)"
+            )
+            print(f"model id: {engine.model_id}")
+            print(f"log: {engine.log_path}")
+            print(f"llama-server pid: {engine.pid}; press ctrl-c to stop", flush=True)
+            while engine.wait(0.5) is None:
+                pass
+        except KeyboardInterrupt:
+            print("stopping llama-server ...", file=sys.stderr, flush=True)
+            engine.stop()
+            print("stopped", file=sys.stderr, flush=True)
+            return 0
+        raise engine.unexpected_exit_error()

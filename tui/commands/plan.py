@@ -16,7 +16,7 @@ from typing import Any
 
 from backends.bench.export import summarize_server, to_vllm_result
 from backends.bench.models import Axis, Target, TargetKind
-from backends.bench.results import DatasetSpec, LevelResult, SweepConfig, SweepResult
+from backends.bench.results import LevelResult, SweepConfig, SweepResult
 from backends.errors import ConfigError
 from backends.twin.capacity import GIB, MemoryPlan
 from backends.twin.engine import TwinConfig, TwinEngine
@@ -25,26 +25,15 @@ from manifests.catalog import Catalog, load_catalog
 from manifests.cost import estimate_cost
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
+from tui.commands.sweep_args import (
+    add_sweep_arguments,
+    axis_and_levels,
+    dataset_from_args,
+    positive_float_list,
+)
 
 DEFAULT_MODEL = "gemma-3-27b-it"
 DEFAULT_CONTEXT_LEN = 2048
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
-    return values
-
-
-def _int_list(text: str) -> list[float]:
-    values = _float_list(text)
-    if any(v != int(v) for v in values):
-        raise argparse.ArgumentTypeError(f"concurrency levels must be whole numbers >= 1, got {text!r}")
-    return values
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,19 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model profile (default {DEFAULT_MODEL})")
     parser.add_argument("--gpu", required=True, help=f"accelerator: {', '.join(g.value for g in GpuType)}")
     parser.add_argument("--count", type=int, default=1, help="GPUs per replica = tensor-parallel size")
-    axis = parser.add_mutually_exclusive_group(required=True)
-    axis.add_argument("--request-rate", type=_float_list, help="open loop: comma list of req/s")
-    axis.add_argument("--concurrency", type=_int_list, help="closed loop: comma list of in-flight counts")
-    parser.add_argument(
-        "--burstiness", type=float, default=1.0, help="gamma shape for arrivals (1 = Poisson)"
-    )
-    parser.add_argument("--max-concurrency", type=int, help="cap on in-flight requests for --request-rate")
-    parser.add_argument("--num-prompts", type=int, default=1000, help="requests per level (default 1000)")
-    parser.add_argument("--dataset", default="sharegpt", help="sharegpt | random | PATH to a ShareGPT json")
-    parser.add_argument("--random-input-len", type=int, default=1024)
-    parser.add_argument("--random-output-len", type=int, default=128)
-    parser.add_argument("--random-range-ratio", type=float, default=0.0)
-    parser.add_argument("--output-len", type=int, help="fixed output length (overrides the dataset's)")
+    add_sweep_arguments(parser, positive_levels=True, num_prompts_default=1000)
     parser.add_argument("--ignore-eos", action="store_true", help="every answer runs to its output length")
     parser.add_argument(
         "--eos",
@@ -84,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--percentiles", type=_float_list, default=[99.0], help="e.g. 50,90,99")
+    parser.add_argument("--percentiles", type=positive_float_list, default=[99.0], help="e.g. 50,90,99")
     parser.add_argument("--max-model-len", type=int, help="default: the model's maximum")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--max-num-seqs", type=int, help="default: vLLM's for the GPU")
@@ -137,19 +114,8 @@ def sweep_config_from_args(args: argparse.Namespace, config: TwinConfig) -> Swee
         raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), not {args.burstiness}")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ConfigError(f"--max-concurrency must be at least 1, not {args.max_concurrency}")
-    if args.concurrency is not None:
-        axis, levels = Axis.CONCURRENCY, args.concurrency
-    else:
-        axis, levels = Axis.REQUEST_RATE, args.request_rate
-    if args.dataset in ("sharegpt", "random"):
-        dataset = DatasetSpec(kind=args.dataset)
-    else:
-        if not Path(args.dataset).is_file():
-            raise ConfigError(f"--dataset: no such file {args.dataset!r} (use sharegpt, random or a path)")
-        dataset = DatasetSpec(kind="file", path=args.dataset)
-    dataset.random_input_len = args.random_input_len
-    dataset.random_output_len = args.random_output_len
-    dataset.random_range_ratio = args.random_range_ratio
+    axis, levels = axis_and_levels(args)
+    dataset = dataset_from_args(args)
     target = Target(
         name=f"twin {config.gpu_count}x{config.gpu.value}",
         base_url=f"twin://{config.gpu_count}x{config.gpu.value}",

@@ -7,31 +7,17 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Callable
-from types import FrameType
 
 from backends.twin.engine_config import TwinConfig
 from backends.twin.logline import DEFAULT_INTERVAL_S
 from backends.twin.server import TwinServer
 from manifests.gpus import GpuType
 from manifests.model_profiles import MODELS
+from tui.commands.foreground import int_in_range, sigterm_as_ctrl_c
 
 DEFAULT_PORT = 8000
-
-
-def _int_in_range(low: int, high: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
 
 
 def _positive_float(what: str) -> Callable[[str], float]:
@@ -64,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument(
         "--count",
-        type=_int_in_range(1, 64, "--count"),
+        type=int_in_range(1, 64, "--count"),
         default=1,
         help="GPUs (tensor-parallel size; default 1)",
     )
@@ -72,21 +58,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument(
         "--port",
-        type=_int_in_range(0, 65535, "--port"),
+        type=int_in_range(0, 65535, "--port"),
         default=DEFAULT_PORT,
         help=f"port (default {DEFAULT_PORT}, vLLM's; 0 = a free one)",
     )
-    serve.add_argument("--max-model-len", type=_int_in_range(16, 10_000_000, "--max-model-len"), default=None)
+    serve.add_argument("--max-model-len", type=int_in_range(16, 10_000_000, "--max-model-len"), default=None)
     serve.add_argument(
         "--gpu-memory-utilization",
         type=_positive_float("--gpu-memory-utilization"),
         default=None,
         help="fraction of GPU memory vLLM may use (default 0.9)",
     )
-    serve.add_argument("--max-num-seqs", type=_int_in_range(1, 1_000_000, "--max-num-seqs"), default=None)
+    serve.add_argument("--max-num-seqs", type=int_in_range(1, 1_000_000, "--max-num-seqs"), default=None)
     serve.add_argument(
         "--max-num-batched-tokens",
-        type=_int_in_range(1, 10_000_000, "--max-num-batched-tokens"),
+        type=int_in_range(1, 10_000_000, "--max-num-batched-tokens"),
         default=None,
     )
     serve.add_argument(
@@ -123,10 +109,6 @@ def build_config(args: argparse.Namespace) -> TwinConfig:
     return TwinConfig.build(args.model, args.gpu, args.count, **engine_args)
 
 
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _announce(server: TwinServer) -> None:
     config = server.config
     plan = server.memory
@@ -145,10 +127,7 @@ def _announce(server: TwinServer) -> None:
 def _serve(args: argparse.Namespace) -> int:
     config = build_config(args)
     server = TwinServer(config, args.host, args.port, log_interval_s=args.log_stats_interval)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
+    with sigterm_as_ctrl_c():
         server.serve_forever(on_ready=_announce)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print("twin stopped", file=sys.stderr, flush=True)
     return 0

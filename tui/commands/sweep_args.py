@@ -1,0 +1,113 @@
+"""The sweep flags `servedeck bench` and `servedeck plan` share: the axis and its levels, arrivals, the
+dataset and the output length, and how they become an axis, levels and a ``DatasetSpec``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from backends.bench.models import Axis
+from backends.bench.results import DatasetSpec
+from backends.errors import ConfigError
+
+BUILTIN_DATASETS = ("sharegpt", "random")
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers (no inf or nan), got {text!r}")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    """An argparse type: a comma list of at least one number."""
+    values = _numbers(text)
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def positive_float_list(text: str) -> list[float]:
+    """An argparse type: a comma list of at least one number, each > 0."""
+    values = _numbers(text)
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
+    return values
+
+
+def _whole_levels(values: list[float], text: str) -> list[float]:
+    if any(v != int(v) or v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be whole numbers >= 1, got {text!r}")
+    return values
+
+
+def concurrency_list(text: str) -> list[float]:
+    """An argparse type: a comma list of whole in-flight counts >= 1."""
+    return _whole_levels(float_list(text), text)
+
+
+def positive_concurrency_list(text: str) -> list[float]:
+    """As ``concurrency_list``, but a count <= 0 gets ``positive_float_list``'s message."""
+    return _whole_levels(positive_float_list(text), text)
+
+
+def add_sweep_arguments(
+    parser: argparse.ArgumentParser, *, positive_levels: bool, num_prompts_default: int
+) -> None:
+    """--concurrency | --request-rate (one required), arrivals, prompts per level, dataset, output length.
+
+    With ``positive_levels`` a level <= 0 is refused by the parser ("expected numbers > 0").
+    """
+    axis = parser.add_mutually_exclusive_group(required=True)
+    axis.add_argument(
+        "--concurrency",
+        type=positive_concurrency_list if positive_levels else concurrency_list,
+        help="closed loop: comma list of in-flight counts",
+    )
+    axis.add_argument(
+        "--request-rate",
+        type=positive_float_list if positive_levels else float_list,
+        help="open loop: comma list of req/s",
+    )
+    parser.add_argument(
+        "--burstiness", type=float, default=1.0, help="gamma shape for arrivals (1 = Poisson)"
+    )
+    parser.add_argument("--max-concurrency", type=int, help="cap on in-flight requests for --request-rate")
+    parser.add_argument(
+        "--num-prompts",
+        type=int,
+        default=num_prompts_default,
+        help=f"requests per level (default {num_prompts_default})",
+    )
+    parser.add_argument("--dataset", default="sharegpt", help="sharegpt | random | PATH to a ShareGPT json")
+    parser.add_argument("--random-input-len", type=int, default=1024)
+    parser.add_argument("--random-output-len", type=int, default=128)
+    parser.add_argument("--random-range-ratio", type=float, default=0.0)
+    parser.add_argument("--output-len", type=int, help="fixed output length (overrides the dataset's)")
+
+
+def axis_and_levels(args: argparse.Namespace) -> tuple[Axis, list[float]]:
+    if args.concurrency is not None:
+        return Axis.CONCURRENCY, args.concurrency
+    return Axis.REQUEST_RATE, args.request_rate
+
+
+def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:
+    """The ``--dataset`` and ``--random-*`` flags; ConfigError when a dataset file does not exist."""
+    name: str = args.dataset
+    if name in BUILTIN_DATASETS:
+        dataset = DatasetSpec(kind=name)
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"--dataset: no such file {name!r} (use sharegpt, random or a path)")
+        dataset = DatasetSpec(kind="file", path=str(path))
+    dataset.random_input_len = args.random_input_len
+    dataset.random_output_len = args.random_output_len
+    dataset.random_range_ratio = args.random_range_ratio
+    return dataset
