@@ -63,7 +63,19 @@ class BaselineRequest(BaseModel):
 class BaselineResult(BaseModel):
     cpu_seconds: float
     duration_s: float
+    runqueue_wait_s: float | None = Field(
+        default=None, description="time this process was runnable but waiting for a CPU (host contention)"
+    )
     requests: list[BaselineRequest]
+
+
+def runqueue_wait_s(pid: int | str = "self") -> float | None:
+    """Seconds the task has spent runnable but not running (/proc/PID/schedstat), if the kernel tells."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def baseline_cpu() -> int | None:
@@ -139,12 +151,16 @@ async def _run(job: BaselineJob, conn: Connection) -> None:
                 records.append(await _one_request(session, job.url, job.payload))
 
         usage_before = resource.getrusage(resource.RUSAGE_SELF)
+        wait_before = runqueue_wait_s()
         wall_before = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(min(job.concurrency, job.requests))))
         wall = time.perf_counter() - wall_before
+        wait_after = runqueue_wait_s()
         usage_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
-    conn.send(("done", BaselineResult(cpu_seconds=cpu, duration_s=wall, requests=records)))
+    waited = None if wait_before is None or wait_after is None else wait_after - wait_before
+    result = BaselineResult(cpu_seconds=cpu, duration_s=wall, runqueue_wait_s=waited, requests=records)
+    conn.send(("done", result))
 
 
 def baseline_main(job: BaselineJob, conn: Connection) -> None:

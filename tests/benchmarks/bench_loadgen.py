@@ -4,8 +4,9 @@
 
 Method (reference/sse_limits.md): the fake SSE server (tests/fakes/sse_server.py) runs in its own
 process pinned to core 0; each client runs in its own process pinned to the last core. Both
-clients are closed loop (C lanes, requests back to back) and send the same JSON body (ServeDeck's
-default options: include_usage and continuous usage stats). Cells, at C = 100, 500 and 1000 streams:
+clients are closed loop (C lanes, requests back to back) and send the same JSON body (paced cells:
+ServeDeck's default options, include_usage and continuous usage stats; max cells: include_usage only,
+so the fake server takes its fast path). Cells, at C = 100, 500 and 1000 streams:
 
 - ``max``: tick server, ITL 0 (as fast as backpressure allows). The server may be the limit, so its
   CPU (from /proc) and chunks sent (GET /stats) are reported next to the client's.
@@ -25,6 +26,9 @@ timing error = client timestamp - server emit_ns over every chunk (p50/p99/max),
   chunk's bytes, so its send times are put on the wall clock through its first probe pair and
   matched by rank to the server's request-received times (GET /stats ``recv_ns``, reset before
   each cell). The baseline's rank-matched value is reported too, to show what the matching costs.
+
+Host contention: each client's run-queue wait (/proc/PID/schedstat) is reported as "client waited
+for core %"; a goal row whose cells waited more than 5% says it is not a clean measurement.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -45,18 +50,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from backends.bench.loadgen.requests import RequestOptions, parse_endpoint, render_body, render_request
 from backends.bench.loadgen.runner import LevelPlan, LevelProgress, run_level
 from backends.bench.models import Axis, LoadLevel, SampledRequest
 from backends.errors import ServeDeckError
-from tests.benchmarks.baseline_aiohttp import BaselineJob, BaselineResult, baseline_cpu, run_baseline
+from tests.benchmarks.baseline_aiohttp import (
+    BaselineJob,
+    BaselineResult,
+    baseline_cpu,
+    run_baseline,
+    runqueue_wait_s,
+)
 from tests.fakes.sse_server import DEFAULT_MODEL, start_in_process, stop_process
 
 CONCURRENCIES = (100, 500, 1000)
 PACED_ITL_MS = {100: 4.0, 500: 20.0, 1000: 40.0}
 TTFT_MS = 20.0
+FAKE_SERVER_NAME = "fake-sse-server"  # the process name start_in_process gives the server
+WAITED = "client waited for core %"
+CONTENTION_PERCENT = 5.0  # a client that waited longer than this for its core was not measured cleanly
 PROMPT = "Write a short story about a fox."
 
 # Goals (the brief of this benchmark).
@@ -80,6 +94,8 @@ class CellSpec(BaseModel):
     mode: Mode
     concurrency: int
     itl_ms: float
+    ttft_ms: float
+    continuous_usage: bool
     tokens: int
     requests: int
 
@@ -89,14 +105,19 @@ class CellResult(BaseModel):
     spec: CellSpec
     probe: bool
     failed: int
-    duration_s: float
+    duration_s: float = Field(description="the client's own run time (what its CPU % is measured over)")
+    window_s: float = Field(description="first request sent to last chunk received")
     chunks: int
-    chunks_per_s: float
+    chunks_per_s: float = Field(description="chunks / window_s")
     client_cpu_s: float
     client_cpu_percent: float
     client_cpu_s_per_1m: float
     client_loop_lag_p99_ms: float | None = None
+    client_loop_lag_max_ms: float | None = None
     client_limited_reason: str | None = None
+    client_runqueue_wait_percent: float | None = Field(
+        default=None, description="share of the run the client was runnable but waiting for its core"
+    )
     server_cpu_s: float
     server_cpu_percent: float
     server_chunks_sent: int
@@ -184,11 +205,15 @@ def servers() -> Iterator[dict[Mode, Server]]:
 # ---- request bodies -------------------------------------------------------------------------------
 
 
+def request_options(spec: CellSpec) -> RequestOptions:
+    return RequestOptions(model=DEFAULT_MODEL, continuous_usage=spec.continuous_usage)
+
+
 def request_body(spec: CellSpec, options: RequestOptions) -> dict[str, object]:
     sample = SampledRequest(prompt=PROMPT, prompt_len=8, expected_output_len=spec.tokens)
     body = render_body(sample, options)
     body["ignore_eos"] = True
-    body["fake_ttft_ms"] = TTFT_MS
+    body["fake_ttft_ms"] = spec.ttft_ms
     body["fake_itl_ms"] = spec.itl_ms
     return body
 
@@ -201,7 +226,13 @@ def _dist(values_ns: np.ndarray) -> dict[str, float] | None:
         return None
     ms = values_ns.astype(np.float64) / 1e6
     p50, p99 = np.percentile(ms, [50, 99])
-    return {"p50": float(p50), "p99": float(p99), "max": float(ms.max()), "min": float(ms.min()), "n": ms.size}
+    return {
+        "p50": float(p50),
+        "p99": float(p99),
+        "max": float(ms.max()),
+        "min": float(ms.min()),
+        "n": ms.size,
+    }
 
 
 def _rank_matched_delivery_ns(sent_ns: np.ndarray, recv_ns: np.ndarray) -> np.ndarray | None:
@@ -219,7 +250,7 @@ def _rank_matched_delivery_ns(sent_ns: np.ndarray, recv_ns: np.ndarray) -> np.nd
 
 def run_servedeck(server: Server, spec: CellSpec, probe: bool) -> CellResult:
     endpoint = parse_endpoint(server.base_url)
-    options = RequestOptions(model=DEFAULT_MODEL)
+    options = request_options(spec)
     request = render_request(endpoint, request_body(spec, options), options)
     plan = LevelPlan(
         level=LoadLevel(axis=Axis.CONCURRENCY, value=spec.concurrency),
@@ -231,11 +262,19 @@ def run_servedeck(server: Server, spec: CellSpec, probe: bool) -> CellResult:
         probe_timing=probe,
     )
 
-    def ignore(_: LevelProgress) -> None:
-        pass
+    waits: list[tuple[float, float]] = []
+
+    def sample_worker_wait(_: LevelProgress) -> None:
+        # Progress arrives every 0.25 s: sample how long the worker process has waited for its core.
+        for child in mp.active_children():
+            if child.name != FAKE_SERVER_NAME and child.pid is not None:
+                waited = runqueue_wait_s(child.pid)
+                if waited is not None:
+                    waits.append((time.perf_counter(), waited))
+                return
 
     async def level() -> Any:
-        return await run_level(plan, endpoint, ignore, asyncio.Event())
+        return await run_level(plan, endpoint, sample_worker_wait, asyncio.Event())
 
     load_before = _loadavg()
     server.reset()
@@ -247,19 +286,23 @@ def run_servedeck(server: Server, spec: CellSpec, probe: bool) -> CellResult:
         raise BenchError(f"ServeDeck's load generator failed in {spec}: {outcome.error}")
     records = outcome.records
     chunks = sum(len(r.chunk_times) for r in records)
+    starts = [r.sent_at for r in records if r.sent_at is not None]
+    ends = [r.chunk_times[-1] for r in records if r.chunk_times]
+    window_s = max(ends) - min(starts) if starts and ends else 0.0
     failed = sum(1 for r in records if not r.success)
     err_ms = first_ms = ttft_ms = None
     if probe:
         pairs = [r.probe_emit_arrival_ns for r in records if r.probe_emit_arrival_ns]
         flat = np.array([p for request_pairs in pairs for p in request_pairs], dtype=np.int64).reshape(-1, 2)
         err_ms = _dist(flat[:, 1] - flat[:, 0])
-        timed = [r for r in records if r.probe_emit_arrival_ns and r.sent_at is not None and r.first_token_at]
-        first_emit = np.array([r.probe_emit_arrival_ns[0][0] for r in timed], dtype=np.int64)  # type: ignore[index]
-        first_arrival = np.array([r.probe_emit_arrival_ns[0][1] for r in timed], dtype=np.int64)  # type: ignore[index]
-        client_ttft_ns = np.array(
-            [round((r.first_token_at - r.sent_at) * 1e9) for r in timed],  # type: ignore[operator]
-            dtype=np.int64,
-        )
+        firsts = [
+            (r.probe_emit_arrival_ns[0], round((r.first_token_at - r.sent_at) * 1e9))
+            for r in records
+            if r.probe_emit_arrival_ns and r.sent_at is not None and r.first_token_at is not None
+        ]
+        first_emit = np.array([pair[0] for pair, _ in firsts], dtype=np.int64)
+        first_arrival = np.array([pair[1] for pair, _ in firsts], dtype=np.int64)
+        client_ttft_ns = np.array([ttft for _, ttft in firsts], dtype=np.int64)
         first_ms = _dist(first_arrival - first_emit)
         delivery = _rank_matched_delivery_ns(first_arrival - client_ttft_ns, np.array(stats["recv_ns"]))
         if delivery is not None:
@@ -270,13 +313,18 @@ def run_servedeck(server: Server, spec: CellSpec, probe: bool) -> CellResult:
         probe=probe,
         failed=failed,
         duration_s=outcome.duration_s,
+        window_s=window_s,
         chunks=chunks,
-        chunks_per_s=chunks / outcome.duration_s if outcome.duration_s else 0.0,
+        chunks_per_s=chunks / window_s if window_s else 0.0,
         client_cpu_s=outcome.client.cpu_seconds,
         client_cpu_percent=outcome.client.cpu_percent,
         client_cpu_s_per_1m=outcome.client.cpu_seconds / chunks * 1e6 if chunks else 0.0,
         client_loop_lag_p99_ms=outcome.client.loop_lag_p99_ms,
+        client_loop_lag_max_ms=outcome.client.loop_lag_max_ms,
         client_limited_reason=outcome.client.reason,
+        client_runqueue_wait_percent=(
+            100.0 * (waits[-1][1] - waits[0][1]) / (waits[-1][0] - waits[0][0]) if len(waits) > 1 else None
+        ),
         server_cpu_s=server_cpu,
         server_cpu_percent=100.0 * server_cpu / outcome.duration_s if outcome.duration_s else 0.0,
         server_chunks_sent=int(stats["chunks_sent"]),
@@ -290,7 +338,7 @@ def run_servedeck(server: Server, spec: CellSpec, probe: bool) -> CellResult:
 
 
 def run_aiohttp(server: Server, spec: CellSpec) -> CellResult:
-    options = RequestOptions(model=DEFAULT_MODEL)
+    options = request_options(spec)
     payload = request_body(spec, options)
     warmup = dict(payload, max_tokens=1, fake_ttft_ms=0.0, fake_itl_ms=0.0)
     job = BaselineJob(
@@ -313,6 +361,8 @@ def run_aiohttp(server: Server, spec: CellSpec) -> CellResult:
     stats = server.stats()
     records = result.requests
     chunks = sum(len(r.arrival_ns) for r in records)
+    ends_ns = [r.arrival_ns[-1] for r in records if r.arrival_ns]
+    window_s = (max(ends_ns) - min(r.sent_ns for r in records)) / 1e9 if ends_ns else 0.0
     failed = sum(1 for r in records if r.error is not None or not r.arrival_ns)
     emits = np.array([e for r in records for e in r.emit_ns], dtype=np.int64)
     arrivals = np.array([a for r in records for a in r.arrival_ns], dtype=np.int64)
@@ -328,11 +378,15 @@ def run_aiohttp(server: Server, spec: CellSpec) -> CellResult:
         probe=True,
         failed=failed,
         duration_s=result.duration_s,
+        window_s=window_s,
         chunks=chunks,
-        chunks_per_s=chunks / result.duration_s if result.duration_s else 0.0,
+        chunks_per_s=chunks / window_s if window_s else 0.0,
         client_cpu_s=result.cpu_seconds,
         client_cpu_percent=100.0 * result.cpu_seconds / result.duration_s if result.duration_s else 0.0,
         client_cpu_s_per_1m=result.cpu_seconds / chunks * 1e6 if chunks else 0.0,
+        client_runqueue_wait_percent=(
+            None if result.runqueue_wait_s is None else 100.0 * result.runqueue_wait_s / result.duration_s
+        ),
         server_cpu_s=server_cpu,
         server_cpu_percent=100.0 * server_cpu / result.duration_s if result.duration_s else 0.0,
         server_chunks_sent=int(stats["chunks_sent"]),
@@ -356,13 +410,35 @@ def plan_cells(quick: bool) -> list[CellSpec]:
     cells: list[CellSpec] = []
     for c in CONCURRENCIES:
         rounds = max(1, round(max_chunks / (c * (tokens + 1))))
-        cells.append(CellSpec(kind="max", mode="tick", concurrency=c, itl_ms=0.0, tokens=tokens, requests=c * rounds))
+        cells.append(
+            CellSpec(
+                kind="max",
+                mode="tick",
+                concurrency=c,
+                itl_ms=0.0,
+                ttft_ms=0.0,
+                continuous_usage=False,
+                tokens=tokens,
+                requests=c * rounds,
+            )
+        )
     for c in CONCURRENCIES:
         itl = PACED_ITL_MS[c]
         request_s = (TTFT_MS + (tokens - 1) * itl) / 1000.0
         rounds = max(1, round(paced_window_s / request_s))
         for mode in ("tick", "sleep"):
-            cells.append(CellSpec(kind="paced", mode=mode, concurrency=c, itl_ms=itl, tokens=tokens, requests=c * rounds))
+            cells.append(
+                CellSpec(
+                    kind="paced",
+                    mode=mode,
+                    concurrency=c,
+                    itl_ms=itl,
+                    ttft_ms=TTFT_MS,
+                    continuous_usage=True,
+                    tokens=tokens,
+                    requests=c * rounds,
+                )
+            )
     return cells
 
 
@@ -381,7 +457,9 @@ def run_cells(cells: list[CellSpec], log: Callable[[str], None]) -> list[CellRes
                 order.reverse()
             for client, probe in order:
                 started = time.perf_counter()
-                result = run_servedeck(server, spec, probe) if client == "servedeck" else run_aiohttp(server, spec)
+                result = (
+                    run_servedeck(server, spec, probe) if client == "servedeck" else run_aiohttp(server, spec)
+                )
                 results.append(result)
                 log(
                     f"{spec.kind:5} {spec.mode:5} c={spec.concurrency:<4} {client:9} probe={probe!s:5} "
@@ -396,27 +474,40 @@ def run_cells(cells: list[CellSpec], log: Callable[[str], None]) -> list[CellRes
 # ---- goals and tables -------------------------------------------------------------------------------
 
 
-def _find(results: list[CellResult], client: Client, kind: Kind, mode: Mode, c: int, probe: bool) -> CellResult:
+def _find(
+    results: list[CellResult], client: Client, kind: Kind, mode: Mode, c: int, probe: bool
+) -> CellResult:
     for r in results:
-        if (r.client, r.spec.kind, r.spec.mode, r.spec.concurrency, r.probe) == (client, kind, mode, c, probe):
+        if (r.client, r.spec.kind, r.spec.mode, r.spec.concurrency, r.probe) == (
+            client,
+            kind,
+            mode,
+            c,
+            probe,
+        ):
             return r
     raise BenchError(f"no result for {client} {kind} {mode} c={c} probe={probe}")
 
 
 def check_goals(results: list[CellResult]) -> list[dict[str, Any]]:
     goals: list[dict[str, Any]] = []
-    for mode in ("tick", "sleep"):
+    modes: tuple[Mode, ...] = ("tick", "sleep")
+    for mode in modes:
         r = _find(results, "servedeck", "paced", mode, 1000, False)
-        ok = r.chunks_per_s >= GOAL_PACED_RATE * GOAL_RATE_TOLERANCE and r.client_cpu_percent <= GOAL_CPU_PERCENT_AT_1000
+        ok = (
+            r.chunks_per_s >= GOAL_PACED_RATE * GOAL_RATE_TOLERANCE
+            and r.client_cpu_percent <= GOAL_CPU_PERCENT_AT_1000
+        )
         goals.append(
             {
                 "goal": f"ServeDeck: 25k chunks/s from 1000 streams at <= 50% of one core ({mode})",
                 "pass": ok,
-                "value": f"{r.chunks_per_s:,.0f} chunks/s at {r.client_cpu_percent:.1f}% CPU",
+                "value": f"{r.chunks_per_s:,.0f} chunks/s at {r.client_cpu_percent:.1f}% CPU"
+                + _contention(r),
             }
         )
     for c in CONCURRENCIES:
-        for mode in ("tick", "sleep"):
+        for mode in modes:
             ours = _find(results, "servedeck", "paced", mode, c, False)
             base = _find(results, "aiohttp", "paced", mode, c, True)
             ratio = base.client_cpu_s_per_1m / ours.client_cpu_s_per_1m if ours.client_cpu_s_per_1m else 0.0
@@ -424,7 +515,8 @@ def check_goals(results: list[CellResult]) -> list[dict[str, Any]]:
                 {
                     "goal": f">= 1.5x fewer CPU-s per chunk than the aiohttp baseline (c={c}, {mode})",
                     "pass": ratio >= GOAL_CPU_RATIO,
-                    "value": f"{ratio:.2f}x ({base.client_cpu_s_per_1m:.2f} vs {ours.client_cpu_s_per_1m:.2f} s/1M)",
+                    "value": f"{ratio:.2f}x ({base.client_cpu_s_per_1m:.2f} vs "
+                    f"{ours.client_cpu_s_per_1m:.2f} s/1M)" + _contention(ours, base),
                 }
             )
     for c in CONCURRENCIES:
@@ -434,7 +526,7 @@ def check_goals(results: list[CellResult]) -> list[dict[str, Any]]:
             {
                 "goal": f"ServeDeck: p99 timing error <= 1.5 ms with unsynchronised streams (c={c})",
                 "pass": p99 <= GOAL_SLEEP_P99_MS,
-                "value": f"p99 {p99:.2f} ms",
+                "value": f"p99 {p99:.2f} ms" + _contention(r),
             }
         )
     return goals
@@ -447,59 +539,113 @@ def _f(d: dict[str, float] | None, key: str) -> str:
     return f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}"
 
 
-def markdown(results: list[CellResult], goals: list[dict[str, Any]]) -> str:
-    lines = [
-        "### Max chunks/s (tick server, ITL 0)",
-        "",
-        "| c | client | chunks/s | client CPU % | client CPU s/1M | server CPU % | server µs/chunk | failed |",
-        "|---|---|---|---|---|---|---|---|",
+def _pair(d: dict[str, float] | None) -> str:
+    return f"{_f(d, 'p50')} / {_f(d, 'p99')}"
+
+
+def _waited(r: CellResult) -> str:
+    return "-" if r.client_runqueue_wait_percent is None else f"{r.client_runqueue_wait_percent:.1f}"
+
+
+def _contention(*cells: CellResult) -> str:
+    """A note for goal rows whose cells were disturbed by other processes on the client's core."""
+    worst = max((r.client_runqueue_wait_percent or 0.0 for r in cells), default=0.0)
+    if worst <= CONTENTION_PERCENT:
+        return ""
+    return (
+        f" (host contention: a client waited {worst:.0f}% of its run for its core; not a clean measurement)"
+    )
+
+
+def _lag(r: CellResult) -> str:
+    return "-" if r.client_loop_lag_p99_ms is None else f"{r.client_loop_lag_p99_ms:.2f}"
+
+
+def _table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = [f"### {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def markdown(results: list[CellResult], goals: list[dict[str, Any]], quick: bool = False) -> str:
+    modes: tuple[Mode, ...] = ("tick", "sleep")
+    max_rows = [
+        [
+            str(r.spec.concurrency),
+            r.client,
+            f"{r.chunks_per_s:,.0f}",
+            f"{r.client_cpu_percent:.1f}",
+            _waited(r),
+            f"{r.client_cpu_s_per_1m:.2f}",
+            f"{r.server_cpu_percent:.1f}",
+            f"{r.server_us_per_chunk:.1f}",
+            str(r.failed),
+        ]
+        for r in results
+        if r.spec.kind == "max"
     ]
-    for r in results:
-        if r.spec.kind == "max":
-            lines.append(
-                f"| {r.spec.concurrency} | {r.client} | {r.chunks_per_s:,.0f} | {r.client_cpu_percent:.1f} | "
-                f"{r.client_cpu_s_per_1m:.2f} | {r.server_cpu_percent:.1f} | {r.server_us_per_chunk:.1f} | {r.failed} |"
-            )
-    lines += [
-        "",
-        "### Paced ~25k chunks/s: CPU (ServeDeck without the probe; the baseline as it always runs)",
-        "",
-        "| c | ITL ms | server | client | chunks/s | client CPU % | client CPU s/1M | baseline ÷ ours | loop lag p99 ms | server CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    cpu_rows = []
     for c in CONCURRENCIES:
-        for mode in ("tick", "sleep"):
+        for mode in modes:
             ours = _find(results, "servedeck", "paced", mode, c, False)
             base = _find(results, "aiohttp", "paced", mode, c, True)
+            ratio = base.client_cpu_s_per_1m / ours.client_cpu_s_per_1m if ours.client_cpu_s_per_1m else 0.0
             for r in (ours, base):
-                ratio = f"{base.client_cpu_s_per_1m / ours.client_cpu_s_per_1m:.2f}x" if r is base else ""
-                lag = "-" if r.client_loop_lag_p99_ms is None else f"{r.client_loop_lag_p99_ms:.2f}"
-                lines.append(
-                    f"| {c} | {r.spec.itl_ms:g} | {mode} | {r.client} | {r.chunks_per_s:,.0f} | "
-                    f"{r.client_cpu_percent:.1f} | {r.client_cpu_s_per_1m:.2f} | {ratio} | {lag} | {r.server_cpu_percent:.1f} |"
+                cpu_rows.append(
+                    [
+                        str(c),
+                        f"{r.spec.itl_ms:g}",
+                        mode,
+                        r.client,
+                        f"{r.chunks_per_s:,.0f}",
+                        f"{r.client_cpu_percent:.1f}",
+                        _waited(r),
+                        f"{r.client_cpu_s_per_1m:.2f}",
+                        f"{ratio:.2f}x" if r is base else "",
+                        _lag(r),
+                        f"{r.server_cpu_percent:.1f}",
+                    ]
                 )
-    lines += [
-        "",
-        "### Paced ~25k chunks/s: timing error (client timestamp − server emit_ns, ms; ServeDeck with the probe)",
-        "",
-        "| c | server | client | chunks/s | client CPU % | err p50 | err p99 | err max | first-chunk err p50 / p99 | "
-        "TTFT err p50 / p99 (rank-matched) | TTFT err p50 / p99 (exact) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    err_rows = []
     for c in CONCURRENCIES:
-        for mode in ("tick", "sleep"):
-            for client in ("servedeck", "aiohttp"):
-                r = _find(results, client, "paced", mode, c, True)  # type: ignore[arg-type]
-                lines.append(
-                    f"| {c} | {mode} | {client} | {r.chunks_per_s:,.0f} | {r.client_cpu_percent:.1f} | "
-                    f"{_f(r.err_ms, 'p50')} | {_f(r.err_ms, 'p99')} | {_f(r.err_ms, 'max')} | "
-                    f"{_f(r.first_chunk_err_ms, 'p50')} / {_f(r.first_chunk_err_ms, 'p99')} | "
-                    f"{_f(r.ttft_err_ms, 'p50')} / {_f(r.ttft_err_ms, 'p99')} | "
-                    f"{_f(r.ttft_err_exact_ms, 'p50')} / {_f(r.ttft_err_exact_ms, 'p99')} |"
+        for mode in modes:
+            for r in (
+                _find(results, "servedeck", "paced", mode, c, True),
+                _find(results, "aiohttp", "paced", mode, c, True),
+            ):
+                err_rows.append(
+                    [
+                        str(c),
+                        mode,
+                        r.client,
+                        f"{r.chunks_per_s:,.0f}",
+                        f"{r.client_cpu_percent:.1f}",
+                        _waited(r),
+                        _lag(r),
+                        _f(r.err_ms, "p50"),
+                        _f(r.err_ms, "p99"),
+                        _f(r.err_ms, "max"),
+                        _pair(r.first_chunk_err_ms),
+                        _pair(r.ttft_err_ms),
+                        _pair(r.ttft_err_exact_ms),
+                    ]
                 )
-    lines += ["", "### Goals", "", "| goal | result | value |", "|---|---|---|"]
-    for g in goals:
-        lines.append(f"| {g['goal']} | {'PASS' if g['pass'] else 'FAIL'} | {g['value']} |")
+    goal_rows = [[g["goal"], "PASS" if g["pass"] else "FAIL", g["value"]] for g in goals]
+    max_headers = ["c", "client", "chunks/s", "client CPU %", WAITED, "client CPU s/1M", "server CPU %"]
+    max_headers += ["server µs/chunk", "failed"]
+    cpu_headers = ["c", "ITL ms", "server", "client", "chunks/s", "client CPU %", WAITED, "client CPU s/1M"]
+    cpu_headers += ["baseline ÷ ours", "loop lag p99 ms", "server CPU %"]
+    err_headers = ["c", "server", "client", "chunks/s", "client CPU %", WAITED, "loop lag p99 ms", "err p50"]
+    err_headers += ["err p99", "err max", "first-chunk err p50 / p99", "TTFT err p50 / p99 (rank-matched)"]
+    err_headers += ["TTFT err p50 / p99 (exact)"]
+    lines = [
+        *_table("Max chunks/s (tick server, ITL 0)", max_headers, max_rows),
+        *_table("Paced ~25k chunks/s: CPU (ServeDeck without the probe)", cpu_headers, cpu_rows),
+        *_table("Paced ~25k chunks/s: timing error in ms (ServeDeck with the probe)", err_headers, err_rows),
+        *_table("Goals", ["goal", "result", "value"], goal_rows),
+    ]
+    if quick:
+        lines.append("(--quick: 64-token requests and ~1.5 s cells; the goals are judged on full runs only.)")
     return "\n".join(lines)
 
 
@@ -520,9 +666,15 @@ def machine_info() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_loadgen", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="64-token requests and ~1.5 s cells (a smoke run)")
-    parser.add_argument("--json", type=Path, default=Path("/tmp/bench_loadgen.json"), help="where to write all results")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.benchmarks.bench_loadgen", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="64-token requests and ~1.5 s cells (a smoke run)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path("/tmp/bench_loadgen.json"), help="where to write all results"
+    )
     args = parser.parse_args(argv)
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("this benchmark needs at least 2 cores: the server and the client each get one")
@@ -538,7 +690,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(exc)) from None
     goals = check_goals(results)
     report = Report(
-        command=" ".join(["python -m tests.benchmarks.bench_loadgen", *(argv if argv is not None else sys.argv[1:])]),
+        command=" ".join(
+            ["python -m tests.benchmarks.bench_loadgen", *(argv if argv is not None else sys.argv[1:])]
+        ),
         quick=args.quick,
         started_at=started_at,
         wall_s=time.perf_counter() - started,
@@ -547,7 +701,7 @@ def main(argv: list[str] | None = None) -> None:
         goals=goals,
     )
     args.json.write_text(report.model_dump_json(indent=1))
-    print(markdown(results, goals))
+    print(markdown(results, goals, args.quick))
     print(f"\n{len(results)} runs in {report.wall_s:.0f} s; all results in {args.json}")
 
 

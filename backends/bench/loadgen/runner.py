@@ -125,10 +125,17 @@ class _WorkerHandle:
         self.process.start()
         child_end.close()
         self._inbox = inbox
+        self._worker_cpu = job.cpu
         self._reader = threading.Thread(target=self._read, name=f"loadgen-reader-{self.index}", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
+        # Unpickling progress on the worker's core would steal it from the measurement.
+        if self._worker_cpu is not None:
+            with contextlib.suppress(OSError):
+                others = os.sched_getaffinity(0) - {self._worker_cpu}
+                if others:
+                    os.sched_setaffinity(0, others)
         while True:
             try:
                 message = self.conn.recv()

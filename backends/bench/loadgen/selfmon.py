@@ -1,8 +1,8 @@
 """The load generator watches itself: event-loop lag and CPU share per level.
 
 Lag is the time a callback made ready waits before it runs (``call_soon`` from a 10 ms timer), which
-is exactly the delay a socket read suffers before it is timestamped. It is immune to the 1 ms
-granularity of uvloop's timers, which would otherwise read as lag on an idle loop.
+is exactly the delay a socket read suffers before it is timestamped, plus how late the timer itself
+fired beyond uvloop's 1 ms timer granularity (a long callback delays the timer, not only the queue).
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ from backends.bench.models import ClientStats
 LAG_LIMIT_MS = 1.0
 CPU_LIMIT_PERCENT = 70.0
 _SAMPLE_INTERVAL_S = 0.01
+_TIMER_GRANULARITY_S = 0.001
 
 
 class LoopLagSampler:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
         self.lags: list[float] = []
 
     def start(self) -> None:
+        self._due = time.perf_counter() + _SAMPLE_INTERVAL_S
         self._handle = self._loop.call_later(_SAMPLE_INTERVAL_S, self._tick)
 
     def stop(self) -> None:
@@ -35,11 +38,13 @@ class LoopLagSampler:
 
     def _tick(self) -> None:
         queued = time.perf_counter()
-        self._loop.call_soon(self._measure, queued)
+        timer_late = max(0.0, queued - self._due - _TIMER_GRANULARITY_S)
+        self._loop.call_soon(self._measure, queued, timer_late)
+        self._due = queued + _SAMPLE_INTERVAL_S
         self._handle = self._loop.call_later(_SAMPLE_INTERVAL_S, self._tick)
 
-    def _measure(self, queued: float) -> None:
-        self.lags.append(time.perf_counter() - queued)
+    def _measure(self, queued: float, timer_late: float) -> None:
+        self.lags.append(time.perf_counter() - queued + timer_late)
 
 
 def client_stats(lags_s: list[float], cpu_seconds: float, wall_seconds: float) -> ClientStats:
