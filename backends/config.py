@@ -7,6 +7,7 @@ explicit argument, then the ``SERVEDECK_*_DIR`` environment variables (tests use
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -48,9 +49,9 @@ def ensure_writable_dir(path: Path, purpose: str, env_name: str = DATA_DIR_ENV) 
     """Create ``path`` if needed and prove it is writable, or raise one clear ConfigError."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".servedeck-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A unique name: several threads or processes may probe the same folder at once.
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".servedeck-write-probe-"):
+            pass
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise ConfigError(

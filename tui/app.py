@@ -11,6 +11,7 @@ every screen. Worker failures become notifications that say what to do next, nev
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import importlib.util
 from collections.abc import Callable, Iterable, Sequence
@@ -192,6 +193,9 @@ class ServeDeckApp(App[None]):
     # -- start and stop -------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
+        # What exists after the first frame lives as long as the app: keep it out of the garbage
+        # collector's full passes, which otherwise pause the UI for ~100 ms at a time.
+        self.call_after_refresh(gc.freeze)
         self.sub_title = self._context_line()
         self.switch_mode(self.available_views[0].mode)
         self._load_manual_targets()

@@ -43,5 +43,10 @@ def run_app(args: argparse.Namespace) -> int:
         AppContext(data_dir=getattr(args, "data_dir", None)),
         start_local_engine=not getattr(args, "no_local_engine", False),
     )
+    # Start multiprocessing's resource tracker before Textual replaces stderr: started later, from inside
+    # the app, its spawn fails ("bad value(s) in fds_to_keep").
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     app.run()
     return app.return_code or 0

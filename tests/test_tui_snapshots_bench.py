@@ -1,0 +1,178 @@
+"""Pictures of the Bench and History views at 120x40 (pytest-textual-snapshot).
+
+Deterministic by construction: fixed targets and fixed results (built from fixed request records,
+posted as the sweep runner's own messages, so no live timing), times shown in UTC, cursors that do
+not blink, every worker finished and every chart drawn before the picture. Regenerate with
+``.venv/bin/pytest tests/test_tui_snapshots_bench.py --snapshot-update`` and review the SVGs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from backends.bench.models import ProgressSnapshot, ServerSnapshot, Target, TargetKind
+from tests.test_tui_bench import BenchHarness, fixed_sweep, inject_finished_sweep, seed
+from tui.context import AppContext
+from tui.screens.bench import BenchScreen
+from tui.widgets.bench_runner import LevelBegan, LiveSample, RunStarted
+from tui.widgets.charts import LiveChart
+
+SIZE = (120, 40)
+TARGETS = [
+    Target(name="local", base_url="http://127.0.0.1:8080", model="gemma-3-270m", kind=TargetKind.LLAMACPP),
+    Target(
+        name="twin-1xH100",
+        base_url="http://127.0.0.1:8001",
+        model="gemma-3-27b-it-twin",
+        kind=TargetKind.TWIN,
+    ),
+    Target(
+        name="twin-4xL4", base_url="http://127.0.0.1:8002", model="gemma-3-27b-it-twin", kind=TargetKind.TWIN
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def utc_and_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("SERVEDECK_CONFIG_DIR", "SERVEDECK_DATA_DIR", "SERVEDECK_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+async def settle(pilot: Pilot[Any]) -> None:
+    """Workers done, no chart waiting for its next redraw, no blinking cursor."""
+    app = pilot.app
+    deadline = time.monotonic() + 20
+    quiet = 0
+    while quiet < 3 and time.monotonic() < deadline:
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.1)
+        busy = any(not worker.is_finished for worker in app.workers)
+        drawing = any(chart.dirty and chart.on_screen_now for chart in app.screen.query(LiveChart))
+        quiet = 0 if busy or drawing else quiet + 1
+    for box in app.screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause()
+
+
+def steps(
+    action: Callable[[Pilot[Any]], Awaitable[None]] | None = None,
+) -> Callable[[Pilot[Any]], Awaitable[None]]:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        if action is not None:
+            await action(pilot)
+        await settle(pilot)
+
+    return run_before
+
+
+def bench_app(tmp_path: Path) -> BenchHarness:
+    return BenchHarness(
+        AppContext(data_dir=tmp_path / "data", targets=TARGETS, selected_target="twin-1xH100")
+    )
+
+
+def test_bench_form(snap_compare: Any, tmp_path: Path) -> None:
+    assert snap_compare(bench_app(tmp_path), terminal_size=SIZE, run_before=steps())
+
+
+def test_bench_form_error(snap_compare: Any, tmp_path: Path) -> None:
+    async def bad_levels(pilot: Pilot[Any]) -> None:
+        pilot.app.screen.query_one("#bench-levels", Input).value = "1,4,lots"
+        await pilot.press("ctrl+r")
+
+    assert snap_compare(bench_app(tmp_path), terminal_size=SIZE, run_before=steps(bad_levels))
+
+
+def test_bench_finished_sweep(snap_compare: Any, tmp_path: Path) -> None:
+    async def finished(pilot: Pilot[Any]) -> None:
+        screen = pilot.app.screen
+        assert isinstance(screen, BenchScreen)
+        inject_finished_sweep(
+            screen,
+            [
+                (fixed_sweep("twin-4xL4", "run4xl4", 3.0), 8.0),
+                (fixed_sweep("twin-1xH100", "runh100", 1.0), 11.0),
+            ],
+        )
+        await pilot.pause()
+
+    assert snap_compare(bench_app(tmp_path), terminal_size=SIZE, run_before=steps(finished))
+
+
+def live_snapshot(t: float) -> ProgressSnapshot:
+    return ProgressSnapshot(
+        level_index=1,
+        level_label="concurrency 4",
+        t=t,
+        total=10,
+        sent=8,
+        completed=6,
+        failed=1,
+        in_flight=4,
+        output_tokens_per_s=250.0 + 40.0 * (int(t) % 5),
+        server=ServerSnapshot(
+            t=t, source="twin", running=4, waiting=int(t) % 3, kv_cache_usage=0.2 + 0.1 * (int(t) % 4)
+        ),
+    )
+
+
+def test_bench_live_level(snap_compare: Any, tmp_path: Path) -> None:
+    async def running(pilot: Pilot[Any]) -> None:
+        screen = pilot.app.screen
+        assert isinstance(screen, BenchScreen)
+        sweep = fixed_sweep("twin-1xH100", "runh100", 1.0)
+        from tui.screens.bench import _RunState
+        from tui.widgets.bench_config import PlannedRun
+        from tui.widgets.bench_runner import LevelDone
+
+        screen._runs = [_RunState(planned=PlannedRun(config=sweep.config, usd_per_hour=11.0))]
+        screen.show_tab("bench-live")
+        screen.post_message(RunStarted(0, sweep.run_id, sweep.config, []))
+        screen.post_message(LevelBegan(0, 0, sweep.levels[0].level, 10, 0.0))
+        for i in range(12):
+            screen.post_message(
+                LiveSample(0, float(i), live_snapshot(float(i)), [(float(i), 40.0 + 5 * (i % 4))])
+            )
+        screen.post_message(LevelDone(0, sweep.levels[0]))
+        screen.post_message(LevelBegan(0, 1, sweep.levels[1].level, 10, 12.0))
+        for i in range(12, 30):
+            screen.post_message(
+                LiveSample(0, float(i), live_snapshot(float(i)), [(float(i), 120.0 + 9 * (i % 5))])
+            )
+        await pilot.pause()
+
+    assert snap_compare(bench_app(tmp_path), terminal_size=SIZE, run_before=steps(running))
+
+
+def history_app(tmp_path: Path) -> BenchHarness:
+    seed(
+        tmp_path / "data",
+        (fixed_sweep("twin-4xL4", "aaaa1111bbbb", 3.0), "4xL4"),
+        (fixed_sweep("twin-1xH100", "cccc2222dddd", 1.0), "1xH100"),
+        (fixed_sweep("twin-2xH100", "eeee3333ffff", 0.6), "2xH100"),
+    )
+    return BenchHarness(AppContext(data_dir=tmp_path / "data", targets=TARGETS), mode="history")
+
+
+def test_history_runs(snap_compare: Any, tmp_path: Path) -> None:
+    assert snap_compare(history_app(tmp_path), terminal_size=SIZE, run_before=steps())
+
+
+def test_history_overlay_of_three_runs(snap_compare: Any, tmp_path: Path) -> None:
+    async def overlay(pilot: Pilot[Any]) -> None:
+        await pilot.press("space", "down", "space", "down", "space")
+
+    assert snap_compare(history_app(tmp_path), terminal_size=SIZE, run_before=steps(overlay))

@@ -1,0 +1,410 @@
+"""Bench view: set up a sweep, watch it draw itself, keep and export the results.
+
+Tabs: Setup (the form), Live (progress and time series while a level runs) and Sweep (the article's
+chart: throughput bars, p99 TTFT, $ per 1M tokens, plus the per-level table). The screen is thin:
+``SweepRunner`` (on a worker thread) runs the sweeps in a separate sweep-host process, which has
+load-generator processes of its own and saves to History, and posts coalesced messages; the handlers
+here only update widgets. Cancelling keeps every finished
+level and the finished requests of the current one, saved in History as a partial run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.notifications import SeverityLevel
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
+from backends.config import data_dir
+from backends.errors import ConfigError, ServeDeckError
+from tui.context import AppContext
+from tui.messages import TargetsChanged
+from tui.widgets.bench_config import PlannedRun, build_runs, values_from_config
+from tui.widgets.bench_cost import catalog_price_per_hour
+from tui.widgets.bench_export import ExportDialog, write_exports
+from tui.widgets.bench_form import BenchForm
+from tui.widgets.bench_live import LiveCharts
+from tui.widgets.bench_progress import SweepProgressPanel
+from tui.widgets.bench_results import SweepResultsPanel
+from tui.widgets.bench_runner import (
+    AllRunsDone,
+    LevelBegan,
+    LevelDone,
+    LiveSample,
+    LiveTick,
+    RunFailed,
+    RunFinished,
+    RunPreparing,
+    RunStarted,
+    SweepRunner,
+    freeze_long_lived_objects,
+)
+from tui.widgets.bench_store import app_context, open_store
+from tui.widgets.bench_sweep_chart import SweepSeries, series_from_levels
+
+TABS = ("bench-setup", "bench-live", "bench-sweep")
+
+SWEEP_WORKER_GROUP = "bench-sweep"
+
+
+@dataclass
+class _RunState:
+    planned: PlannedRun
+    run_id: str | None = None
+    levels: dict[int, LevelResult] = field(default_factory=dict)
+    result: SweepResult | None = None
+    saved: bool = False
+    failed: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.planned.config.target.name
+
+
+class BenchScreen(Screen[None]):
+    TITLE = "Bench"
+
+    class Prefill(Message):
+        """Fill the form from a saved run (History's re-run); handled once the screen is composed."""
+
+        def __init__(self, config: SweepConfig, run_id: str | None) -> None:
+            super().__init__()
+            self.config = config
+            self.run_id = run_id
+
+    DEFAULT_CSS = """
+    BenchScreen TabbedContent {
+        height: 1fr;
+    }
+    BenchScreen TabPane {
+        padding: 0;
+    }
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+r", "run", "run sweep", id="bench.run"),
+        Binding("ctrl+g", "cancel", "cancel sweep", id="bench.cancel"),
+        Binding("ctrl+s", "export", "export", id="bench.export"),
+        Binding("ctrl+t", "next_tab", "next tab", id="bench.next_tab"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: list[_RunState] = []
+        self._runner: SweepRunner | None = None
+        self._sweeping = False
+        self._x_end = 0.0
+        self._run_offset = 0.0
+        self._base_config: SweepConfig | None = None
+
+    # -- layout ---------------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(id="bench-tabs", initial="bench-setup"):
+            with TabPane("Setup", id="bench-setup"):
+                yield BenchForm(id="bench-form")
+            with TabPane("Live", id="bench-live"):
+                yield SweepProgressPanel(id="bench-progress")
+                yield LiveCharts(id="bench-live-charts")
+            with TabPane("Sweep", id="bench-sweep"):
+                yield SweepResultsPanel(id="bench-results")
+        yield Footer()
+
+    @property
+    def ctx(self) -> AppContext:
+        return app_context(self)
+
+    @property
+    def form(self) -> BenchForm:
+        return self.query_one(BenchForm)
+
+    @property
+    def progress(self) -> SweepProgressPanel:
+        return self.query_one(SweepProgressPanel)
+
+    @property
+    def live(self) -> LiveCharts:
+        return self.query_one(LiveCharts)
+
+    @property
+    def results(self) -> SweepResultsPanel:
+        return self.query_one(SweepResultsPanel)
+
+    @property
+    def running(self) -> bool:
+        return self._sweeping
+
+    @property
+    def saved_run_ids(self) -> list[str]:
+        """Runs of the last sweep that reached History (exports read them back from there)."""
+        return [run.run_id for run in self._runs if run.result is not None and run.saved and run.run_id]
+
+    def on_mount(self) -> None:
+        self.form.set_targets(self.ctx.targets, self.ctx.selected_target)
+
+    def on_unmount(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+
+    @on(TargetsChanged)
+    def _targets_changed(self, message: TargetsChanged) -> None:
+        self.form.set_targets(message.targets, message.selected)
+
+    def show_tab(self, tab_id: str) -> None:
+        self.query_one(TabbedContent).active = tab_id
+
+    def action_next_tab(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        current = TABS.index(tabs.active) if tabs.active in TABS else 0
+        tabs.active = TABS[(current + 1) % len(TABS)]
+
+    # -- re-run from History --------------------------------------------------------------------------
+
+    @on(Prefill)
+    def _prefill_requested(self, message: Prefill) -> None:
+        self.prefill(message.config, message.run_id)
+
+    def prefill(self, config: SweepConfig, run_id: str | None = None) -> None:
+        """Fill the form from a saved run; settings the form does not show are kept from it."""
+        values = values_from_config(config, self.ctx.targets)
+        self.form.fill(values)
+        self._base_config = config
+        self.show_tab("bench-setup")
+        source = f"run {run_id}" if run_id else "a saved run"
+        note = f"filled from {source}; seed, percentiles and endpoint are kept from it. ctrl+r runs it."
+        if not values.targets:
+            note += f" Its target {config.target.name!r} is not available now: pick one in Targets."
+        self.form.show_message(note, error=not values.targets)
+
+    # -- running --------------------------------------------------------------------------------------
+
+    @on(Button.Pressed, "#bench-run")
+    def _run_pressed(self) -> None:
+        self.action_run()
+
+    def action_run(self) -> None:
+        if self._sweeping:
+            self.notify("a sweep is running; ctrl+g cancels it", severity="warning")
+            return
+        ctx = self.ctx
+        try:
+            planned = build_runs(
+                self.form.values(),
+                ctx.targets,
+                lambda name: catalog_price_per_hour(self.app, name),
+                base=self._base_config,
+            )
+        except ConfigError as err:
+            self.form.show_message(str(err), error=True)
+            self.notify(str(err), severity="error", timeout=8)
+            return
+        self.form.show_message("")
+        self._start(planned, ctx.data_dir)
+
+    def _start(self, planned: list[PlannedRun], data: Path | None) -> None:
+        self._runs = [_RunState(planned=p) for p in planned]
+        self._sweeping = True
+        self._x_end = self._run_offset = 0.0
+        self.live.clear()
+        self.results.clear()
+        self.progress.set_status(f"starting {len(planned)} sweep(s) ...")
+        self.show_tab("bench-live")
+        freeze_long_lived_objects()
+        self._runner = SweepRunner(self.post_message, data)
+        self._run_sweeps(self._runner, planned)
+
+    @work(thread=True, exclusive=True, group=SWEEP_WORKER_GROUP, exit_on_error=False, name="bench sweep")
+    def _run_sweeps(self, runner: SweepRunner, planned: list[PlannedRun]) -> None:
+        runner.run(planned)
+
+    def action_cancel(self) -> None:
+        if not self._sweeping or self._runner is None:
+            self.notify("no sweep is running", severity="information")
+            return
+        self._runner.cancel()
+        self.progress.set_status("cancelling: finished levels and requests are kept ...")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != SWEEP_WORKER_GROUP or event.state is not WorkerState.ERROR:
+            return
+        event.stop()
+        error = event.worker.error
+        text = (
+            str(error)
+            if isinstance(error, ServeDeckError)
+            else f"the sweep stopped: {type(error).__name__}: {error}"
+        )
+        self._sweeping = False
+        self.progress.set_status(text)
+        self.notify(text, severity="error", timeout=12)
+
+    # -- runner messages ------------------------------------------------------------------------------
+
+    def _run(self, index: int) -> _RunState | None:
+        return self._runs[index] if 0 <= index < len(self._runs) else None
+
+    def _label(self, index: int) -> str:
+        run = self._run(index)
+        name = run.name if run is not None else "?"
+        return f"{name} ({index + 1}/{len(self._runs)})" if len(self._runs) > 1 else name
+
+    @on(RunPreparing)
+    def _preparing(self, message: RunPreparing) -> None:
+        self.progress.set_status(f"{self._label(message.run_index)} · {message.what} ...")
+
+    @on(RunStarted)
+    def _run_started(self, message: RunStarted) -> None:
+        run = self._run(message.run_index)
+        if run is None:
+            return
+        run.run_id = message.run_id
+        self._run_offset = self._x_end
+        config = message.config
+        self.progress.begin_run(self._label(message.run_index), config.axis, config.levels)
+        for note in message.notes:
+            self.log.info(f"bench {run.name}: {note}")
+
+    @on(LevelBegan)
+    def _level_began(self, message: LevelBegan) -> None:
+        run = self._run(message.run_index)
+        if run is None:
+            return
+        self.progress.begin_level(message.level_index, message.total)
+        self.live.mark_level(self._run_offset + message.x)
+        self.results.table.level_started(message.run_index, run.name, message.level_index, message.level)
+
+    @on(LiveSample)
+    def _live_sample(self, message: LiveSample) -> None:
+        offset = self._run_offset
+        self._x_end = offset + message.x
+        self.progress.show_snapshot(message.snapshot)
+        points = [(offset + x, y) for x, y in message.ttft_points] if offset else message.ttft_points
+        self.live.add_sample(self._x_end, message.snapshot, points)
+
+    @on(LiveTick)
+    def _live_tick(self, message: LiveTick) -> None:
+        self.progress.show_counts(message.done, message.failed, message.total)
+        if message.ttft_points:
+            offset = self._run_offset
+            self.live.add_ttft([(offset + x, y) for x, y in message.ttft_points])
+
+    @on(LevelDone)
+    def _level_done(self, message: LevelDone) -> None:
+        run = self._run(message.run_index)
+        if run is None:
+            return
+        result = message.result
+        run.levels[result.index] = result
+        self.progress.finish_level(result)
+        self.results.table.level_finished(message.run_index, run.name, result, run.planned.usd_per_hour)
+        self.results.set_series(self.series())
+        if result.message:
+            severity: SeverityLevel = "error" if result.status is RunStatus.FAILED else "warning"
+            self.notify(f"{run.name}, {result.level.label}: {result.message}", severity=severity, timeout=8)
+
+    @on(RunFinished)
+    def _run_finished(self, message: RunFinished) -> None:
+        run = self._run(message.run_index)
+        if run is None:
+            return
+        run.result = message.result
+        run.run_id = message.saved_as or run.run_id
+        run.saved = message.saved_as is not None and message.save_error is None
+        if message.save_error:
+            self.notify(f"{run.name}: {message.save_error}", severity="warning", timeout=10)
+        self.results.set_caption(self._caption())
+
+    @on(RunFailed)
+    def _run_failed(self, message: RunFailed) -> None:
+        run = self._run(message.run_index)
+        if run is not None:
+            run.failed = message.message
+        self.progress.set_status(f"[red]{message.message}[/]")
+        self.form.show_message(message.message, error=True)
+        self.notify(message.message, severity="error", timeout=12)
+
+    @on(AllRunsDone)
+    def _all_done(self, message: AllRunsDone) -> None:
+        self._sweeping = False
+        self._runner = None
+        finished = [run for run in self._runs if run.result is not None]
+        failed = [run for run in self._runs if run.failed is not None]
+        self.results.set_caption(self._caption())
+        if message.cancelled:
+            text = "sweep cancelled: finished levels and requests were kept and saved as a partial run"
+            self.notify(text, severity="warning", timeout=8)
+        elif finished and not failed:
+            text = "sweep finished: ctrl+s exports JSON, CSV and SVG; History overlays runs"
+            self.notify(text, timeout=6)
+        else:
+            text = "sweep ended with errors (see the messages)" if failed else "nothing was run"
+        self.progress.set_status(text)
+        if finished:
+            self.show_tab("bench-sweep")
+
+    def series(self) -> list[SweepSeries]:
+        out = []
+        for run in self._runs:
+            if run.levels:
+                config = run.planned.config
+                out.append(
+                    series_from_levels(
+                        run.name, config.axis, list(run.levels.values()), run.planned.usd_per_hour
+                    )
+                )
+        return out
+
+    def _caption(self) -> str:
+        parts = []
+        for run in self._runs:
+            if run.result is not None:
+                saved = f"saved as {run.run_id}" if run.saved else "not saved"
+                parts.append(f"{run.name}: {run.result.status.value}, {saved}")
+            elif run.failed is not None:
+                parts.append(f"{run.name}: did not run")
+        return " · ".join(parts)
+
+    # -- export ---------------------------------------------------------------------------------------
+
+    def action_export(self) -> None:
+        run_ids = self.saved_run_ids
+        if not run_ids:
+            if any(run.result is not None for run in self._runs):
+                text = "this sweep was not saved to History, so there is nothing to export (see the warning)"
+            else:
+                text = "nothing to export yet: run a sweep first (ctrl+r)"
+            self.notify(text, severity="warning")
+            return
+        folder = data_dir(self.ctx.data_dir) / "exports"
+
+        def chosen(path: Path | None) -> None:
+            if path is not None:
+                self.call_after_refresh(self._export_to, path, run_ids)
+
+        self.app.push_screen(ExportDialog(folder, len(run_ids)), chosen)
+
+    def _export_to(self, folder: Path, run_ids: list[str]) -> None:
+        svg = self.app.export_screenshot(title="ServeDeck bench")
+        self._write_exports(folder, run_ids, svg)
+
+    @work(thread=True, group="bench-export", exit_on_error=False, name="bench export")
+    def _write_exports(self, folder: Path, run_ids: list[str], svg: str) -> None:
+        try:
+            with open_store(self.ctx) as store:
+                sweeps = store.runs.load_sweeps(run_ids, with_records=True, with_snapshots=True)
+            written = write_exports(folder, sweeps, svg)
+        except ServeDeckError as err:
+            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10)
+            return
+        names = ", ".join(path.name for path in written)
+        self.app.call_from_thread(self.notify, f"exported to {folder}: {names}", timeout=10)

@@ -1,0 +1,62 @@
+"""Cost per 1M tokens for the sweep chart: the target's $/h at a level's total token throughput.
+
+The price comes from the target's hardware in the catalog (the Deployments table's $/h, which the
+app's target registry computes from ``manifests``), or from a $/h the user types, or nowhere ("-").
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any
+
+from textual.app import App
+
+from backends.target_registry import TargetRegistry
+from manifests.cost import SECONDS_PER_HOUR, TOKENS_PER_MILLION
+
+
+class PriceSource(StrEnum):
+    CATALOG = "catalog"
+    CUSTOM = "custom"
+    NONE = "none"
+
+
+PRICE_SOURCE_LABELS: dict[PriceSource, str] = {
+    PriceSource.CATALOG: "target's hardware (catalog)",
+    PriceSource.CUSTOM: "custom $/h",
+    PriceSource.NONE: "none",
+}
+
+
+def usd_per_million_tokens(usd_per_hour: float | None, tokens_per_s: float) -> float | None:
+    """``$/h / 3600 / (tokens/s) * 1e6``; None without a price or without throughput."""
+    if (
+        usd_per_hour is None
+        or not usd_per_hour > 0
+        or not tokens_per_s > 0
+        or not math.isfinite(tokens_per_s)
+    ):
+        return None
+    return usd_per_hour / SECONDS_PER_HOUR / tokens_per_s * TOKENS_PER_MILLION
+
+
+def catalog_price_per_hour(app: App[Any], target_name: str) -> float | None:
+    """The $/h the app's target registry shows for ``target_name``; None when unpriced or unknown."""
+    registry = getattr(app, "registry", None)
+    if not isinstance(registry, TargetRegistry):
+        return None
+    for row in registry.rows():
+        if row.target is not None and row.target.name == target_name:
+            return row.price_per_hour
+    return None
+
+
+def format_usd(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"${value:,.0f}"
+    if value >= 1:
+        return f"${value:.2f}"
+    return f"${value:.3f}"

@@ -1,0 +1,256 @@
+"""The Bench view's setup form: targets, dataset, axis and levels, sizes, SLOs, price source.
+
+The form only holds text; ``values()`` reads it into ``BenchFormValues`` and ``bench_config``
+checks it. Fields that only apply to one choice (a dataset path, random lengths, a custom $/h)
+are shown only when that choice is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Button, Checkbox, Input, Label, Select, SelectionList, Static
+
+from backends.bench.models import Axis, Target
+from tui.widgets.bench_config import BenchFormValues, DatasetKind
+from tui.widgets.bench_cost import PRICE_SOURCE_LABELS, PriceSource
+
+DATASET_OPTIONS: list[tuple[str, DatasetKind]] = [
+    ("ShareGPT (bundled, real chats)", "sharegpt"),
+    ("random (synthetic lengths)", "random"),
+    ("ShareGPT-format file", "file"),
+]
+AXIS_OPTIONS: list[tuple[str, Axis]] = [
+    ("concurrency (closed loop)", Axis.CONCURRENCY),
+    ("request rate, req/s (open loop)", Axis.REQUEST_RATE),
+]
+HELP = (
+    "[b]concurrency[/b]: N requests kept in flight, the next sent as one finishes (vLLM --max-concurrency).\n"
+    "[b]request rate[/b]: Poisson arrivals, N per second, however many are in flight (vLLM --request-rate).\n"
+    "The article's 'concurrency=1..500' were request rates. Every level sends the same sampled prompts.\n"
+    "[b]SLOs[/b] give goodput: requests per second that meet every SLO (keys ttft, tpot, e2el in ms).\n"
+    "[b]$ per 1M tokens[/b] = $/h / 3600 / total tokens per s x 1,000,000."
+)
+
+
+def _row(label: str, widget: Widget, *, row_id: str | None = None) -> Horizontal:
+    return Horizontal(Label(label, classes="bench-field-label"), widget, classes="bench-field", id=row_id)
+
+
+class BenchForm(VerticalScroll):
+    DEFAULT_CSS = """
+    BenchForm {
+        height: 1fr;
+        padding: 0 1;
+    }
+    BenchForm #bench-form-columns {
+        height: auto;
+    }
+    BenchForm .bench-column {
+        width: 1fr;
+        height: auto;
+        padding-right: 2;
+    }
+    BenchForm .bench-section {
+        color: $text-muted;
+        text-style: bold;
+        margin-top: 1;
+    }
+    BenchForm .bench-field {
+        height: 1;
+        margin-bottom: 1;
+    }
+    BenchForm .bench-field-label {
+        width: 18;
+        color: $text-muted;
+    }
+    BenchForm .bench-field Input, BenchForm .bench-field Select {
+        width: 1fr;
+    }
+    BenchForm #bench-targets {
+        height: 7;
+        border: round $primary-background;
+    }
+    BenchForm #bench-targets:focus {
+        border: round $primary;
+    }
+    BenchForm #bench-actions {
+        height: 3;
+        margin-top: 1;
+    }
+    BenchForm #bench-form-message {
+        height: auto;
+        margin-top: 1;
+    }
+    BenchForm #bench-form-message.error {
+        color: $error;
+    }
+    BenchForm #bench-help {
+        height: auto;
+        margin-top: 1;
+        color: $text-muted;
+    }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="bench-form-columns"):
+            with Vertical(classes="bench-column"):
+                yield Static("Targets (space selects one or more)", classes="bench-section")
+                yield SelectionList[str](id="bench-targets")
+                yield Static("Dataset", classes="bench-section")
+                yield _row(
+                    "prompts from",
+                    Select(
+                        DATASET_OPTIONS, value="sharegpt", allow_blank=False, compact=True, id="bench-dataset"
+                    ),
+                )
+                yield _row(
+                    "file path",
+                    Input(
+                        placeholder="path to a ShareGPT-format .json", compact=True, id="bench-dataset-path"
+                    ),
+                    row_id="bench-row-path",
+                )
+                yield _row(
+                    "input tokens",
+                    Input("1024", compact=True, type="integer", id="bench-random-in"),
+                    row_id="bench-row-random-in",
+                )
+                yield _row(
+                    "output tokens",
+                    Input("128", compact=True, type="integer", id="bench-random-out"),
+                    row_id="bench-row-random-out",
+                )
+                yield _row("label", Input(placeholder="e.g. 4xL4 vs 1xH100", compact=True, id="bench-label"))
+            with Vertical(classes="bench-column"):
+                yield Static("Load", classes="bench-section")
+                yield _row(
+                    "axis",
+                    Select(
+                        AXIS_OPTIONS, value=Axis.CONCURRENCY, allow_blank=False, compact=True, id="bench-axis"
+                    ),
+                )
+                yield _row("levels", Input("1,4,16", compact=True, id="bench-levels"))
+                yield _row(
+                    "prompts per level", Input("100", compact=True, type="integer", id="bench-prompts")
+                )
+                yield _row(
+                    "output length",
+                    Input("256", placeholder="blank: the dataset's", compact=True, id="bench-output-len"),
+                )
+                yield _row(
+                    "",
+                    Checkbox("ignore EOS (full output length)", compact=True, id="bench-ignore-eos"),
+                )
+                yield Static("Goodput and cost", classes="bench-section")
+                yield _row(
+                    "SLOs (ms)", Input(placeholder="e.g. ttft:500,tpot:50", compact=True, id="bench-slos")
+                )
+                yield _row(
+                    "price source",
+                    Select(
+                        [(label, source) for source, label in PRICE_SOURCE_LABELS.items()],
+                        value=PriceSource.CATALOG,
+                        allow_blank=False,
+                        compact=True,
+                        id="bench-price",
+                    ),
+                )
+                yield _row(
+                    "custom $/h",
+                    Input(placeholder="dollars per hour, e.g. 4.00", compact=True, id="bench-usd-per-hour"),
+                    row_id="bench-row-price",
+                )
+                with Horizontal(id="bench-actions"):
+                    yield Button("Run sweep (ctrl+r)", variant="success", id="bench-run")
+        yield Static("", id="bench-form-message")
+        yield Static(HELP, id="bench-help")
+
+    def on_mount(self) -> None:
+        self._sync_visibility()
+
+    # -- reading and filling --------------------------------------------------------------------------
+
+    def _input(self, widget_id: str) -> Input:
+        return self.query_one(f"#{widget_id}", Input)
+
+    def _select_value(self, widget_id: str) -> Any:
+        return self.query_one(f"#{widget_id}", Select).value
+
+    def values(self) -> BenchFormValues:
+        targets = self.query_one("#bench-targets", SelectionList)
+        return BenchFormValues(
+            targets=[str(value) for value in targets.selected],
+            dataset=self._select_value("bench-dataset"),
+            dataset_path=self._input("bench-dataset-path").value,
+            random_input_len=self._input("bench-random-in").value,
+            random_output_len=self._input("bench-random-out").value,
+            axis=self._select_value("bench-axis"),
+            levels=self._input("bench-levels").value,
+            num_prompts=self._input("bench-prompts").value,
+            output_len=self._input("bench-output-len").value,
+            ignore_eos=self.query_one("#bench-ignore-eos", Checkbox).value,
+            slos=self._input("bench-slos").value,
+            price_source=self._select_value("bench-price"),
+            usd_per_hour=self._input("bench-usd-per-hour").value,
+            label=self._input("bench-label").value,
+        )
+
+    def fill(self, values: BenchFormValues) -> None:
+        self.query_one("#bench-dataset", Select).value = values.dataset
+        self._input("bench-dataset-path").value = values.dataset_path
+        self._input("bench-random-in").value = values.random_input_len
+        self._input("bench-random-out").value = values.random_output_len
+        self.query_one("#bench-axis", Select).value = values.axis
+        self._input("bench-levels").value = values.levels
+        self._input("bench-prompts").value = values.num_prompts
+        self._input("bench-output-len").value = values.output_len
+        self.query_one("#bench-ignore-eos", Checkbox).value = values.ignore_eos
+        self._input("bench-slos").value = values.slos
+        self.query_one("#bench-price", Select).value = values.price_source
+        self._input("bench-usd-per-hour").value = values.usd_per_hour
+        self._input("bench-label").value = values.label
+        targets = self.query_one("#bench-targets", SelectionList)
+        targets.deselect_all()
+        for name in values.targets:
+            try:
+                targets.select(name)
+            except Exception:  # a name no longer listed: the user picks again
+                continue
+        self._sync_visibility()
+
+    def set_targets(self, targets: Sequence[Target], selected: str | None) -> None:
+        """Replace the target list, keeping what was picked (or ``selected`` when nothing was)."""
+        widget = self.query_one("#bench-targets", SelectionList)
+        picked = [str(value) for value in widget.selected]
+        names = [target.name for target in targets]
+        keep = [name for name in picked if name in names]
+        if not keep and selected in names:
+            keep = [selected] if selected is not None else []
+        widget.clear_options()
+        widget.add_options(
+            [(f"{t.name}  [dim]{t.kind.value} · {t.model}[/]", t.name, t.name in keep) for t in targets]
+        )
+
+    def show_message(self, text: str, *, error: bool = False) -> None:
+        message = self.query_one("#bench-form-message", Static)
+        message.update(text)
+        message.set_class(error, "error")
+
+    # -- dependent fields -----------------------------------------------------------------------------
+
+    @on(Select.Changed)
+    def _choice_changed(self) -> None:
+        self._sync_visibility()
+
+    def _sync_visibility(self) -> None:
+        dataset = self._select_value("bench-dataset")
+        self.query_one("#bench-row-path").display = dataset == "file"
+        self.query_one("#bench-row-random-in").display = dataset == "random"
+        self.query_one("#bench-row-random-out").display = dataset == "random"
+        self.query_one("#bench-row-price").display = self._select_value("bench-price") == PriceSource.CUSTOM
