@@ -48,30 +48,20 @@ class AnswerStatsLine(Vertical):
 
     def __init__(self) -> None:
         super().__init__()
-        self._stats: AnswerStats | None = None
-        self._state = ""
-        self._ready = False
+        # The children are held directly: ``show`` may come before they are mounted (a parent's on_mount
+        # can run first), when a query would find nothing.
+        self._speed = Static("TTFT – · – tok/s · TPOT –", classes="speed", markup=False)
+        self._spark: Sparkline = Sparkline([], summary_function=max)
+        self._totals = Static("0 tok · e2e –", classes="totals", markup=False)
 
     def compose(self) -> ComposeResult:
-        yield Static("TTFT – · – tok/s · TPOT –", classes="speed", markup=False)
+        yield self._speed
         with Horizontal():
             yield Static("ITL", classes="itl-label", markup=False)
-            yield Sparkline([], summary_function=max)
-            yield Static("0 tok · e2e –", classes="totals", markup=False)
-
-    def on_mount(self) -> None:
-        self._ready = True
-        self._apply()
+            yield self._spark
+            yield self._totals
 
     def show(self, stats: AnswerStats, state: str = "") -> None:
-        self._stats = stats
-        self._state = state
-        self._apply()
-
-    def _apply(self) -> None:
-        stats = self._stats
-        if not self._ready or stats is None:
-            return  # on_mount shows the newest stats
-        self.query_one(".speed", Static).update(speed_text(stats, self._state))
-        self.query_one(Sparkline).data = [gap * 1000.0 for gap in stats.itl_s[-SPARK_POINTS:]]
-        self.query_one(".totals", Static).update(totals_text(stats))
+        self._speed.update(speed_text(stats, state))
+        self._spark.data = [gap * 1000.0 for gap in stats.itl_s[-SPARK_POINTS:]]
+        self._totals.update(totals_text(stats))
