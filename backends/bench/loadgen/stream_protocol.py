@@ -317,4 +317,6 @@ class ProbingStreamConnection(StreamConnection):
             if pos >= 0:
                 if state.probe is None:
                     state.probe = []
-                state.probe.append((_read_int(event, pos + len(_EMIT_NS)), self._now_ns))
+                # time_ns() has 19 digits until the year 2286: a slice is ~7x cheaper than scanning digits.
+                start = pos + len(_EMIT_NS)
+                state.probe.append((int(event[start : start + 19]), self._now_ns))
