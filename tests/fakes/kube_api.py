@@ -27,7 +27,6 @@ import base64
 import copy
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -35,13 +34,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from aiohttp import WSMsgType, web
 
-START_TIMEOUT_S = 5.0
-STOP_TIMEOUT_S = 5.0
+from tests.fakes.threaded_aiohttp import STOP_TIMEOUT_S as STOP_TIMEOUT_S
+from tests.fakes.threaded_aiohttp import ThreadedAiohttpServer
+
 CALL_TIMEOUT_S = 5.0
 DEFAULT_TOKEN = "fake-token-for-tests"
 DEFAULT_USER = "system:serviceaccount:ci:servedeck"
@@ -300,12 +300,17 @@ class RecordedRequest:
     body: str
 
 
-class FakeKubeApi:
+class FakeKubeApi(ThreadedAiohttpServer):
     """The fake API server; ``start()``/``stop()`` or use as a context manager."""
+
+    thread_name = "fake-kube-api"
+    # Like the real server, notice a client that went away (a stopped watch, a closed log follow).
+    runner_options: ClassVar[dict[str, Any]] = {"shutdown_timeout": 0.5, "handler_cancellation": True}
 
     def __init__(
         self, *, token: str = DEFAULT_TOKEN, user: str = DEFAULT_USER, serve_lws: bool = True
     ) -> None:
+        super().__init__()
         self.token = token
         self.user = user
         self.serve_lws = serve_lws
@@ -322,70 +327,17 @@ class FakeKubeApi:
         self._lock = threading.RLock()
         self._rv = 100
         self._compacted_rv = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._sock: socket.socket | None = None
         self._closing = False
-        self.port = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeKubeApi:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._start_site())
-            except BaseException as exc:  # reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=f"fake-kube-api-{self.port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT_S):
-            raise RuntimeError("fake kube API did not start in time")
-        if failure:
-            raise RuntimeError(f"fake kube API failed to start: {failure[0]!r}")
-
-    async def _start_site(self) -> None:
+    def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=16 * 1024 * 1024)
         app.router.add_get("/version", self._version)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        # Like the real server, notice a client that went away (a stopped watch, a closed log follow).
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
-        await self._runner.setup()
-        assert self._sock is not None
-        await web.SockSite(self._runner, self._sock).start()
+        return app
 
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
+    def _before_stop(self) -> None:
         self._closing = True
         with self._lock:
             for watcher in self._watchers:
@@ -393,15 +345,6 @@ class FakeKubeApi:
             for log in self._logs.values():
                 for follower_loop, queue in log.followers:
                     follower_loop.call_soon_threadsafe(queue.put_nowait, None)
-        if self._runner is not None and loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
-            future.result(STOP_TIMEOUT_S)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(STOP_TIMEOUT_S)
-        if self._sock is not None:
-            self._sock.close()
-        self._loop = None
-        self._thread = None
 
     def write_kubeconfig(
         self,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,8 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-START_TIMEOUT_S = 5.0
-STOP_TIMEOUT_S = 5.0
+from tests.fakes.threaded_aiohttp import ThreadedAiohttpServer
 
 
 class Flavor(StrEnum):
@@ -229,62 +226,17 @@ def _owned_by(flavor: Flavor) -> str:
     }.get(flavor, "organization-owner")
 
 
-class FakeServer:
+class FakeServer(ThreadedAiohttpServer):
     """Runs the fake on 127.0.0.1 in its own thread; use as a context manager or start()/stop()."""
 
+    thread_name = "fake-openai"
+
     def __init__(self, config: FakeServerConfig | None = None) -> None:
+        super().__init__()
         self.config = config or FakeServerConfig()
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._sock: socket.socket | None = None
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._start_site())
-            except BaseException as exc:  # reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=f"fake-openai-{self.port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT_S):
-            raise RuntimeError("fake server did not start in time")
-        if failure:
-            raise RuntimeError(f"fake server failed to start: {failure[0]!r}")
-
-    async def _start_site(self) -> None:
+    def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
@@ -295,23 +247,7 @@ class FakeServer:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._completions)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        assert self._sock is not None
-        await web.SockSite(self._runner, self._sock).start()
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if self._runner is not None and loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
-            future.result(STOP_TIMEOUT_S)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(STOP_TIMEOUT_S)
-        if self._sock is not None:
-            self._sock.close()
-        self._loop = self._thread = self._runner = None
+        return app
 
     # --- handlers ----------------------------------------------------------------------------
 
