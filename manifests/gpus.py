@@ -106,19 +106,6 @@ ACCELERATORS: dict[GpuType, AcceleratorProfile] = {
             source="NVIDIA H100 SXM5 (3.35 TB/s HBM3, 989 TFLOPS bf16 dense); A3 High NVLink 900 GB/s",
         ),
         AcceleratorProfile(
-            gpu=GpuType.H100_MEGA,
-            display_name="NVIDIA H100 80GB (A3 Mega)",
-            gke_accelerator="nvidia-h100-mega-80gb",
-            memory_bytes=80 * GB,
-            usable_memory_bytes=int(79.2 * GIB),
-            bandwidth_bytes_per_s=3350e9,
-            bf16_flops=989e12,
-            interconnect=Interconnect.NVLINK,
-            interconnect_bytes_per_s=900e9,
-            vllm_device_name="nvidia h100 80gb hbm3",
-            source="as H100; GKE label nvidia-h100-mega-80gb (A3 Mega)",
-        ),
-        AcceleratorProfile(
             gpu=GpuType.CPU_EMERALD,
             display_name="CPU node (c4, Intel Emerald Rapids)",
             gke_accelerator=None,
@@ -154,6 +141,17 @@ ACCELERATORS: dict[GpuType, AcceleratorProfile] = {
         ),
     )
 }
+
+
+# A3 Mega carries the same H100 SXM5 parts as A3 High; only its GKE label (and host network) differ.
+ACCELERATORS[GpuType.H100_MEGA] = ACCELERATORS[GpuType.H100].model_copy(
+    update={
+        "gpu": GpuType.H100_MEGA,
+        "display_name": "NVIDIA H100 80GB (A3 Mega)",
+        "gke_accelerator": "nvidia-h100-mega-80gb",
+        "source": "as H100; GKE label nvidia-h100-mega-80gb (A3 Mega)",
+    }
+)
 
 
 def accelerator(gpu: GpuType | str) -> AcceleratorProfile:
