@@ -263,3 +263,19 @@ def test_non_finite_levels_are_one_clear_line(levels: str, tmp_path: Path) -> No
     done = _bench(["--target", "http://127.0.0.1:9", "--concurrency", levels], tmp_path)
     assert done.returncode == 2
     assert "expected finite numbers" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_top_level_data_dir_reaches_the_subcommand(server: FakeSSEServer, tmp_path: Path) -> None:
+    data_dir = tmp_path / "top-level"
+    done = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "--data-dir", str(data_dir), "bench", "--plain",
+         "--target", _url(server), "--concurrency", "1", *SMALL, "--label", "top-level-dir"],
+        capture_output=True, text=True, timeout=120, env=_env(tmp_path / "env-dir"), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "--data-dir", str(data_dir), "runs", "list"],
+        capture_output=True, text=True, timeout=60, env=_env(tmp_path / "env-dir"),
+    )  # fmt: skip
+    assert "top-level-dir" in listed.stdout
+    assert not (tmp_path / "env-dir").exists()

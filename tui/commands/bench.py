@@ -61,7 +61,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--out", type=Path, help="write results as JSON (vLLM --save-result keys per level)")
     parser.add_argument("--csv", type=Path, help="write the sweep table as CSV")
     parser.add_argument("--no-save", action="store_true", help="do not store the run in history")
-    parser.add_argument("--data-dir", type=Path, help="history database folder (default: user data dir)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,  # keeps a top-level `servedeck --data-dir X bench ...`
+        help="history database folder (default: user data dir)",
+    )
     parser.add_argument("--plain", action="store_true", help="plain line output instead of a live display")
     from tui.commands.bench_incluster import add_incluster_arguments
 

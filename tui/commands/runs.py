@@ -59,7 +59,11 @@ def _positive_int(text: str) -> int:
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", type=Path, help="folder of the sessions database (default: the user data dir)"
+        "--data-dir",
+        type=Path,
+        # SUPPRESS: without the flag here, `servedeck --data-dir X runs ...` keeps the top-level value.
+        default=argparse.SUPPRESS,
+        help="folder of the sessions database (default: the user data dir)",
     )
 
 
