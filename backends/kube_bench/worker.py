@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backends.bench.loadgen.requests import RequestOptions, parse_endpoint, render_body, render_request
-from backends.bench.loadgen.worker import LevelWorker, WorkerJob, WorkerProgress
+from backends.bench.loadgen.worker import LevelWorker, WorkerJob, WorkerProgress, job_records
 from backends.bench.models import ClientStats, SampledRequest
 from backends.errors import ConfigError
 from backends.kube_bench.codec import (
@@ -86,7 +86,12 @@ class _Printer:
         self.write = write
         self.records = 0
         self.tokens = 0
+        self.completed = 0
+        self.failed = 0
         self.last_progress = 0.0
+        # Set once the job is built and the level's clock is known; progress comes only after that.
+        self.job: WorkerJob | None = None
+        self.start_at = 0.0
 
     def send(self, message: PodMessage) -> None:
         self.write(encode(message))
@@ -95,9 +100,15 @@ class _Printer:
         if message[0] != "progress":
             return
         progress: WorkerProgress = message[1]
-        for record in progress.records:
+        assert self.job is not None, "progress before the job was built"
+        records = job_records(self.job, self.start_at, progress.finished)
+        for record in records:
             self.send(record)
-        self.records += len(progress.records)
+            if record.success:
+                self.completed += 1
+            else:
+                self.failed += 1
+        self.records += len(records)
         self.tokens += progress.tokens
         now = time.monotonic()
         if now - self.last_progress >= PROGRESS_INTERVAL_S:
@@ -107,8 +118,8 @@ class _Printer:
                     pod_index=self.pod_index,
                     t=progress.t,
                     sent=progress.sent,
-                    completed=progress.completed,
-                    failed=progress.failed,
+                    completed=self.completed,
+                    failed=self.failed,
                     in_flight=progress.in_flight,
                     tokens=self.tokens,
                 )
@@ -134,6 +145,7 @@ async def run_pod(plan: WorkerPlan, pod_index: int, dataset: list[SampledRequest
     except ConfigError as err:
         printer.send(PodFatal(pod_index=pod_index, message=str(err)))
         return 2
+    printer.job = job
     loop = asyncio.get_running_loop()
     worker = LevelWorker(job, loop, printer)
     terminated = asyncio.Event()
@@ -162,6 +174,7 @@ async def run_pod(plan: WorkerPlan, pod_index: int, dataset: list[SampledRequest
         )
         return 0
     closed_loop = all(a == 0.0 for a in job.arrivals) and job.concurrency is not None
+    printer.start_at = start_perf
     stats = await worker.run(start_perf, closed_loop)
     stats.workers = 1
     printer.send(

@@ -21,7 +21,7 @@ from typing import Any
 from backends.bench.loadgen.arrivals import arrival_times
 from backends.bench.loadgen.requests import Endpoint
 from backends.bench.loadgen.selfmon import merge_client_stats
-from backends.bench.loadgen.worker import WorkerJob, WorkerProgress, worker_main
+from backends.bench.loadgen.worker import WorkerJob, WorkerProgress, job_records, worker_main
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord
 from backends.errors import TargetError
 
@@ -173,6 +173,7 @@ async def run_level(
     records: list[RequestRecord] = []
     stats: dict[int, ClientStats] = {}
     latest: dict[int, WorkerProgress] = {}
+    completed = failed = 0
     finished: set[int] = set()
     error: str | None = None
     cancelled = False
@@ -227,16 +228,20 @@ async def run_level(
             if kind == "progress":
                 progress: WorkerProgress = message[1]
                 latest[index] = progress
-                records.extend(progress.records)
+                new_records = job_records(jobs[index], start_at, progress.finished)
+                records.extend(new_records)
+                succeeded = sum(1 for record in new_records if record.success)
+                completed += succeeded
+                failed += len(new_records) - succeeded
                 on_progress(
                     LevelProgress(
                         t=progress.t,
                         sent=sum(p.sent for p in latest.values()),
-                        completed=sum(p.completed for p in latest.values()),
-                        failed=sum(p.failed for p in latest.values()),
+                        completed=completed,
+                        failed=failed,
                         in_flight=sum(p.in_flight for p in latest.values()),
                         new_tokens=progress.tokens,
-                        new_records=progress.records,
+                        new_records=new_records,
                     )
                 )
             elif kind == "done":

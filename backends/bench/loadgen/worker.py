@@ -4,8 +4,8 @@ Protocol with the parent over a ``multiprocessing`` connection (pickled tuples):
   worker -> parent: ("ready", connections) · ("progress", WorkerProgress) · ("done", ClientStats) ·
                     ("fatal", message)
   parent -> worker: ("start", start_at_perf_counter) · ("cancel",)
-``WorkerProgress`` carries the records that finished since the last message, so the parent holds
-every finished request even if this process dies.
+``WorkerProgress`` carries the requests that finished since the last message (raw, see
+``finished.py``), so the parent holds every finished request even if this process dies.
 """
 
 from __future__ import annotations
@@ -14,24 +14,27 @@ import asyncio
 import contextlib
 import gc
 import os
+import queue
 import resource
 import signal
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
+from backends.bench.loadgen.finished import FinishedRequest, build_record
 from backends.bench.loadgen.requests import Endpoint
 from backends.bench.loadgen.selfmon import LoopLagSampler, client_stats
 from backends.bench.loadgen.stream_protocol import (
     ProbingStreamConnection,
     StreamConnection,
     StreamState,
-    parse_tail_events,
 )
 from backends.bench.models import ClientStats, RequestRecord
 
@@ -39,7 +42,9 @@ _perf_counter = time.perf_counter
 _PROGRESS_INTERVAL_S = 0.25
 _WATCHDOG_INTERVAL_S = 0.25
 _MAX_SEND_ATTEMPTS = 3
-_RECORDS_PER_MESSAGE = 8
+# Finished requests per progress message: pickling one costs the loop a few µs (its chunk times go as
+# one block of bytes), so a message holds the loop ~0.1 ms and sockets are read in between messages.
+_FINISHED_PER_MESSAGE = 16
 
 
 class WorkerJob(BaseModel):
@@ -59,15 +64,57 @@ class WorkerJob(BaseModel):
     probe_timing: bool = False
 
 
-class WorkerProgress(BaseModel):
+class WorkerProgress(NamedTuple):
+    """Sent every 0.25 s; a NamedTuple, not a pydantic model: it is pickled on the hot event loop."""
+
     worker_index: int
     t: float
     sent: int
-    completed: int
-    failed: int
     in_flight: int
-    tokens: int = Field(description="output tokens received since the previous progress message")
-    records: list[RequestRecord]
+    tokens: int
+    """Output tokens received since the previous progress message."""
+    finished: list[FinishedRequest]
+
+
+def job_records(job: WorkerJob, start_at: float, finished: list[FinishedRequest]) -> list[RequestRecord]:
+    """The records of a worker's finished requests (``start_at``: the level's perf_counter time zero)."""
+    return [
+        build_record(
+            f, start_at, job.indices[f.position], job.prompt_lens[f.position], job.output_lens[f.position]
+        )
+        for f in finished
+    ]
+
+
+class _ParentLink:
+    """Messages to the parent: pickled on the event loop, written to the pipe by a thread.
+
+    A write blocks while the pipe is full, i.e. while the parent is slow to read (measured: 25-50 ms
+    when the parent shares a busy core). On the loop that stall would stamp every chunk arriving
+    meanwhile late; the thread waits with the GIL released instead. One writer keeps messages whole and
+    in order.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write, name="loadgen-parent-writer", daemon=True)
+        self._thread.start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._queue.put(bytes(ForkingPickler.dumps(message)))
+
+    def _write(self) -> None:
+        while (payload := self._queue.get()) is not None:
+            try:
+                self._conn.send_bytes(payload)
+            except OSError:  # the parent is gone: nobody is left to tell
+                return
+
+    def close(self) -> None:
+        """Wait until every queued message is written (or the parent is gone)."""
+        self._queue.put(None)
+        self._thread.join()
 
 
 class _Pool:
@@ -136,21 +183,18 @@ class _Pool:
 
 
 class LevelWorker:
-    def __init__(self, job: WorkerJob, loop: asyncio.AbstractEventLoop, emit: Any) -> None:
+    def __init__(
+        self, job: WorkerJob, loop: asyncio.AbstractEventLoop, emit: Callable[[tuple[Any, ...]], None]
+    ) -> None:
         self.job = job
         self.loop = loop
         self.emit = emit
         self.pool = _Pool(loop, job.endpoint, job.connect_timeout_s, job.probe_timing)
         self.start_at = 0.0
         self.sent = 0
-        self.completed = 0
-        self.failed = 0
         self.tokens = 0
         self.in_flight: dict[StreamConnection, StreamState] = {}
-        self.finished: list[RequestRecord] = []
-        # Finished requests waiting to become records: turning them into records (parsing their usage and
-        # timings) is put off to the progress loop, so a burst of completions costs the socket reads nothing.
-        self.done_states: list[tuple[int, float, StreamState]] = []
+        self.finished: list[FinishedRequest] = []
         self.cancelled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -187,41 +231,7 @@ class LevelWorker:
             self.pool.release(conn)
         if self.cancelled and state.error is not None and state.error.startswith("cancelled"):
             return
-        self.done_states.append((position, arrival, state))
-
-    def _record(self, position: int, arrival: float, state: StreamState) -> None:
-        base = self.start_at
-        tail = parse_tail_events(state.tail_events) if state.tail_events else {}
-        error = state.error or tail.get("error")
-        usage = tail.get("usage") or tail.get("chunk_usage") or {}
-        success = error is None and state.http_status == 200 and bool(state.chunk_times)
-        if error is None and not success:
-            error = "no tokens received" if state.http_status == 200 else f"HTTP {state.http_status}"
-        # model_construct: every field is built here with the right type; validation would cost ~20 µs a
-        # record at the moment many requests finish together.
-        record = RequestRecord.model_construct(
-            index=self.job.indices[position],
-            prompt_len=self.job.prompt_lens[position],
-            expected_output_len=self.job.output_lens[position],
-            queued_at=arrival,
-            sent_at=None if state.sent_at is None else state.sent_at - base,
-            first_token_at=None if state.first_token_at is None else state.first_token_at - base,
-            chunk_times=[t - base for t in state.chunk_times],
-            chunk_tokens=state.chunk_tokens if state.continuous_usage_seen else [],
-            input_tokens=_as_count(usage.get("prompt_tokens")),
-            output_tokens=_as_count(usage.get("completion_tokens")),
-            finish_reason=tail.get("finish_reason"),
-            http_status=state.http_status,
-            error=error,
-            success=success,
-            server_timings=tail.get("timings"),
-            probe_emit_arrival_ns=state.probe,
-        )
-        if success:
-            self.completed += 1
-        else:
-            self.failed += 1
-        self.finished.append(record)
+        self.finished.append(FinishedRequest.from_state(position, arrival, state))
 
     async def _watchdog(self) -> None:
         job = self.job
@@ -240,26 +250,19 @@ class LevelWorker:
     async def _progress(self) -> None:
         while True:
             await asyncio.sleep(_PROGRESS_INTERVAL_S)
-            # Many requests can finish in one round; pickling them all in one send would hold the loop
-            # for milliseconds and stamp the chunks arriving meanwhile late. Send small batches and let
-            # the loop read sockets in between.
-            self.flush_progress(_RECORDS_PER_MESSAGE)
-            while self.done_states or self.finished:
+            # Many requests can finish in one round; pickling them all in one message would hold the loop
+            # and stamp the chunks arriving meanwhile late. Send small messages, reading sockets in between.
+            self.flush_progress(_FINISHED_PER_MESSAGE)
+            while self.finished:
                 await asyncio.sleep(0)
-                self.flush_progress(_RECORDS_PER_MESSAGE)
+                self.flush_progress(_FINISHED_PER_MESSAGE)
 
-    def flush_progress(self, max_records: int | None = None) -> None:
-        states = self.done_states
-        if max_records is None or len(states) <= max_records:
-            self.done_states = []
+    def flush_progress(self, max_finished: int | None = None) -> None:
+        """Send progress with up to ``max_finished`` finished requests (all when None)."""
+        if max_finished is None or len(self.finished) <= max_finished:
+            batch, self.finished = self.finished, []
         else:
-            states, self.done_states = states[:max_records], states[max_records:]
-        for position, arrival, state in states:
-            self._record(position, arrival, state)
-        if max_records is None or len(self.finished) <= max_records:
-            records, self.finished = self.finished, []
-        else:
-            records, self.finished = self.finished[:max_records], self.finished[max_records:]
+            batch, self.finished = self.finished[:max_finished], self.finished[max_finished:]
         tokens, self.tokens = self.tokens, 0
         self.emit(
             (
@@ -268,11 +271,9 @@ class LevelWorker:
                     worker_index=self.job.worker_index,
                     t=_perf_counter() - self.start_at,
                     sent=self.sent,
-                    completed=self.completed,
-                    failed=self.failed,
                     in_flight=len(self.in_flight),
                     tokens=tokens,
-                    records=records,
+                    finished=batch,
                 ),
             )
         )
@@ -354,10 +355,6 @@ class LevelWorker:
         return client_stats(sampler.lags, cpu, wall)
 
 
-def _as_count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
 def _pin(cpu: int | None) -> None:
     if cpu is None or not hasattr(os, "sched_setaffinity"):
         return
@@ -377,28 +374,31 @@ def worker_main(job: WorkerJob, conn: Connection) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    link = _ParentLink(conn)
     try:
-        loop.run_until_complete(_serve(job, conn, loop))
+        loop.run_until_complete(_serve(job, conn, link, loop))
     except Exception as exc:  # report, never die silently: the parent keeps what was sent before
-        with contextlib.suppress(OSError, ValueError):
-            conn.send(("fatal", f"load generator worker failed: {exc.__class__.__name__}: {exc}"))
+        link.send(("fatal", f"load generator worker failed: {exc.__class__.__name__}: {exc}"))
         raise
     finally:
+        link.close()
         loop.close()
         conn.close()
 
 
-async def _serve(job: WorkerJob, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
-    worker = LevelWorker(job, loop, conn.send)
+async def _serve(
+    job: WorkerJob, conn: Connection, link: _ParentLink, loop: asyncio.AbstractEventLoop
+) -> None:
+    worker = LevelWorker(job, loop, link.send)
     closed_loop = all(a == 0.0 for a in job.arrivals) and job.concurrency is not None
     try:
         await worker.pool.preopen(job.preopen)
     except ConnectionError as exc:
-        conn.send(("fatal", str(exc)))
+        link.send(("fatal", str(exc)))
         return
     gc.collect()
     gc.freeze()
-    conn.send(("ready", worker.pool.opened))
+    link.send(("ready", worker.pool.opened))
 
     start_event: asyncio.Future[float] = loop.create_future()
 
@@ -429,4 +429,4 @@ async def _serve(job: WorkerJob, conn: Connection, loop: asyncio.AbstractEventLo
         return
     stats = await worker.run(start_at, closed_loop)
     stats.workers = 1
-    conn.send(("done", stats))
+    link.send(("done", stats))
