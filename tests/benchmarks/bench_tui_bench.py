@@ -1,9 +1,12 @@
 """Bench view benchmark: keypress-to-paint while a many-stream sweep runs, and chart redraw cost.
 
     python -m tests.benchmarks.bench_tui_bench [--levels 500,1000] [--prompts 5000] [--output-len 256]
-                                               [--idle-s 8] [--json /tmp/bench_tui_bench.json]
+                                               [--idle-s 8] [--server twin|fake]
+                                               [--json /tmp/bench_tui_bench.json]
 
-Method. The fake SSE server (tests/fakes/sse_server.py) runs in its own process. The Bench view runs
+Method. The target runs in its own process: by default a live vLLM twin (Gemma 3 1B on one H100,
+``max_num_seqs`` 1024, so 1000 streams are all running and KV-cache, running and waiting come from
+its /metrics), or with ``--server fake`` the fake SSE server (tests/fakes/sse_server.py). The Bench view runs
 in a headless Textual app at 120x40 (``run_test``), exactly as in the app: the sweep runs in the
 sweep-host process (with its own load-generator process) and saves to History; the UI process gets
 coalesced events. Keys are posted to the app the way the terminal driver posts them, one every
@@ -49,6 +52,8 @@ from textual.widgets import Input, Select, Static, TabbedContent
 
 from backends.bench.models import ProgressSnapshot, ServerSnapshot, Target
 from backends.targets import discover_target
+from backends.twin.engine_config import TwinConfig
+from backends.twin.process import start_twin_process
 from tests.fakes.sse_server import start_in_process, stop_process
 from tests.test_tui_bench import BenchHarness
 from tui.context import AppContext
@@ -222,12 +227,25 @@ def chart_rates(screen: BenchScreen, window: tuple[float, float]) -> dict[str, f
     }
 
 
+TWIN = ("gemma-3-1b-it", "h100", 1)
+
+
+def start_server(kind: str) -> tuple[str, Callable[[], None]]:
+    """The sweep's target in its own process: (base URL, stop)."""
+    if kind == "fake":
+        port, process = start_in_process(mode="tick")
+        return f"http://127.0.0.1:{port}", lambda: stop_process(process)
+    model, gpu, count = TWIN
+    twin = start_twin_process(TwinConfig.build(model, gpu, count, max_num_seqs=1024))
+    return twin.base_url, twin.stop
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    port, server = start_in_process(mode="tick")
+    base_url, stop_server = start_server(args.server)
     data_dir = Path(tempfile.mkdtemp(prefix="bench-tui-"))
     try:
-        target: Target = await discover_target(f"http://127.0.0.1:{port}", name="fake")
-        app = TimedHarness(AppContext(data_dir=data_dir, targets=[target], selected_target="fake"))
+        target: Target = await discover_target(base_url, name=args.server)
+        app = TimedHarness(AppContext(data_dir=data_dir, targets=[target], selected_target=args.server))
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             screen = app.screen
@@ -337,6 +355,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "loadavg_at_end": os.getloadavg(),
                 },
                 "config": {key: str(value) for key, value in vars(args).items()},
+                "target": {"kind": target.kind.value, "model": target.model, "base_url": target.base_url},
                 "wall_s": wall,
                 "key_to_paint_ms": {kind: summary(values) for kind, values in app.samples.items()},
                 "keys_without_a_frame_in_5s": keys.lost,
@@ -348,12 +367,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "levels": levels_out,
             }
     finally:
-        stop_process(server)
+        stop_server()
 
 
 def print_report(report: dict[str, Any]) -> None:
     cpu = report["ui_process_cpu_percent_during_sweep"]
     load = report["machine"]["loadavg_at_end"][0]
+    print(f"target: {report['target']['kind']} {report['target']['model']}")
     print(f"sweep: {report['wall_s']:.1f} s, UI process CPU {cpu:.0f}% of one core, load average {load:.1f}")
     for level in report["levels"]:
         print(
@@ -394,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=5000, help="requests per level")
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--idle-s", type=float, default=8.0, help="seconds of each no-sweep phase")
+    parser.add_argument(
+        "--server", choices=("twin", "fake"), default="twin", help="the sweep's target (default: a live twin)"
+    )
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     args = parser.parse_args(argv)
     report = asyncio.run(run(args))
