@@ -36,6 +36,8 @@ from tests.fakes.kube_rollout import ScriptedRollout
 from tests.fakes.openai_like_server import FakeServer, FakeServerConfig, Flavor
 from tui.app import VIEWS, ServeDeckApp
 from tui.context import AppContext
+from tui.screens import deployments as deployments_screen
+from tui.screens.deployments import NEW_DEPLOYMENT_SCREEN
 from tui.screens.new_deployment import NewDeploymentScreen
 from tui.widgets.deploy_details import DeploymentDetailsScreen
 from tui.widgets.deploy_dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
@@ -155,6 +157,33 @@ async def test_form_shows_that_gemma_27b_does_not_fit_one_l4() -> None:
         await pilot.pause()
         assert any("cannot deploy this spec" in message for message in notifications(app))
         assert app.screen is form
+
+
+async def test_the_form_is_built_ahead_once_keys_are_quiet_and_opens_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(deployments_screen, "FORM_PREBUILD_QUIET_S", 0.5)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(4):  # keys keep coming: nothing is built behind the user's back
+            await pilot.press("down")
+            await pilot.pause(0.1)
+        assert not app.is_screen_installed(NEW_DEPLOYMENT_SCREEN)
+
+        def prebuilt() -> bool:
+            return app.is_screen_installed(NEW_DEPLOYMENT_SCREEN) and bool(
+                app.get_screen(NEW_DEPLOYMENT_SCREEN).query("#nd-model")
+            )
+
+        await wait_until(pilot, prebuilt)
+        built = app.get_screen(NEW_DEPLOYMENT_SCREEN)
+        assert app.screen is not built  # built, not shown
+        form = await open_form(pilot, app)
+        assert form is built
+        await choose(pilot, form, "nd-gpu", "l4")
+        await choose(pilot, form, "nd-count", 1)
+        assert form.plan.fit is not None and not form.plan.fit.fits
+        assert "does not fit 1xL4" in form.plan.fit.message
 
 
 async def test_form_renders_valid_yaml_for_one_h100() -> None:

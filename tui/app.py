@@ -11,16 +11,16 @@ every screen. Worker failures become notifications that say what to do next, nev
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import importlib.util
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -33,6 +33,7 @@ from backends.config import config_dir
 from backends.errors import ServeDeckError
 from backends.target_registry import LOCAL_TARGET_NAME, ManualTargetStore, TargetRegistry
 from tui.context import AppContext
+from tui.gc_policy import GcPolicy
 from tui.messages import RegistryChanged, TargetsChanged
 
 if TYPE_CHECKING:
@@ -189,13 +190,24 @@ class ServeDeckApp(App[None]):
         )
         self._mode_history: list[str] = []
         self._closed = False
+        self._last_input_at = time.monotonic()
+        self.gc_policy = GcPolicy(self.input_quiet_s)
 
     # -- start and stop -------------------------------------------------------------------------------
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key | events.MouseDown | events.MouseScrollDown | events.MouseScrollUp):
+            self._last_input_at = time.monotonic()
+        await super().on_event(event)
+
+    def input_quiet_s(self) -> float:
+        """Seconds since the last key press or mouse click or scroll: background work waits for quiet."""
+        return time.monotonic() - self._last_input_at
 
     def on_mount(self) -> None:
         # What exists after the first frame lives as long as the app: keep it out of the garbage
         # collector's full passes, which otherwise pause the UI for ~100 ms at a time.
-        self.call_after_refresh(gc.freeze)
+        self.call_after_refresh(self.gc_policy.start, self)
         self.sub_title = self._context_line()
         self.switch_mode(self.available_views[0].mode)
         self._load_manual_targets()

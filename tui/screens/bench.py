@@ -20,7 +20,7 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, TabbedContent, TabPane
+from textual.widgets import Button, Header, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
@@ -46,10 +46,10 @@ from tui.widgets.bench_runner import (
     RunPreparing,
     RunStarted,
     SweepRunner,
-    freeze_long_lived_objects,
 )
 from tui.widgets.bench_store import app_context, open_store
 from tui.widgets.bench_sweep_chart import SweepSeries, series_from_levels
+from tui.widgets.footer import KeysFooter
 
 TABS = ("bench-setup", "bench-live", "bench-sweep")
 
@@ -118,7 +118,7 @@ class BenchScreen(Screen[None]):
                 yield LiveCharts(id="bench-live-charts")
             with TabPane("Sweep", id="bench-sweep"):
                 yield SweepResultsPanel(id="bench-results")
-        yield Footer()
+        yield KeysFooter()
 
     @property
     def ctx(self) -> AppContext:
@@ -219,7 +219,6 @@ class BenchScreen(Screen[None]):
         self.results.clear()
         self.progress.set_status(f"starting {len(planned)} sweep(s) ...")
         self.show_tab("bench-live")
-        freeze_long_lived_objects()
         self._runner = SweepRunner(self.post_message, data)
         self._run_sweeps(self._runner, planned)
 

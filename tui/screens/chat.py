@@ -16,7 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Static
+from textual.widgets import Button, Header, Input, Static
 
 from backends.bench.models import Target
 from backends.errors import ServeDeckError
@@ -27,6 +27,7 @@ from tui.widgets.chat_lane import ChatLane
 from tui.widgets.chat_records import RACE_KEY, RaceSeat, params_from_session, race_group
 from tui.widgets.chat_sessions import ChatSessionList
 from tui.widgets.chat_settings import ChatSettings
+from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from tui.context import AppContext
@@ -108,7 +109,7 @@ class ChatScreen(Screen[None]):
                     yield Input(placeholder="Ask something, then press enter", id="chat-prompt")
                     yield Button("Send", id="chat-send", variant="primary")
                     yield Button("Stop", id="chat-stop", variant="error", disabled=True)
-        yield Footer()
+        yield KeysFooter()
 
     @property
     def ctx(self) -> AppContext:

@@ -13,18 +13,23 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from backends.target_registry import DeploymentRow, TargetSource, TargetStatus
 from tui.messages import TargetsChanged
 from tui.widgets.deploy_dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
 from tui.widgets.deploy_table import DeploymentTable
+from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from tui.app import ServeDeckApp
 
 
 NEW_DEPLOYMENT_SCREEN = "new-deployment"
+# The form is built ahead, once keys have been quiet this long: building it when `n` is pressed (~65
+# widgets composed, styled and laid out) took 150-250 ms between key and paint, and building it ahead
+# holds the UI for a similar time in small pieces, which a key pressed meanwhile would feel.
+FORM_PREBUILD_QUIET_S = 1.0
 
 
 class DeploymentsScreen(Screen[None]):
@@ -131,11 +136,32 @@ class DeploymentsScreen(Screen[None]):
             yield Input(placeholder="filter (! inverts)", id="deployments-filter", classes="hidden")
             yield DeploymentTable(id="deployments-table")
             yield Static("", id="deployments-detail")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self._refresh_table()
         self.query_one(DeploymentTable).focus()
+        self.set_timer(FORM_PREBUILD_QUIET_S, self._prebuild_form)
+
+    def _install_form(self) -> None:
+        # Built once and kept (installed): the form keeps what was typed, and opening it again is instant.
+        if not self.app.is_screen_installed(NEW_DEPLOYMENT_SCREEN):
+            from tui.screens.new_deployment import NewDeploymentScreen
+
+            self.app.install_screen(NewDeploymentScreen(), NEW_DEPLOYMENT_SCREEN)
+
+    def _prebuild_form(self) -> None:
+        """Compose and mount the form off the screen stack, so ``n`` only has to show it."""
+        quiet = self.deck.input_quiet_s()
+        if quiet < FORM_PREBUILD_QUIET_S:
+            self.set_timer(max(FORM_PREBUILD_QUIET_S - quiet, 0.05), self._prebuild_form)
+            return
+        self._install_form()
+        form = self.app.get_screen(NEW_DEPLOYMENT_SCREEN)
+        if not form.is_running:
+            # Textual mounts a screen when it is first pushed; this is that step on its own (the
+            # version is pinned, and a test checks that the prebuilt form opens and works).
+            self.app._get_screen(form)
 
     @property
     def table(self) -> DeploymentTable:
@@ -237,11 +263,7 @@ class DeploymentsScreen(Screen[None]):
             )
 
     def action_new_deployment(self) -> None:
-        # Built once and kept (installed): the form keeps what was typed, and opening it again is instant.
-        if not self.app.is_screen_installed(NEW_DEPLOYMENT_SCREEN):
-            from tui.screens.new_deployment import NewDeploymentScreen
-
-            self.app.install_screen(NewDeploymentScreen(), NEW_DEPLOYMENT_SCREEN)
+        self._install_form()
         self.app.push_screen(NEW_DEPLOYMENT_SCREEN)
 
     def action_add_url(self) -> None:

@@ -14,7 +14,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Input, TabbedContent, TabPane
 
 from backends.bench.results import SweepConfig
 from backends.errors import ServeDeckError
@@ -26,6 +26,7 @@ from tui.widgets.bench_cost import catalog_price_per_hour
 from tui.widgets.bench_store import app_context, open_store
 from tui.widgets.bench_sweep_chart import SweepSeries
 from tui.widgets.deploy_dialogs import ConfirmScreen
+from tui.widgets.footer import KeysFooter
 from tui.widgets.history_chats import ChatsTable
 from tui.widgets.history_overlay import OverlayPanel, overlay_series
 from tui.widgets.history_runs import SHORT_ID, RunsTable
@@ -86,7 +87,7 @@ class HistoryScreen(Screen[None]):
                 yield OverlayPanel(id="history-overlay")
             with TabPane("Chats", id=CHATS_TAB):
                 yield ChatsTable(id="history-chats-table")
-        yield Footer()
+        yield KeysFooter()
 
     @property
     def ctx(self) -> AppContext:

@@ -15,7 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Button, Footer, Header, Input, Label, Select, Static, Switch
+from textual.widgets import Button, Header, Input, Label, Select, Static, Switch
 
 from manifests.catalog import default_catalog
 from manifests.errors import ManifestError
@@ -23,6 +23,7 @@ from manifests.gpus import ACCELERATORS, GpuType
 from manifests.model_profiles import MODELS
 from manifests.spec import DeploymentSpec, build_spec
 from tui.widgets.deploy_plan import DeploymentPlan, plan_deployment, plan_renderable
+from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from tui.app import ServeDeckApp
@@ -118,7 +119,7 @@ class NewDeploymentScreen(Screen[None]):
                     yield Button("Start as twin (ctrl+t)", variant="primary", id="nd-twin")
                     yield Button("Apply to cluster (ctrl+s)", variant="warning", id="nd-apply")
                     yield Button("Cancel (esc)", id="nd-cancel")
-        yield Footer()
+        yield KeysFooter()
 
     @staticmethod
     def _field(label: str, control: Any) -> ComposeResult:

@@ -12,7 +12,6 @@ thread: the host keeps finished levels and the finished requests of the current 
 from __future__ import annotations
 
 import contextlib
-import gc
 import multiprocessing
 import sys
 import threading
@@ -42,7 +41,6 @@ from tui.widgets.bench_host import (
 )
 
 HOST_EXIT_TIMEOUT_S = 30.0
-FULL_COLLECTION_THRESHOLD = 100
 _TRACKER_LOCK = threading.Lock()
 
 
@@ -155,23 +153,6 @@ def to_message(event: HostEvent) -> Message:
     if isinstance(event, HostFailed):
         return RunFailed(event.run_index, event.message)
     return AllRunsDone(event.cancelled)
-
-
-def freeze_long_lived_objects() -> None:
-    """Take every object alive now out of the cyclic garbage collector's scans (``gc.freeze``).
-
-    The app's own objects (Textual's DOM and caches, imported modules) are about 150k tracked objects
-    that live as long as the app; a full collection walks them all and stops every thread while it
-    does: about 100 ms idle on a 2-core machine, 250-350 ms during a 1000-stream sweep, a frozen UI
-    each time. Frozen objects are still freed by reference counting when dropped; only a reference
-    cycle that is garbage at this moment stays until the process ends.
-    """
-    gc.freeze()
-    gen0, gen1, gen2 = gc.get_threshold()
-    # Full collections only after 10x as many middle-generation ones as Python's default: with the
-    # app's own objects frozen, the "25% new long-lived objects" rule alone would trigger one every
-    # few seconds of Textual's cache churn.
-    gc.set_threshold(gen0, gen1, max(gen2, FULL_COLLECTION_THRESHOLD))
 
 
 def start_resource_tracker() -> None:

@@ -148,6 +148,7 @@ class LiveChart(PlotextPlot):
         self._redraw_timer: Timer | None = None
         self._last_redraw = -math.inf
         self._picture: tuple[tuple[int, int, str], RenderResult] | None = None
+        self._slot: int | None = None
 
     # -- scheduling -----------------------------------------------------------------------------------
 
@@ -167,11 +168,13 @@ class LiveChart(PlotextPlot):
         self._redraw_timer = self.set_timer(max(wait, MIN_TIMER_S), self._on_pending_timer)
 
     def _stagger(self) -> float:
-        try:
-            slot = self.screen.query(LiveChart).nodes.index(self)
-        except (NoScreen, ValueError):
-            slot = 0
-        return SHOW_STAGGER_S * slot
+        # A chart's place among its screen's charts never changes: looked up once (a DOM walk).
+        if self._slot is None:
+            try:
+                self._slot = self.screen.query(LiveChart).nodes.index(self)
+            except (NoScreen, ValueError):
+                return 0.0
+        return SHOW_STAGGER_S * self._slot
 
     def _on_pending_timer(self) -> None:
         self._redraw_timer = None

@@ -11,13 +11,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 from textual.worker import get_current_worker
 
 from backends.target_registry import DeploymentRow, TargetSource
 from tui.messages import TargetsChanged
 from tui.widgets.deploy_log_view import DeployLogView, LineBatcher, LogLines
 from tui.widgets.deploy_table import STATUS_STYLES, format_price
+from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from tui.app import ServeDeckApp
@@ -73,7 +74,7 @@ class DeploymentDetailsScreen(Screen[None]):
                 yield DataTable(id="details-pods", cursor_type="row")
                 yield Static("", id="details-events")
         yield DeployLogView(id="details-log")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         row = self.row
