@@ -7,6 +7,8 @@ The article's worked example (4xL4 on g2-standard-48, us-central1, 730-hour mont
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from manifests.catalog import Catalog, MachineType, default_catalog
@@ -65,6 +67,18 @@ class CostBreakdown(BaseModel):
         if tokens_per_s <= 0:
             raise ValueError("tokens per second must be > 0")
         return self.usd_per_second / tokens_per_s * TOKENS_PER_MILLION
+
+
+def usd_per_million_tokens(usd_per_hour: float | None, tokens_per_s: float) -> float | None:
+    """``$/h / 3600 / (tokens/s) * 1e6``; None without a price or without throughput."""
+    if (
+        usd_per_hour is None
+        or not usd_per_hour > 0
+        or not tokens_per_s > 0
+        or not math.isfinite(tokens_per_s)
+    ):
+        return None
+    return usd_per_hour / SECONDS_PER_HOUR / tokens_per_s * TOKENS_PER_MILLION
 
 
 def estimate_cost(

@@ -13,8 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from manifests.cost import usd_per_million_tokens
 from tests.fakes.sse_server import FakeSSEServer
+from tests.test_tui_bench import fixed_sweep
+from tui.commands.bench_display import results_table
 
 DATA = Path(__file__).parent / "data"
 
@@ -279,3 +283,20 @@ def test_top_level_data_dir_reaches_the_subcommand(server: FakeSSEServer, tmp_pa
     )  # fmt: skip
     assert "top-level-dir" in listed.stdout
     assert not (tmp_path / "env-dir").exists()
+
+
+def test_results_table_shows_cost_per_million_tokens_at_the_saved_price() -> None:
+    sweep = fixed_sweep("priced", "run-priced", 1.0)
+    sweep.config.usd_per_hour = 3.6
+    console = Console(record=True, width=300)
+    console.print(results_table(sweep))
+    text = console.export_text()
+    assert "$/1M tok at $3.6/h" in text
+    for level in sweep.levels:
+        cost = usd_per_million_tokens(3.6, level.metrics.total_token_throughput)
+        assert cost is not None and f"{cost:.3f}" in text
+
+    sweep.config.usd_per_hour = None
+    console = Console(record=True, width=300)
+    console.print(results_table(sweep))
+    assert "$/1M" not in console.export_text()

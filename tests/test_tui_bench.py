@@ -33,6 +33,7 @@ from backends.bench.models import (
 from backends.bench.results import DatasetSpec, LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
 from backends.targets import discover_target
+from manifests.cost import usd_per_million_tokens
 from sessions.run_models import BundleLevel, RunBundle
 from sessions.store import SessionStore
 from tests.fakes.sse_server import FakeSSEServer
@@ -40,7 +41,7 @@ from tui.context import AppContext
 from tui.screens.bench import BenchScreen
 from tui.screens.history import HistoryScreen
 from tui.widgets.bench_config import BenchFormValues, build_runs, parse_levels, values_from_config
-from tui.widgets.bench_cost import PriceSource, usd_per_million_tokens
+from tui.widgets.bench_cost import PriceSource
 from tui.widgets.bench_export import ExportDialog
 from tui.widgets.bench_host import thin
 from tui.widgets.bench_live import LiveCharts
@@ -570,11 +571,15 @@ def test_build_runs_one_config_per_target_with_prices() -> None:
     runs = build_runs(values, [a, b], {"a": 2.5}.get)
     assert [run.config.target.name for run in runs] == ["b", "a"]
     assert [run.usd_per_hour for run in runs] == [None, 2.5]
+    # the price goes into the saved config, so History shows the $ per 1M tokens the run had
+    assert [run.config.usd_per_hour for run in runs] == [None, 2.5]
+    assert [run.config.price_source for run in runs] == [None, "target's hardware (catalog)"]
     assert runs[0].config.levels == [1.0, 4.0, 16.0] and runs[0].config.goodput_slos_ms == {"ttft": 500.0}
     custom = build_runs(
         values.model_copy(update={"price_source": PriceSource.CUSTOM, "usd_per_hour": "$4"}), [a, b], {}.get
     )
     assert [run.usd_per_hour for run in custom] == [4.0, 4.0]
+    assert [run.config.price_source for run in custom] == ["custom $/h", "custom $/h"]
     none = build_runs(values.model_copy(update={"price_source": PriceSource.NONE}), [a, b], {"a": 2.5}.get)
     assert [run.usd_per_hour for run in none] == [None, None]
 

@@ -15,6 +15,8 @@ from textual.pilot import Pilot
 from textual.widgets import Input, SelectionList, TabbedContent
 
 from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.results import RunStatus
+from sessions.run_models import RunSummary
 from sessions.store import SessionStore
 from tests.test_tui_bench import RUN_START, fixed_sweep, seed
 from tui.context import AppContext
@@ -23,7 +25,7 @@ from tui.screens.history import HistoryScreen
 from tui.widgets.bench_sweep_chart import SweepChart
 from tui.widgets.deploy_dialogs import ConfirmScreen
 from tui.widgets.history_chats import ChatsTable
-from tui.widgets.history_overlay import series_names
+from tui.widgets.history_overlay import overlay_series, series_names
 from tui.widgets.history_runs import RunsTable
 
 pytestmark = pytest.mark.anyio
@@ -304,3 +306,31 @@ async def test_in_the_shell_rerun_opens_bench_and_esc_comes_back(
         app.screen.query_one(SelectionList).focus()
         await pilot.press("escape")
         await wait_until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+
+
+def _summary(run_id: str, sweep_name: str) -> RunSummary:
+    return RunSummary(
+        id=run_id,
+        label=None,
+        gpu=None,
+        target_name=sweep_name,
+        base_url="http://127.0.0.1:8001",
+        model="m",
+        axis="concurrency",
+        level_values=[1, 4],
+        created_at=RUN_START,
+        finished_at=RUN_START,
+        status=RunStatus.COMPLETE,
+        message=None,
+        levels_stored=2,
+        records_stored=0,
+    )
+
+
+def test_overlay_prices_a_run_at_what_it_cost_when_it_ran() -> None:
+    priced = fixed_sweep("priced", "run-a", 1.0)
+    priced.config.usd_per_hour = 2.0
+    older = fixed_sweep("older", "run-b", 1.0)  # saved before runs kept their price
+    today = {"priced": 99.0, "older": 5.0}.get
+    series = overlay_series([priced, older], [_summary("run-a", "priced"), _summary("run-b", "older")], today)
+    assert [s.usd_per_hour for s in series] == [2.0, 5.0]

@@ -51,6 +51,10 @@ class SweepConfig(BaseModel):
     endpoint: str = "chat"  # "chat" -> /v1/chat/completions, "completions" -> /v1/completions
     temperature: float = 0.0
     label: str | None = None
+    usd_per_hour: float | None = Field(
+        default=None, gt=0, description="the hardware's price when the run was planned ($ per hour)"
+    )
+    price_source: str | None = Field(default=None, description="where usd_per_hour came from")
     workers: int = 1
     request_timeout_s: float = 600.0
     idle_timeout_s: float = 60.0

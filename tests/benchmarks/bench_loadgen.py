@@ -665,6 +665,27 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_one_cell(name: str, repeat: int, quick: bool) -> None:
+    """One cell, ServeDeck with the probe, ``repeat`` times: the timing error's spread on this host."""
+    cells = {f"{c.kind}-{c.mode}-{c.concurrency}": c for c in plan_cells(quick)}
+    spec = cells.get(name)
+    if spec is None:
+        raise SystemExit(f"no cell {name!r}; cells: {', '.join(cells)}")
+    with servers() as by_mode:
+        for attempt in range(repeat):
+            result = run_servedeck(by_mode[spec.mode], spec, probe=True)
+            err = result.err_ms or {}
+            nan = float("nan")
+            lag = result.client_loop_lag_p99_ms
+            print(
+                f"{name} #{attempt + 1}: {result.chunks_per_s:,.0f} chunks/s, "
+                f"client {result.client_cpu_percent:.1f}%, err p50 {err.get('p50', nan):.2f} "
+                f"p99 {err.get('p99', nan):.2f} max {err.get('max', nan):.1f} ms, "
+                f"loop lag p99 {nan if lag is None else lag:.2f} ms, waited for core {_waited(result)}%",
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m tests.benchmarks.bench_loadgen", description=__doc__.split("\n")[0]
@@ -675,9 +696,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--json", type=Path, default=Path("/tmp/bench_loadgen.json"), help="where to write all results"
     )
+    parser.add_argument(
+        "--only",
+        metavar="KIND-MODE-C",
+        help="run one cell, ServeDeck with the timing probe, e.g. paced-sleep-100 (goals are not judged)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="with --only: how many times")
     args = parser.parse_args(argv)
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("this benchmark needs at least 2 cores: the server and the client each get one")
+    if args.only:
+        run_one_cell(args.only, args.repeat, args.quick)
+        return
     started = time.perf_counter()
     started_at = time.strftime("%Y-%m-%d %H:%M:%S")
 

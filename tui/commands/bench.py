@@ -57,6 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--idle-timeout", type=float, default=60.0, help="seconds without data = stalled")
     parser.add_argument("--label", help="label saved with the run")
+    parser.add_argument(
+        "--usd-per-hour",
+        type=float,
+        help="price of the target's hardware, saved with the run: the table shows $ per 1M tokens",
+    )
     parser.add_argument("--parallel", type=int, default=8, help="slots of the local engine (--target local)")
     parser.add_argument("--out", type=Path, help="write results as JSON (vLLM --save-result keys per level)")
     parser.add_argument("--csv", type=Path, help="write the sweep table as CSV")
@@ -93,6 +98,8 @@ def config_from_args(args: argparse.Namespace, target: Target) -> SweepConfig:
         endpoint=args.endpoint,
         temperature=args.temperature,
         label=args.label,
+        usd_per_hour=args.usd_per_hour,
+        price_source="--usd-per-hour" if args.usd_per_hour is not None else None,
         workers=args.workers,
         request_timeout_s=args.request_timeout,
         idle_timeout_s=args.idle_timeout,

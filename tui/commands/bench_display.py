@@ -21,6 +21,7 @@ from backends.bench.sweep import (
     SweepFinished,
     SweepStarted,
 )
+from manifests.cost import usd_per_million_tokens
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -59,8 +60,15 @@ def results_table(result: SweepResult) -> Table:
         "client",
     ):
         table.add_column(header, justify="right")
+    price = result.config.usd_per_hour
+    if price is not None:
+        table.add_column(f"$/1M tok at ${price:g}/h", justify="right")
     for level in result.levels:
-        table.add_row(*_level_row(level))
+        row = _level_row(level)
+        if price is not None:
+            cost = usd_per_million_tokens(price, level.metrics.total_token_throughput)
+            row.append("-" if cost is None else f"{cost:.3f}")
+        table.add_row(*row)
     return table
 
 

@@ -18,7 +18,7 @@ from backends.bench.results import DatasetSpec, SweepConfig
 from backends.bench.sweep import validate_config
 from backends.errors import ConfigError
 from tui.commands.bench import parse_goodput
-from tui.widgets.bench_cost import PriceSource
+from tui.widgets.bench_cost import PRICE_SOURCE_LABELS, PriceSource
 
 DatasetKind = Literal["sharegpt", "random", "file"]
 MAX_LEVELS = 32
@@ -162,14 +162,16 @@ def build_runs(
             "goodput_slos_ms": slos,
             "label": label,
         }
-        config = base.model_copy(update=fields) if base is not None else SweepConfig.model_validate(fields)
-        validate_config(config)
         if values.price_source is PriceSource.CUSTOM:
             price = custom_price
         elif values.price_source is PriceSource.CATALOG:
             price = catalog_price(target.name)
         else:
             price = None
+        fields["usd_per_hour"] = price
+        fields["price_source"] = None if price is None else PRICE_SOURCE_LABELS[values.price_source]
+        config = base.model_copy(update=fields) if base is not None else SweepConfig.model_validate(fields)
+        validate_config(config)
         runs.append(PlannedRun(config=config, usd_per_hour=price))
     return runs
 

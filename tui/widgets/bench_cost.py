@@ -6,14 +6,12 @@ app's target registry computes from ``manifests``), or from a $/h the user types
 
 from __future__ import annotations
 
-import math
 from enum import StrEnum
 from typing import Any
 
 from textual.app import App
 
 from backends.target_registry import TargetRegistry
-from manifests.cost import SECONDS_PER_HOUR, TOKENS_PER_MILLION
 
 
 class PriceSource(StrEnum):
@@ -27,18 +25,6 @@ PRICE_SOURCE_LABELS: dict[PriceSource, str] = {
     PriceSource.CUSTOM: "custom $/h",
     PriceSource.NONE: "none",
 }
-
-
-def usd_per_million_tokens(usd_per_hour: float | None, tokens_per_s: float) -> float | None:
-    """``$/h / 3600 / (tokens/s) * 1e6``; None without a price or without throughput."""
-    if (
-        usd_per_hour is None
-        or not usd_per_hour > 0
-        or not tokens_per_s > 0
-        or not math.isfinite(tokens_per_s)
-    ):
-        return None
-    return usd_per_hour / SECONDS_PER_HOUR / tokens_per_s * TOKENS_PER_MILLION
 
 
 def catalog_price_per_hour(app: App[Any], target_name: str) -> float | None:

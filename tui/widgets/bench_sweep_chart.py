@@ -16,8 +16,8 @@ from textual_plotext.plot import Plot
 
 from backends.bench.models import Axis
 from backends.bench.results import LevelResult, RunStatus
+from manifests.cost import usd_per_million_tokens
 from tui.widgets.bench_config import format_level
-from tui.widgets.bench_cost import usd_per_million_tokens
 from tui.widgets.charts import LiveChart
 
 # One series: the article's colours (green bars, blue p99 TTFT, red cost). Several: one hue per series,

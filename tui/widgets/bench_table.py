@@ -9,8 +9,9 @@ from textual.widgets import DataTable
 
 from backends.bench.models import LoadLevel
 from backends.bench.results import LevelResult, RunStatus
+from manifests.cost import usd_per_million_tokens
 from tui.widgets.bench_config import format_level
-from tui.widgets.bench_cost import format_usd, usd_per_million_tokens
+from tui.widgets.bench_cost import format_usd
 from tui.widgets.bench_progress import format_rate
 from tui.widgets.bench_sweep_chart import CLIENT_LIMITED_MARK
 

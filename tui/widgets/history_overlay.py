@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-from backends.bench.results import SweepResult
+from backends.bench.results import SweepConfig, SweepResult
 from backends.errors import ConfigError
 from sessions.run_models import RunSummary
 from tui.widgets.bench_sweep_chart import CostChart, SweepChart, SweepSeries, series_from_levels
@@ -46,9 +46,14 @@ def overlay_series(
         )
     names = series_names(summaries)
     return [
-        series_from_levels(name, sweep.config.axis, sweep.levels, price_per_hour(sweep.config.target.name))
+        series_from_levels(name, sweep.config.axis, sweep.levels, _price(sweep.config, price_per_hour))
         for name, sweep in zip(names, sweeps, strict=True)
     ]
+
+
+def _price(config: SweepConfig, price_per_hour: Callable[[str], float | None]) -> float | None:
+    """The price saved with the run; runs saved without one take today's catalog price of their target."""
+    return config.usd_per_hour if config.usd_per_hour is not None else price_per_hour(config.target.name)
 
 
 class OverlayPanel(Vertical):
