@@ -125,12 +125,16 @@ class _WorkerHandle:
         self.process.start()
         child_end.close()
         self._inbox = inbox
+        self._job = job
         self._worker_cpu = job.cpu
+        # The level's time zero; set before "start" is sent, and progress only comes after that.
+        self.start_at = 0.0
         self._reader = threading.Thread(target=self._read, name=f"loadgen-reader-{self.index}", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        # Unpickling progress on the worker's core would steal it from the measurement.
+        # Unpickling progress and building its records on the worker's core would steal the core from the
+        # measurement: this thread keeps off it, and does that work itself.
         if self._worker_cpu is not None:
             with contextlib.suppress(OSError):
                 others = os.sched_getaffinity(0) - {self._worker_cpu}
@@ -142,6 +146,9 @@ class _WorkerHandle:
             except (EOFError, OSError):
                 self._inbox(self.index, ("eof",))
                 return
+            if message[0] == "progress":
+                progress: WorkerProgress = message[1]
+                message = ("progress", progress, job_records(self._job, self.start_at, progress.finished))
             self._inbox(self.index, message)
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -207,6 +214,7 @@ async def run_level(
                 raise TargetError("a load generator worker exited before starting")
         start_at = time.perf_counter() + _START_MARGIN_S
         for handle in handles:
+            handle.start_at = start_at
             handle.send(("start", start_at))
 
         while len(finished) < len(handles):
@@ -227,8 +235,8 @@ async def run_level(
             kind = message[0]
             if kind == "progress":
                 progress: WorkerProgress = message[1]
+                new_records: list[RequestRecord] = message[2]
                 latest[index] = progress
-                new_records = job_records(jobs[index], start_at, progress.finished)
                 records.extend(new_records)
                 succeeded = sum(1 for record in new_records if record.success)
                 completed += succeeded
