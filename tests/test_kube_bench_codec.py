@@ -60,7 +60,7 @@ def test_a_failed_record_with_nones_round_trips() -> None:
 
 
 def test_calibration_probe_data_is_not_shipped() -> None:
-    record = _record().model_copy(update={"probe_emit_arrival_ns": [(1, 2), (3, 4)]})
+    record = _record().model_copy(update={"probe_emit_arrival_ns": [1, 2, 3, 4]})
     decoded = decode(encode(record))
     assert isinstance(decoded, RequestRecord)
     assert decoded.probe_emit_arrival_ns is None

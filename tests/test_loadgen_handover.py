@@ -91,8 +91,8 @@ def test_failures_are_named_when_the_worker_saw_none() -> None:
         assert record.error == error
 
 
-def test_probe_pairs_come_back_as_emit_arrival_tuples() -> None:
+def test_probe_pairs_come_back_as_flat_emit_arrival_pairs() -> None:
     state = _state([10.1, 10.2], [USAGE_EVENT])
     state.probe = array("q", [100, 150, 200, 260])
     record = build_record(FinishedRequest.from_state(0, 0.0, state), 10.0, 0, 1, 2)
-    assert record.probe_emit_arrival_ns == [(100, 150), (200, 260)]
+    assert record.probe_emit_arrival_ns == [100, 150, 200, 260]

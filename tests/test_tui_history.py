@@ -249,26 +249,8 @@ async def test_an_unreadable_store_is_one_error(tmp_path: Path) -> None:
 
 
 def test_series_names_prefer_own_labels_then_targets_then_ids() -> None:
-    from backends.bench.results import RunStatus
-    from sessions.run_models import RunSummary
-
     def summary(run_id: str, label: str | None, target: str) -> RunSummary:
-        return RunSummary(
-            id=run_id,
-            label=label,
-            gpu=None,
-            target_name=target,
-            base_url="http://x",
-            model="m",
-            axis="concurrency",
-            level_values=[1],
-            created_at=RUN_START,
-            finished_at=None,
-            status=RunStatus.COMPLETE,
-            message=None,
-            levels_stored=1,
-            records_stored=1,
-        )
+        return _summary(run_id, target, label=label)
 
     runs = [
         summary("aaaa1111bbbb", "4xL4", "t1"),
@@ -308,12 +290,12 @@ async def test_in_the_shell_rerun_opens_bench_and_esc_comes_back(
         await wait_until(pilot, lambda: isinstance(app.screen, HistoryScreen))
 
 
-def _summary(run_id: str, sweep_name: str) -> RunSummary:
+def _summary(run_id: str, target: str, label: str | None = None) -> RunSummary:
     return RunSummary(
         id=run_id,
-        label=None,
+        label=label,
         gpu=None,
-        target_name=sweep_name,
+        target_name=target,
         base_url="http://127.0.0.1:8001",
         model="m",
         axis="concurrency",

@@ -111,8 +111,10 @@ class RequestRecord(BaseModel):
     error: str | None = None
     success: bool = False
     server_timings: dict[str, float] | None = None
-    probe_emit_arrival_ns: list[tuple[int, int]] | None = Field(
-        default=None, description="calibration only: (server emit_ns, client arrival time_ns) per chunk"
+    probe_emit_arrival_ns: list[int] | None = Field(
+        default=None,
+        description="calibration only: server emit_ns, client arrival time_ns, flat pairs, per chunk "
+        "(flat: a list of ints is one object for the garbage collector, a list of pairs is one per chunk)",
     )
 
     @property

@@ -296,7 +296,7 @@ def run_servedeck(server: Server, spec: CellSpec, probe: bool) -> CellResult:
         flat = np.array([p for request_pairs in pairs for p in request_pairs], dtype=np.int64).reshape(-1, 2)
         err_ms = _dist(flat[:, 1] - flat[:, 0])
         firsts = [
-            (r.probe_emit_arrival_ns[0], round((r.first_token_at - r.sent_at) * 1e9))
+            (r.probe_emit_arrival_ns[:2], round((r.first_token_at - r.sent_at) * 1e9))
             for r in records
             if r.probe_emit_arrival_ns and r.sent_at is not None and r.first_token_at is not None
         ]

@@ -80,7 +80,7 @@ def build_record(
         error=error,
         success=success,
         server_timings=tail.get("timings"),
-        probe_emit_arrival_ns=None if probe is None else list(zip(probe[0::2], probe[1::2], strict=True)),
+        probe_emit_arrival_ns=None if probe is None else probe.tolist(),
     )
 
 
