@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import multiprocessing as mp
 import os
@@ -115,6 +116,26 @@ def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
     return jobs
 
 
+def _keep_thread_off(cpus: set[int]) -> set[int] | None:
+    """Move the calling thread off ``cpus`` (Linux affinity is per thread); its old CPUs, to restore."""
+    if not cpus or not hasattr(os, "sched_getaffinity"):
+        return None
+    try:
+        before = os.sched_getaffinity(0)
+        if before - cpus:
+            os.sched_setaffinity(0, before - cpus)
+            return before
+    except OSError:
+        pass
+    return None
+
+
+def _restore_thread_cpus(cpus: set[int] | None) -> None:
+    if cpus is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
+
+
 class _WorkerHandle:
     def __init__(self, job: WorkerJob, inbox: Callable[[int, tuple[Any, ...]], None]) -> None:
         ctx = mp.get_context("spawn")
@@ -186,6 +207,7 @@ async def run_level(
     cancelled = False
     start_at = 0.0
     end_at: float | None = None
+    own_cpus: set[int] | None = None
     cancel_task = loop.create_task(cancel.wait())
     try:
         ready: set[int] = set()
@@ -212,6 +234,10 @@ async def run_level(
                 raise TargetError(str(message[1]))
             elif message[0] == "eof":
                 raise TargetError("a load generator worker exited before starting")
+        # The clock is about to start: collect earlier work's garbage now rather than mid-level, and keep
+        # this thread (it takes in every progress message) off the workers' cores while they measure.
+        gc.collect()
+        own_cpus = _keep_thread_off({job.cpu for job in jobs if job.cpu is not None})
         start_at = time.perf_counter() + _START_MARGIN_S
         for handle in handles:
             handle.start_at = start_at
@@ -263,6 +289,7 @@ async def run_level(
         if end_at is None:
             end_at = time.perf_counter()
     finally:
+        _restore_thread_cpus(own_cpus)
         cancel_task.cancel()
         for handle in handles:
             if handle.index not in finished:
