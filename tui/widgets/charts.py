@@ -207,7 +207,12 @@ class LiveChart(PlotextPlot):
         """Shown again (a tab or a view switched back): the last picture shows at once, and a chart
         that got data while hidden rebuilds on its own timer, charts one after another, so the frame
         that answers the key is not held up by every chart's build."""
-        if self._dirty and self._redraw_timer is None:
+        if self._dirty:
+            # After the frame that shows the tab: a build started before it would hold that frame back.
+            self.call_after_refresh(self._schedule_after_show)
+
+    def _schedule_after_show(self) -> None:
+        if self._dirty and self._redraw_timer is None and self.is_mounted:
             self._redraw_timer = self.set_timer(SHOW_STAGGER_S + self._stagger(), self._on_pending_timer)
 
     def redraw_now(self) -> None:
