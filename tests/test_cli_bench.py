@@ -131,6 +131,7 @@ def test_request_rate_with_burstiness(server: FakeSSEServer, tmp_path: Path) -> 
         (["--concurrency", "two"], "expected comma-separated numbers"),
         (["--concurrency", "1.5"], "whole numbers"),
         (["--concurrency", "1", "--endpoint", "bogus"], "invalid choice"),
+        (["--concurrency", "1", "--usd-per-hour", "-3"], "expected one number > 0"),
     ],
 )
 def test_nonsense_flags_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:

@@ -13,7 +13,13 @@ from backends.bench.models import Target
 from backends.bench.results import RunStatus, SweepConfig
 from backends.errors import ConfigError
 from tui.commands.bench_foreground import report_interrupted, run_in_foreground
-from tui.commands.sweep_args import add_sweep_arguments, axis_and_levels, dataset_from_args, float_list
+from tui.commands.sweep_args import (
+    add_sweep_arguments,
+    axis_and_levels,
+    dataset_from_args,
+    float_list,
+    positive_number,
+)
 
 _SLO_KEYS = ("ttft", "tpot", "e2el")
 
@@ -59,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--label", help="label saved with the run")
     parser.add_argument(
         "--usd-per-hour",
-        type=float,
+        type=positive_number,
         help="price of the target's hardware, saved with the run: the table shows $ per 1M tokens",
     )
     parser.add_argument("--parallel", type=int, default=8, help="slots of the local engine (--target local)")

@@ -40,6 +40,14 @@ def positive_float_list(text: str) -> list[float]:
     return values
 
 
+def positive_number(text: str) -> float:
+    """An argparse type: one finite number > 0 (a price, say)."""
+    values = _numbers(text)
+    if len(values) != 1 or not values[0] > 0:
+        raise argparse.ArgumentTypeError(f"expected one number > 0, got {text!r}")
+    return values[0]
+
+
 def _whole_levels(values: list[float], text: str) -> list[float]:
     if any(v != int(v) or v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"concurrency levels must be whole numbers >= 1, got {text!r}")
