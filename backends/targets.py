@@ -19,7 +19,7 @@ import httpx
 
 from backends.bench.models import Target, TargetCapabilities, TargetKind
 from backends.errors import TargetError
-from backends.prometheus import parse_exposition
+from backends.prometheus import Exposition, parse_exposition
 
 SIMULATED_HEADER = "x-servedeck-simulated"
 TWIN_MODEL_SUFFIX = "-twin"
@@ -177,15 +177,15 @@ class _Discovery:
         except httpx.HTTPError:
             return None
 
-    async def probe_metrics(self) -> set[str] | None:
-        """Metric names on /metrics, or None when there is no usable /metrics."""
+    async def probe_metrics(self) -> Exposition | None:
+        """What /metrics holds, or None when there is no usable /metrics."""
         response = await self.get("/metrics")
         if response is None or response.status_code != 200:
             return None
         exposition = parse_exposition(response.text)
         if not exposition.samples:
             return None
-        return exposition.names()
+        return exposition
 
     async def probe_json(self, path: str) -> Any:
         response = await self.get(path)
@@ -332,7 +332,7 @@ async def discover_target(
             chosen = matches[0]
         model_id = str(chosen["id"])
 
-        metric_names, props, slots, version, tokenize, (stream_usage, continuous) = await asyncio.gather(
+        exposition, props, slots, version, tokenize, (stream_usage, continuous) = await asyncio.gather(
             discovery.probe_metrics(),
             discovery.probe_json("/props"),
             discovery.probe_json("/slots"),
@@ -340,6 +340,7 @@ async def discover_target(
             discovery.probe_tokenize(model_id),
             discovery.probe_stream_usage(model_id),
         )
+    metric_names = exposition.names() if exposition is not None else None
     detected = (
         kind if kind is not None else _detect_kind(chosen, model_headers, metric_names, props, slots, version)
     )
@@ -361,4 +362,17 @@ async def discover_target(
         kind=detected,
         api_key_env=api_key_env,
         capabilities=capabilities,
+        hardware=_twin_hardware(exposition) if detected is TargetKind.TWIN else None,
     )
+
+
+def _twin_hardware(exposition: Exposition | None) -> str | None:
+    """A label such as 2xh100 (twin), from the twin's ``servedeck:twin_info``; History files runs by it."""
+    if exposition is None:
+        return None
+    for sample in exposition.samples:
+        if sample.name == "servedeck:twin_info":
+            gpu, count = sample.labels.get("gpu"), sample.labels.get("gpu_count")
+            if gpu and count:
+                return f"{count}x{gpu} (twin)"
+    return None

@@ -15,10 +15,15 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.results import SweepConfig
+from backends.bench.sweep import SweepStarted
 from manifests.cost import usd_per_million_tokens
+from sessions.store import SessionStore
 from tests.fakes.sse_server import FakeSSEServer
 from tests.test_tui_bench import fixed_sweep
 from tui.commands.bench_display import results_table
+from tui.commands.bench_history import HistoryRecorder
 
 DATA = Path(__file__).parent / "data"
 
@@ -301,3 +306,25 @@ def test_results_table_shows_cost_per_million_tokens_at_the_saved_price() -> Non
     console = Console(record=True, width=300)
     console.print(results_table(sweep))
     assert "$/1M" not in console.export_text()
+
+
+@pytest.mark.parametrize(
+    ("kind", "hardware", "filed_as"),
+    [
+        (TargetKind.TWIN, "2xh100 (twin)", "2xh100 (twin)"),
+        (TargetKind.TWIN, None, "twin"),
+        (TargetKind.LLAMACPP, None, "CPU (llama.cpp)"),
+        (TargetKind.OPENAI, None, None),
+    ],
+)
+def test_history_files_a_run_under_the_hardware_its_target_reported(
+    kind: TargetKind, hardware: str | None, filed_as: str | None, tmp_path: Path
+) -> None:
+    target = Target(name="t", base_url="http://h:1", model="m", kind=kind, hardware=hardware)
+    config = SweepConfig(target=target, axis=Axis.CONCURRENCY, levels=[1])
+    recorder = HistoryRecorder(tmp_path)
+    recorder.handle(SweepStarted(run_id="run-1", config=config, notes=[]))
+    recorder.close()
+    with SessionStore.open(tmp_path) as store:
+        (summary,) = store.runs.list_runs()
+    assert summary.gpu == filed_as

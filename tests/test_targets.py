@@ -99,7 +99,9 @@ def test_discovers_twin_from_model_suffix(fake: FakeServer) -> None:
     fake.config.flavor = Flavor.PLAIN
     fake.config.models = ["gemma-3-27b-h100-twin"]
 
-    assert discover(fake.url).kind is TargetKind.TWIN
+    target = discover(fake.url)
+    assert target.kind is TargetKind.TWIN
+    assert target.hardware is None  # no servedeck:twin_info to say which hardware
 
 
 def test_plain_openai_server_retries_usage_without_vllm_only_option(fake: FakeServer) -> None:

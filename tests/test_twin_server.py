@@ -106,6 +106,7 @@ def test_discovery_sees_a_twin_with_every_capability(twin: TwinServer) -> None:
     caps = target.capabilities
     assert caps.tokenize and caps.metrics and caps.stream_usage and caps.continuous_usage
     assert not caps.slots
+    assert target.hardware == "1xh100 (twin)"  # from servedeck:twin_info: History files its runs so
 
 
 def test_every_response_is_marked_simulated(client: httpx.Client, twin: TwinServer) -> None:

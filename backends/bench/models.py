@@ -41,6 +41,7 @@ class Target(BaseModel):
     kind: TargetKind = TargetKind.OPENAI
     api_key_env: str | None = None
     capabilities: TargetCapabilities = Field(default_factory=TargetCapabilities)
+    hardware: str | None = Field(default=None, description="what serves it, when the server says (a twin)")
 
     @field_validator("base_url")
     @classmethod

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from backends.bench.models import TargetKind
+from backends.bench.models import Target, TargetKind
 from backends.bench.sweep import (
     LevelFinished,
     LevelStarted,
@@ -27,8 +27,10 @@ from sessions.store import SessionStore
 _STOP = object()
 
 
-def _hardware_label(kind: TargetKind) -> str | None:
-    return {TargetKind.LLAMACPP: "CPU (llama.cpp)", TargetKind.TWIN: "twin"}.get(kind)
+def _hardware_label(target: Target) -> str | None:
+    if target.hardware:
+        return target.hardware
+    return {TargetKind.LLAMACPP: "CPU (llama.cpp)", TargetKind.TWIN: "twin"}.get(target.kind)
 
 
 class HistoryRecorder:
@@ -51,7 +53,7 @@ class HistoryRecorder:
             self.run_id = writer.begin_run(
                 event.config,
                 run_id=event.run_id,
-                gpu=_hardware_label(event.config.target.kind),
+                gpu=_hardware_label(event.config.target),
                 label=event.config.label,
             )
         elif isinstance(event, LevelStarted):
