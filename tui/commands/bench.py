@@ -15,10 +15,10 @@ from backends.errors import ConfigError
 from tui.commands.bench_foreground import report_interrupted, run_in_foreground
 from tui.commands.sweep_args import (
     add_sweep_arguments,
-    axis_and_levels,
     dataset_from_args,
     float_list,
     positive_number,
+    sweep_fields_from_args,
 )
 
 _SLO_KEYS = ("ttft", "tpot", "e2el")
@@ -86,21 +86,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def config_from_args(args: argparse.Namespace, target: Target) -> SweepConfig:
-    axis, levels = axis_and_levels(args)
-    dataset = dataset_from_args(args)
     return SweepConfig(
         target=target,
-        dataset=dataset,
-        axis=axis,
-        levels=levels,
-        num_prompts=args.num_prompts,
-        output_len=args.output_len,
-        ignore_eos=args.ignore_eos,
-        seed=args.seed,
-        burstiness=args.burstiness,
-        max_concurrency=args.max_concurrency,
+        **sweep_fields_from_args(args),
         goodput_slos_ms=parse_goodput(args.goodput) if args.goodput else {},
-        percentiles=args.percentiles,
         endpoint=args.endpoint,
         temperature=args.temperature,
         label=args.label,

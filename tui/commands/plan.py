@@ -27,9 +27,8 @@ from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from tui.commands.sweep_args import (
     add_sweep_arguments,
-    axis_and_levels,
-    dataset_from_args,
     positive_float_list,
+    sweep_fields_from_args,
 )
 
 DEFAULT_MODEL = "gemma-3-27b-it"
@@ -114,28 +113,13 @@ def sweep_config_from_args(args: argparse.Namespace, config: TwinConfig) -> Swee
         raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), not {args.burstiness}")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ConfigError(f"--max-concurrency must be at least 1, not {args.max_concurrency}")
-    axis, levels = axis_and_levels(args)
-    dataset = dataset_from_args(args)
     target = Target(
         name=f"twin {config.gpu_count}x{config.gpu.value}",
         base_url=f"twin://{config.gpu_count}x{config.gpu.value}",
         model=config.model.hf_id,
         kind=TargetKind.TWIN,
     )
-    return SweepConfig(
-        target=target,
-        dataset=dataset,
-        axis=axis,
-        levels=levels,
-        num_prompts=args.num_prompts,
-        output_len=args.output_len,
-        ignore_eos=args.ignore_eos,
-        seed=args.seed,
-        burstiness=args.burstiness,
-        max_concurrency=args.max_concurrency,
-        percentiles=args.percentiles,
-        label="twin fast-forward",
-    )
+    return SweepConfig(target=target, **sweep_fields_from_args(args), label="twin fast-forward")
 
 
 def load_prices(price_file: Path | None) -> Catalog:

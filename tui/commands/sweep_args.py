@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec
@@ -103,6 +104,24 @@ def axis_and_levels(args: argparse.Namespace) -> tuple[Axis, list[float]]:
     if args.concurrency is not None:
         return Axis.CONCURRENCY, args.concurrency
     return Axis.REQUEST_RATE, args.request_rate
+
+
+def sweep_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The SweepConfig fields every sweeping command takes alike: those of ``add_sweep_arguments`` plus the
+    ``--ignore-eos``, ``--seed`` and ``--percentiles`` each command adds with its own help text."""
+    axis, levels = axis_and_levels(args)
+    return {
+        "dataset": dataset_from_args(args),
+        "axis": axis,
+        "levels": levels,
+        "num_prompts": args.num_prompts,
+        "output_len": args.output_len,
+        "ignore_eos": args.ignore_eos,
+        "seed": args.seed,
+        "burstiness": args.burstiness,
+        "max_concurrency": args.max_concurrency,
+        "percentiles": args.percentiles,
+    }
 
 
 def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:

@@ -9,6 +9,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
 from backends.target_registry import DeploymentRow, TargetStatus
+from tui.widgets.table_filter import filter_matches
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "Name"),
@@ -39,25 +40,8 @@ SELECTED_MARK = "● "
 
 def matches_filter(row: DeploymentRow, text: str) -> bool:
     """k9s filter: case-insensitive substring of any column; a leading ``!`` inverts it."""
-    query = text.strip()
-    if not query:
-        return True
-    inverted = query.startswith("!")
-    needle = query[1:].strip().lower() if inverted else query.lower()
-    if not needle:
-        return True
-    haystack = " ".join(
-        [
-            row.name,
-            row.engine,
-            row.model,
-            row.accelerator,
-            row.status.value,
-            row.endpoint or "",
-            row.source.value,
-        ]
-    ).lower()
-    return (needle in haystack) != inverted
+    fields = [row.name, row.engine, row.model, row.accelerator, row.status.value, row.endpoint or ""]
+    return filter_matches(text, [*fields, row.source.value])
 
 
 def format_price(price: float | None) -> str:

@@ -9,6 +9,7 @@ from textual.widgets.data_table import CellDoesNotExist
 
 from sessions.chats import ChatSummary
 from tui.widgets.history_runs import local_time
+from tui.widgets.table_filter import filter_matches
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("title", "title"),
@@ -20,15 +21,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def chat_matches(chat: ChatSummary, text: str) -> bool:
-    query = text.strip()
-    if not query:
-        return True
-    inverted = query.startswith("!")
-    needle = (query[1:] if inverted else query).strip().lower()
-    if not needle:
-        return True
-    haystack = " ".join([chat.id, chat.title, chat.target_name, chat.model, chat.base_url]).lower()
-    return (needle in haystack) != inverted
+    return filter_matches(text, [chat.id, chat.title, chat.target_name, chat.model, chat.base_url])
 
 
 class ChatsTable(DataTable[str]):

@@ -15,6 +15,7 @@ from backends.bench.models import Axis
 from backends.bench.results import RunStatus
 from sessions.run_models import RunSummary
 from tui.widgets.bench_config import format_level
+from tui.widgets.table_filter import filter_matches
 
 MARK = "●"
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -70,15 +71,7 @@ def row_texts(summary: RunSummary) -> dict[str, str]:
 
 
 def matches_filter(summary: RunSummary, text: str) -> bool:
-    query = text.strip()
-    if not query:
-        return True
-    inverted = query.startswith("!")
-    needle = (query[1:] if inverted else query).strip().lower()
-    if not needle:
-        return True
-    haystack = " ".join([summary.id, summary.model, summary.base_url, *row_texts(summary).values()]).lower()
-    return (needle in haystack) != inverted
+    return filter_matches(text, [summary.id, summary.model, summary.base_url, *row_texts(summary).values()])
 
 
 class RunsTable(DataTable[Text]):
