@@ -438,7 +438,10 @@ def inject_finished_sweep(screen: BenchScreen, sweeps: list[tuple[SweepResult, f
     from tui.screens.bench import _RunState
     from tui.widgets.bench_config import PlannedRun
 
-    screen._runs = [_RunState(planned=PlannedRun(config=s.config, usd_per_hour=price)) for s, price in sweeps]
+    screen._runs = [
+        _RunState(planned=PlannedRun(config=s.config.model_copy(update={"usd_per_hour": price})))
+        for s, price in sweeps
+    ]
     screen._sweeping = True
     for index, (sweep, _) in enumerate(sweeps):
         screen.post_message(RunStarted(index, sweep.run_id, sweep.config, []))

@@ -138,7 +138,8 @@ def test_bench_live_level(snap_compare: Any, tmp_path: Path) -> None:
         from tui.widgets.bench_config import PlannedRun
         from tui.widgets.bench_runner import LevelDone
 
-        screen._runs = [_RunState(planned=PlannedRun(config=sweep.config, usd_per_hour=11.0))]
+        priced = sweep.config.model_copy(update={"usd_per_hour": 11.0})
+        screen._runs = [_RunState(planned=PlannedRun(config=priced))]
         screen.show_tab("bench-live")
         screen.post_message(RunStarted(0, sweep.run_id, sweep.config, []))
         screen.post_message(LevelBegan(0, 0, sweep.levels[0].level, 10, 0.0))

@@ -44,10 +44,14 @@ class BenchFormValues(BaseModel):
 
 
 class PlannedRun(BaseModel):
-    """One target's sweep and the price its $ per 1M tokens line uses (None: no price)."""
+    """One target's sweep, as the Bench form planned it."""
 
     config: SweepConfig
-    usd_per_hour: float | None = None
+
+    @property
+    def usd_per_hour(self) -> float | None:
+        """The price its $ per 1M tokens line uses (None: no price); saved with the run's config."""
+        return self.config.usd_per_hour
 
 
 def _whole(field: str, text: str, *, blank_ok: bool = False, example: str = "100") -> int | None:
@@ -172,7 +176,7 @@ def build_runs(
         fields["price_source"] = None if price is None else PRICE_SOURCE_LABELS[values.price_source]
         config = base.model_copy(update=fields) if base is not None else SweepConfig.model_validate(fields)
         validate_config(config)
-        runs.append(PlannedRun(config=config, usd_per_hour=price))
+        runs.append(PlannedRun(config=config))
     return runs
 
 
