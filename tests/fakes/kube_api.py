@@ -76,6 +76,8 @@ RESOURCES: tuple[FakeResource, ...] = (
     FakeResource("", "v1", "configmaps", "ConfigMap", True),
     FakeResource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True),
     FakeResource("", "v1", "events", "Event", True),
+    FakeResource("", "v1", "endpoints", "Endpoints", True),
+    FakeResource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
     FakeResource("apps", "v1", "deployments", "Deployment", True),
     FakeResource("apps", "v1", "replicasets", "ReplicaSet", True),
     FakeResource("storage.k8s.io", "v1", "storageclasses", "StorageClass", False),
