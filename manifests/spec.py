@@ -156,6 +156,16 @@ class DeploymentSpec(BaseModel):
     def _check_model(cls, value: str) -> str:
         if not _HF_MODEL_ID.match(value):
             raise ValueError("must be a Hugging Face model id like google/gemma-3-27b-it")
+        if "/" not in value:
+            # vLLM resolves a bare name as a local path or a legacy repo and cannot load it: a
+            # built-in short name becomes its repo id, anything else must be org/name.
+            profile = MODELS.get(value.lower())
+            if profile is None:
+                raise ValueError(
+                    "must be a Hugging Face repo id org/name like google/gemma-3-27b-it (a bare name is "
+                    f"accepted only for the built-in models: {', '.join(MODELS)})"
+                )
+            return profile.hf_id
         return value
 
     @field_validator("zone")

@@ -333,3 +333,17 @@ def test_forward_runs_until_interrupted(
             process.kill()
         backend.shutdown()
         backend.server_close()
+
+
+def test_render_resolves_a_known_short_model_name_and_refuses_a_bare_unknown_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, rendered, err = run(["render", "--model", "gemma-3-27b-it", "--gpu", "h100"], capsys)
+    assert (code, err) == (0, "")
+    assert "MODEL_ID=gemma-3-27b-it" not in rendered
+    assert "google/gemma-3-27b-it" in rendered
+    assert "# fit: not checked" not in rendered and "# fit: " in rendered  # the fit check ran
+
+    code, _, err = run(["render", "--model", "llama-3-8b", "--gpu", "h100"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "org/name" in err and "google/gemma-3-27b-it" in err
