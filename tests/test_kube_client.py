@@ -18,6 +18,7 @@ from backends.kube.errors import (
     KubeForbiddenError,
     KubeInvalidError,
     KubeNotFoundError,
+    KubeUnauthorizedError,
     KubeUnreachableError,
     NamespaceMissingError,
 )
@@ -314,9 +315,12 @@ def test_get_of_a_missing_object_is_none_and_scale_of_one_is_not_found(
 
 def test_wrong_credentials_are_unauthorized(kube_api: FakeKubeApi, tmp_path: Path) -> None:
     kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", token="expired")
-    with KubeClient.connect(str(kubeconfig)) as kube, pytest.raises(KubeForbiddenError) as caught:
+    with KubeClient.connect(str(kubeconfig)) as kube, pytest.raises(KubeUnauthorizedError) as caught:
         kube.list_objects("Deployment", "default")
-    assert _one_line(caught.value).startswith("unauthorized: list deployments.apps in default: Unauthorized;")
+    assert _one_line(caught.value).startswith(
+        "authentication failed: the API server rejected the token (or client certificate) of the kubeconfig "
+        "user (list deployments.apps in default: Unauthorized);"
+    )
 
 
 def test_unreachable_api_server_is_one_clear_line(tmp_path: Path) -> None:

@@ -119,12 +119,14 @@ def test_logs_of_a_starting_container_say_so(kube_api: FakeKubeApi, client: Kube
     script.advance()
     script.advance()
     with pytest.raises(KubeRequestError) as caught:
-        list(LogStream(client, script.pod_name, follow=False))
+        list(LogStream(client, script.pod_name, follow=False, deployment=NAME))
     assert str(caught.value) == (
         f'logs of pod {script.pod_name} are not available: container "vllm" in pod "{script.pod_name}" is '
         "waiting to start: ContainerCreating; if it is still starting, watch it with "
-        "servedeck deploy status NAME --watch"
+        f"servedeck deploy status {NAME} -n {NS} --watch"
     )
+    with pytest.raises(KubeRequestError, match=f"kubectl describe pod {script.pod_name} -n {NS}$"):
+        list(LogStream(client, script.pod_name, follow=False))
 
 
 def test_log_errors(kube_api: FakeKubeApi, client: KubeClient, running_pod: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
@@ -123,6 +124,23 @@ def network_reason(err: BaseException) -> str:
     return text.rpartition(": ")[2] or type(inner).__name__
 
 
+def tls_failure(err: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a transport failure (urllib3 wraps it in MaxRetryError/SSLError), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            current = reason
+            continue
+        args = [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        current = args[0] if args else (current.__cause__ or current.__context__)
+    return None
+
+
 class KubeClient:
     """One Kubernetes context, reached through the official client. Use as a context manager."""
 
@@ -180,10 +198,28 @@ class KubeClient:
     # --- errors ------------------------------------------------------------------------------
 
     def unreachable(self, err: BaseException | str) -> KubeUnreachableError:
+        tls = None if isinstance(err, str) else tls_failure(err)
+        if tls is not None:
+            return self.tls_error(tls)
         reason = err if isinstance(err, str) else network_reason(err)
         return KubeUnreachableError(
             f"cannot reach the Kubernetes API server at {self.server} (context {self.context.name}): "
             f"{reason}; check that the cluster is up and the context is right (servedeck deploy contexts)"
+        )
+
+    def tls_error(self, err: ssl.SSLError) -> KubeUnreachableError:
+        detail = str(getattr(err, "verify_message", "") or err.reason or err)
+        detail = re.sub(r"\s*\(_ssl\.c:\d+\)", "", " ".join(detail.split()))
+        where = f"the API server at {self.server} (context {self.context.name})"
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return KubeUnreachableError(
+                f"TLS certificate verify failed for {where}: {detail}; wrong CA in kubeconfig: its "
+                "certificate-authority(-data) for this cluster does not sign the server's certificate "
+                "(fetch the credentials again, e.g. gcloud container clusters get-credentials)"
+            )
+        return KubeUnreachableError(
+            f"TLS handshake with {where} failed: {detail}; check the server URL (https, host and port) "
+            "in the kubeconfig"
         )
 
     @contextmanager

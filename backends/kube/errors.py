@@ -30,6 +30,10 @@ class KubeForbiddenError(KubeError):
     """RBAC denied a request (HTTP 403)."""
 
 
+class KubeUnauthorizedError(KubeError):
+    """The API server did not accept the credentials at all (HTTP 401): not an RBAC question."""
+
+
 class KubeNotFoundError(KubeError):
     """The object (or its namespace) does not exist (HTTP 404)."""
 
@@ -92,9 +96,10 @@ def error_for_status(
     where = f" in {namespace}" if namespace else " (cluster scope)"
     what = f"{resource}/{name}" if name else resource
     if status == 401:
-        return KubeForbiddenError(
-            f"unauthorized: {verb} {what}{where}: {message}; your kubeconfig credentials were refused "
-            "(log in again or refresh the cluster credentials)"
+        return KubeUnauthorizedError(
+            f"authentication failed: the API server rejected the token (or client certificate) of the "
+            f"kubeconfig user ({verb} {what}{where}: {message}); log in again or refresh the cluster "
+            "credentials (GKE: gcloud container clusters get-credentials CLUSTER --region REGION)"
         )
     if status == 403:
         return KubeForbiddenError(f"forbidden: {verb} {resource}{where}: {message}")

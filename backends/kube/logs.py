@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import urllib3
 from kubernetes.watch.watch import iter_resp_lines
 from pydantic import BaseModel, ConfigDict
 
@@ -90,9 +91,11 @@ class LogStream:
         follow: bool = True,
         tail_lines: int | None = None,
         time_origin: float | None = None,
+        deployment: str | None = None,
     ) -> None:
         self.client = client
         self.pod = pod
+        self.deployment = deployment
         self.namespace = namespace or client.default_namespace
         self.container = container
         self.follow = follow
@@ -118,6 +121,34 @@ class LogStream:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def _status_hint(self) -> str:
+        if self.deployment:
+            return f"servedeck deploy status {self.deployment} -n {self.namespace} --watch"
+        return f"kubectl describe pod {self.pod} -n {self.namespace}"
+
+    def _not_scheduled(self) -> KubeError:
+        """Why a pod has no log yet: the scheduler's message (PodScheduled condition, else its events)."""
+        pod = self.client.get("Pod", self.pod, self.namespace) or {}
+        reason = ""
+        for condition in pod.get("status", {}).get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") != "True":
+                reason = str(condition.get("message") or condition.get("reason") or "")
+        if not reason:
+            with contextlib.suppress(KubeError):
+                events = self.client.list_objects(
+                    "Event",
+                    self.namespace,
+                    field_selector=f"involvedObject.kind=Pod,involvedObject.name={self.pod}",
+                )
+                events.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+                warnings = [e for e in events if e.get("type") == "Warning"] or events
+                if warnings:
+                    reason = f"{warnings[-1].get('reason', '')}: {warnings[-1].get('message', '')}"
+        reason = " ".join(reason.split()) or "no node has been chosen for it yet"
+        return KubeError(
+            f"pod {self.pod} is not scheduled yet: {reason}; watch it with {self._status_hint()}"
+        )
+
     def _open(self) -> Any:
         kwargs: dict[str, Any] = {"name": self.pod, "namespace": self.namespace, "follow": self.follow}
         if self.container:
@@ -137,11 +168,17 @@ class LogStream:
             message = str(err).split(": ", 1)[1] if ": " in str(err) else str(err)
             raise KubeRequestError(
                 f"logs of pod {self.pod} are not available: {message}; if it is still starting, "
-                "watch it with servedeck deploy status NAME --watch"
+                f"watch it with {self._status_hint()}"
             ) from None
 
     def __iter__(self) -> Iterator[LogLine]:
         response = self._open()
+        if getattr(response, "status", 200) == 204:
+            # The API server answers 204 No Content for a pod no node runs yet (nothing to stream).
+            with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
+                response.drain_conn()
+            response.release_conn()
+            raise self._not_scheduled()
         self._response = response
         try:
             with self.client.errors("get", "pods/log", self.namespace, self.pod):

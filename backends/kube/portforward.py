@@ -23,7 +23,7 @@ from kubernetes.stream import portforward
 from pydantic import BaseModel, ConfigDict
 
 from backends.kube.client import KubeClient
-from backends.kube.errors import KubeError
+from backends.kube.errors import KubeError, KubeRequestError
 from backends.kube.logs import pick_pod
 
 LOCALHOST = "127.0.0.1"
@@ -55,6 +55,10 @@ class ForwardEvent(BaseModel):
         if self.message:
             text += f": {self.message}"
         return text
+
+
+def _kubelet_unreachable(err: KubeError) -> bool:
+    return isinstance(err, KubeRequestError) and "error dialing backend" in str(err)
 
 
 def _pump(local: socket.socket, remote: Any, stop: threading.Event) -> None:
@@ -224,6 +228,15 @@ class PortForwarder:
                 remote = self._open_to(pod)
             except KubeError as err:
                 last_error = str(err)
+                if _kubelet_unreachable(err):
+                    # The pod is fine as far as the API knows but its node's kubelet cannot be dialled:
+                    # retrying the same pod only keeps the local connection hanging.
+                    detail = last_error.rpartition(": error dialing backend")[2]
+                    last_error = (
+                        f"the kubelet of the pod's node cannot be reached (error dialing backend{detail}); "
+                        "the node may be down (kubectl get nodes)"
+                    )
+                    break
                 if self._fixed_pod or time.monotonic() + delay > deadline:
                     break
                 self._pod = None

@@ -13,6 +13,12 @@ It speaks the parts of the API ServeDeck uses, the way the real server does:
 - ``pods/{name}/portforward``: the WebSocket protocol ``v4.channel.k8s.io`` (per port a data channel
   2i and an error channel 2i+1, each opened by a frame ``[channel, port lo, port hi]``, then frames
   ``[channel] + bytes``), piping to a TCP address the test gives for that pod and port;
+- server-side apply tracks field ownership per manager in ``managedFields`` (``fieldsV1``; lists of
+  named items are keyed by name, other lists are atomic): an apply that changes a field another
+  manager owns is a 409 with ``FieldManagerConflict`` causes unless forced; an update (merge patch,
+  ``scale``) takes the fields it changes; ``dryRun=All`` checks a write without storing it;
+- a pod not scheduled yet answers its log with 204 No Content; a pod marked with
+  ``kubelet_unreachable`` answers port-forward with 500 "error dialing backend"; ``tls=`` serves https;
 - errors as ``Status`` JSON: 401 without the bearer token, 403 for configured RBAC denials (the real
   message text), 404, 409 (AlreadyExists, apply conflicts), 422 (validation, or forced rejections).
 
@@ -27,6 +33,8 @@ import base64
 import copy
 import json
 import re
+import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -83,6 +91,7 @@ RESOURCES: tuple[FakeResource, ...] = (
     FakeResource("storage.k8s.io", "v1", "storageclasses", "StorageClass", False),
     FakeResource("batch", "v1", "jobs", "Job", True),
     FakeResource("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", "LeaderWorkerSet", True),
+    FakeResource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True),
 )
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
 _BY_KIND = {r.kind: r for r in RESOURCES}
@@ -233,6 +242,171 @@ def _lookup(obj: Any, path: str) -> tuple[bool, Any]:
     return True, current
 
 
+# --- field ownership (server-side apply) -------------------------------------------------------
+
+FieldPath = tuple[str, ...]
+"""A field as ``fieldsV1`` names it: ("f:spec", "f:template", ..., 'k:{"name":"vllm"}', "f:args")."""
+
+_UNTRACKED_METADATA = (
+    "name",
+    "namespace",
+    "managedFields",
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+)
+
+
+def _tracked(obj: Any) -> dict[str, Any]:
+    """The part of an object whose fields have owners (not apiVersion/kind/status/identity)."""
+    if not isinstance(obj, dict):
+        return {}
+    tracked = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
+    metadata = tracked.get("metadata")
+    if isinstance(metadata, dict):
+        for key in _UNTRACKED_METADATA:
+            metadata.pop(key, None)
+        if not metadata:
+            tracked.pop("metadata")
+    return tracked
+
+
+def _item_key(item: Any) -> str | None:
+    if isinstance(item, dict) and isinstance(item.get("name"), str):
+        return "k:" + json.dumps({"name": item["name"]}, separators=(",", ":"))
+    return None
+
+
+def _field_paths(value: Any, prefix: FieldPath = ()) -> set[FieldPath]:
+    """Leaf fields of ``value``; lists of named items are keyed by name, other lists are atomic."""
+    if isinstance(value, dict) and value:
+        paths: set[FieldPath] = set()
+        for key, item in value.items():
+            paths |= _field_paths(item, (*prefix, f"f:{key}"))
+        return paths
+    if isinstance(value, list) and value and all(_item_key(item) for item in value):
+        paths = set()
+        for item in value:
+            paths |= _field_paths(item, (*prefix, str(_item_key(item))))
+        return paths
+    return {prefix} if prefix else set()
+
+
+def _value_at(obj: Any, path: FieldPath) -> tuple[bool, Any]:
+    current = obj
+    for part in path:
+        if part.startswith("f:") and isinstance(current, dict) and part[2:] in current:
+            current = current[part[2:]]
+        elif part.startswith("k:") and isinstance(current, list):
+            match = [item for item in current if _item_key(item) == part]
+            if not match:
+                return False, None
+            current = match[0]
+        else:
+            return False, None
+    return True, current
+
+
+def _fields_v1(paths: set[FieldPath]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = root
+        for part in path:
+            node = node.setdefault(part, {})
+    return root
+
+
+def _paths_of(fields: Any, prefix: FieldPath = ()) -> set[FieldPath]:
+    if not isinstance(fields, dict) or not fields:
+        return {prefix} if prefix else set()
+    paths: set[FieldPath] = set()
+    for key, child in fields.items():
+        if key != ".":
+            paths |= _paths_of(child, (*prefix, key))
+    return paths
+
+
+def _without_fields(entry: dict[str, Any], fields: set[FieldPath]) -> dict[str, Any] | None:
+    """``entry`` without ``fields``; None when that leaves it owning nothing (the server drops it)."""
+    owned = _paths_of(entry.get("fieldsV1"))
+    if not owned & fields:
+        return entry
+    left = owned - fields
+    if not left:
+        return None
+    return {**entry, "fieldsV1": _fields_v1(left)}
+
+
+def _path_text(path: FieldPath) -> str:
+    """``.spec.template.spec.containers[name="vllm"].args``, as the server prints a field."""
+    text = ""
+    for part in path:
+        if part.startswith("k:"):
+            key = json.loads(part[2:])
+            text += "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in key.items()) + "]"
+        else:
+            text += f".{part[2:]}"
+    return text
+
+
+def _print_manager(entry: dict[str, Any]) -> str:
+    text = json.dumps(str(entry.get("manager", "")))
+    if entry.get("subresource"):
+        text += f" with subresource {json.dumps(entry['subresource'])}"
+    if entry.get("operation") == "Update":
+        text += f" using {entry.get('apiVersion', '')}"
+        if entry.get("time"):
+            text += f" at {entry['time']}"
+    return text
+
+
+def _conflict_message(conflicts: list[tuple[dict[str, Any], FieldPath]]) -> str:
+    """The real server's wording (k8s.io/apiserver fieldmanager NewConflictError)."""
+    if len(conflicts) == 1:
+        entry, path = conflicts[0]
+        return f"Apply failed with 1 conflict: conflict with {_print_manager(entry)}: {_path_text(path)}"
+    by_manager: dict[str, list[str]] = {}
+    for entry, path in conflicts:
+        by_manager.setdefault(_print_manager(entry), []).append(_path_text(path))
+    lines: list[str] = []
+    for printed in sorted(by_manager):
+        lines.append(f"conflicts with {printed}:")
+        lines.extend(f"- {text}" for text in by_manager[printed])
+    return f"Apply failed with {len(conflicts)} conflicts: " + "\n".join(lines)
+
+
+def make_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM files), made with openssl."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 
@@ -291,6 +465,7 @@ class InjectedError:
     code: int
     reason: str
     message: str
+    skip_dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -310,12 +485,19 @@ class FakeKubeApi(ThreadedAiohttpServer):
     runner_options: ClassVar[dict[str, Any]] = {"shutdown_timeout": 0.5, "handler_cancellation": True}
 
     def __init__(
-        self, *, token: str = DEFAULT_TOKEN, user: str = DEFAULT_USER, serve_lws: bool = True
+        self,
+        *,
+        token: str = DEFAULT_TOKEN,
+        user: str = DEFAULT_USER,
+        serve_lws: bool = True,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         super().__init__()
         self.token = token
         self.user = user
         self.serve_lws = serve_lws
+        self.tls = tls  # (certificate, key) in PEM: serve https
+        self.unreachable_kubelets: set[tuple[str, str]] = set()
         self.requests: list[RecordedRequest] = []
         self.denials: list[Denial] = []
         self.rejections: list[Rejection] = []
@@ -332,6 +514,21 @@ class FakeKubeApi(ThreadedAiohttpServer):
         self._closing = False
 
     # --- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    async def _start_site(self) -> None:
+        if self.tls is None:
+            await super()._start_site()
+            return
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+        self._runner = web.AppRunner(self._build_app(), **self.runner_options)
+        await self._runner.setup()
+        assert self._sock is not None
+        await web.SockSite(self._runner, self._sock, ssl_context=context).start()
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=16 * 1024 * 1024)
@@ -356,12 +553,16 @@ class FakeKubeApi(ThreadedAiohttpServer):
         namespace: str | None = "default",
         extra_contexts: dict[str, str] | None = None,
         token: str | None = None,
+        ca_file: Path | None = None,
     ) -> Path:
         """A kubeconfig whose ``context`` points here; ``extra_contexts`` maps name -> server URL."""
         contexts = [{"name": context, "context": {"cluster": "fake", "user": "tester"}}]
         if namespace:
             contexts[0]["context"]["namespace"] = namespace
-        clusters = [{"name": "fake", "cluster": {"server": self.url}}]
+        clusters: list[dict[str, Any]] = [{"name": "fake", "cluster": {"server": self.url}}]
+        if ca_file is not None:  # the CA the kubeconfig trusts for this server (https only)
+            ca_data = base64.b64encode(ca_file.read_bytes()).decode()
+            clusters[0]["cluster"]["certificate-authority-data"] = ca_data
         for name, server in (extra_contexts or {}).items():
             clusters.append({"name": f"{name}-cluster", "cluster": {"server": server}})
             contexts.append({"name": name, "context": {"cluster": f"{name}-cluster", "user": "tester"}})
@@ -389,9 +590,17 @@ class FakeKubeApi(ThreadedAiohttpServer):
         """Answer 422 Invalid to any create/apply of ``kind``/``name``."""
         self.rejections.append(Rejection(kind, name, field_path, detail))
 
-    def inject_error(self, verb: str, resource: str, code: int, reason: str, message: str) -> None:
-        """Answer the next ``verb`` on ``resource`` with this Status (once), e.g. a 409 write conflict."""
-        self.injected.append(InjectedError(verb, resource, code, reason, message))
+    def inject_error(
+        self, verb: str, resource: str, code: int, reason: str, message: str, *, skip_dry_run: bool = False
+    ) -> None:
+        """Answer the next ``verb`` on ``resource`` with this Status (once), e.g. a 409 write conflict;
+        with ``skip_dry_run`` only a real (not ``dryRun=All``) request gets it."""
+        self.injected.append(InjectedError(verb, resource, code, reason, message, skip_dry_run))
+
+    def kubelet_unreachable(self, namespace: str, pod: str) -> None:
+        """The kubelet of ``pod``'s node cannot be dialled: port-forward answers 500, as the real server."""
+        with self._lock:
+            self.unreachable_kubelets.add((namespace, pod))
 
     def set_port_backend(self, namespace: str, pod: str, port: int, address: tuple[str, int]) -> None:
         """Port-forwarding to ``pod``:``port`` reaches the TCP server at ``address``."""
@@ -660,9 +869,13 @@ class FakeKubeApi(ThreadedAiohttpServer):
                     {"name": name or "", "group": resource.group, "kind": resource.plural},
                 )
 
-    def _check_injected(self, verb: str, resource: FakeResource, sub: str | None) -> None:
+    def _check_injected(
+        self, verb: str, resource: FakeResource, sub: str | None, dry_run: bool = False
+    ) -> None:
         rbac_resource = f"{resource.plural}/{sub}" if sub else resource.plural
         for injected in list(self.injected):
+            if injected.skip_dry_run and dry_run:
+                continue
             if (injected.verb, injected.resource) == (verb, rbac_resource):
                 self.injected.remove(injected)
                 raise ApiError(injected.code, injected.reason, injected.message)
@@ -682,7 +895,7 @@ class FakeKubeApi(ThreadedAiohttpServer):
         if sub == "portforward":
             verb = "create"
         self._check_rbac(verb, resource, namespace, name, sub)
-        self._check_injected(verb, resource, sub)
+        self._check_injected(verb, resource, sub, query.get("dryRun") == "All")
         if sub == "log" and method == "GET":
             return await self._pod_log(request, namespace or "", name or "")
         if sub == "portforward":
@@ -841,21 +1054,85 @@ class FakeKubeApi(ThreadedAiohttpServer):
                 )
             if resource.namespaced:
                 obj["metadata"]["namespace"] = namespace
-            manager = request.query.get("fieldManager", "unknown")
-            obj["metadata"]["managedFields"] = [self._managed_entry(manager, "Update", resource)]
+            manager = self._manager(request)
+            fields = _field_paths(_tracked(obj))
+            obj["metadata"]["managedFields"] = [self._managed_entry(manager, "Update", resource, fields)]
+            if request.query.get("dryRun") == "All":
+                return web.json_response(self._dry_run_result(resource, obj, None), status=201)
             stored = self._store(resource, obj, None)
         return web.json_response(stored, status=201)
 
     @staticmethod
-    def _managed_entry(manager: str, operation: str, resource: FakeResource) -> dict[str, Any]:
-        return {
+    def _managed_entry(
+        manager: str,
+        operation: str,
+        resource: FakeResource,
+        fields: set[FieldPath] | None = None,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        entry = {
             "manager": manager,
             "operation": operation,
             "apiVersion": resource.api_version,
             "time": now_rfc3339(),
             "fieldsType": "FieldsV1",
-            "fieldsV1": {},
+            "fieldsV1": _fields_v1(fields or set()),
         }
+        if subresource:
+            entry["subresource"] = subresource
+        return entry
+
+    @staticmethod
+    def _manager(request: web.Request) -> str:
+        """``fieldManager``, else what the real server derives: the User-Agent's product name."""
+        given = request.query.get("fieldManager")
+        if given:
+            return given
+        agent = request.headers.get("User-Agent", "").split("/")[0].strip()
+        return agent or "unknown"
+
+    def _dry_run_result(
+        self, resource: FakeResource, obj: dict[str, Any], existing: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """What storing ``obj`` would answer, without storing it (``dryRun=All``)."""
+        result = copy.deepcopy(obj)
+        metadata = result.setdefault("metadata", {})
+        result["apiVersion"], result["kind"] = resource.api_version, resource.kind
+        if existing is None:
+            metadata.setdefault("uid", str(uuid.uuid4()))
+            metadata.setdefault("creationTimestamp", now_rfc3339())
+        else:
+            metadata["uid"] = existing["metadata"]["uid"]
+            metadata["resourceVersion"] = existing["metadata"].get("resourceVersion")
+        if resource.kind == "Secret":
+            self._fold_string_data(result)
+        return result
+
+    def _updated_entries(
+        self,
+        existing: dict[str, Any],
+        updated: dict[str, Any],
+        manager: str,
+        resource: FakeResource,
+        subresource: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """managedFields after an update by ``manager``: it takes every field it changed."""
+        before, after = _tracked(existing), _tracked(updated)
+        changed = {
+            path
+            for path in _field_paths(after) | _field_paths(before)
+            if _value_at(before, path) != _value_at(after, path)
+        }
+        entries: list[dict[str, Any]] = []
+        mine: set[FieldPath] = set(changed)
+        for entry in existing["metadata"].get("managedFields", []):
+            same = entry.get("manager") == manager and entry.get("operation") == "Update"
+            if same and entry.get("subresource") == subresource:
+                mine |= _paths_of(entry.get("fieldsV1"))
+                continue
+            entries.append(_without_fields(entry, changed))
+        entries.append(self._managed_entry(manager, "Update", resource, mine, subresource))
+        return [entry for entry in entries if entry is not None]
 
     async def _patch(
         self, request: web.Request, resource: FakeResource, namespace: str | None, name: str
@@ -864,6 +1141,7 @@ class FakeKubeApi(ThreadedAiohttpServer):
         patch = await self._read_body(request)
         manager = request.query.get("fieldManager")
         force = request.query.get("force") in ("true", "True", "1")
+        dry_run = request.query.get("dryRun") == "All"
         with self._lock:
             key = self._key(resource, namespace or "", name)
             existing = self._objects.get(key)
@@ -877,18 +1155,25 @@ class FakeKubeApi(ThreadedAiohttpServer):
                     )
                 self._require_namespace(resource, namespace)
                 self._validate(resource, namespace, patch, name)
+                applied = _field_paths(_tracked(patch))
                 if existing is None:
                     obj = copy.deepcopy(patch)
                     if resource.namespaced:
                         obj["metadata"]["namespace"] = namespace
-                    obj["metadata"]["managedFields"] = [self._managed_entry(manager, "Apply", resource)]
+                    entry = self._managed_entry(manager, "Apply", resource, applied)
+                    obj["metadata"]["managedFields"] = [entry]
+                    if dry_run:
+                        return web.json_response(self._dry_run_result(resource, obj, None), status=201)
                     return web.json_response(self._store(resource, obj, None), status=201)
-                self._check_conflicts(resource, existing, patch, manager, force)
+                taken = self._check_conflicts(resource, existing, patch, manager, force)
                 merged = merge_patch(existing, patch)
                 entries = [
-                    e for e in existing["metadata"].get("managedFields", []) if e.get("manager") != manager
+                    kept
+                    for e in existing["metadata"].get("managedFields", [])
+                    if not (e.get("manager") == manager and e.get("operation") == "Apply")
+                    and (kept := _without_fields(e, taken)) is not None
                 ]
-                entries.append(self._managed_entry(manager, "Apply", resource))
+                entries.append(self._managed_entry(manager, "Apply", resource, applied))
                 merged["metadata"]["managedFields"] = entries
             elif content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
                 if existing is None:
@@ -896,13 +1181,9 @@ class FakeKubeApi(ThreadedAiohttpServer):
                 if not isinstance(patch, dict):
                     raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
                 merged = merge_patch(existing, patch)
-                entries = [
-                    e
-                    for e in existing["metadata"].get("managedFields", [])
-                    if e.get("manager") != (manager or "unknown")
-                ]
-                entries.append(self._managed_entry(manager or "unknown", "Update", resource))
-                merged["metadata"]["managedFields"] = entries
+                merged["metadata"]["managedFields"] = self._updated_entries(
+                    existing, merged, self._manager(request), resource
+                )
             else:
                 raise ApiError(
                     415,
@@ -914,7 +1195,15 @@ class FakeKubeApi(ThreadedAiohttpServer):
             if resource.kind == "Secret":
                 self._fold_string_data(merged)
             if self._same_content(existing, merged):
+                if dry_run:
+                    return web.json_response(copy.deepcopy(existing))
+                if existing["metadata"].get("managedFields") != merged["metadata"].get("managedFields"):
+                    # Ownership changed but no content: the real server stores it without a new
+                    # generation; keep the resourceVersion so an unchanged apply reads as unchanged.
+                    existing["metadata"]["managedFields"] = merged["metadata"]["managedFields"]
                 return web.json_response(copy.deepcopy(existing))
+            if dry_run:
+                return web.json_response(self._dry_run_result(resource, merged, existing))
             stored = self._store(resource, merged, existing)
         return web.json_response(stored)
 
@@ -935,29 +1224,35 @@ class FakeKubeApi(ThreadedAiohttpServer):
         patch: dict[str, Any],
         manager: str,
         force: bool,
-    ) -> None:
-        others = [
-            e["manager"] for e in existing["metadata"].get("managedFields", []) if e.get("manager") != manager
-        ]
-        if force or not others:
-            return
-        conflicts = []
-        for path, value in _leaf_paths({k: v for k, v in patch.items() if k not in ("apiVersion", "kind")}):
-            if path.startswith(".metadata.managedFields"):
+    ) -> set[FieldPath]:
+        """409 when the apply changes fields other managers own (unless forced); the fields it takes."""
+        applied_object = _tracked(patch)
+        applied = _field_paths(applied_object)
+        current = _tracked(existing)
+        conflicts: list[tuple[dict[str, Any], FieldPath]] = []
+        for entry in existing["metadata"].get("managedFields", []):
+            if entry.get("manager") == manager and entry.get("operation") == "Apply":
                 continue
-            found, current = _lookup(existing, path)
-            if found and current != value:
-                conflicts.append(path)
-        if conflicts:
-            listed = "\n".join(f"- {path}" for path in conflicts)
+            for path in sorted(applied & _paths_of(entry.get("fieldsV1"))):
+                if _value_at(current, path) != _value_at(applied_object, path):
+                    conflicts.append((entry, path))
+        if conflicts and not force:
             raise ApiError(
                 409,
                 "Conflict",
-                f"Apply failed with {len(conflicts)} conflict{'s' if len(conflicts) > 1 else ''}: "
-                "conflict with "
-                f'"{others[0]}" using {resource.api_version}:\n{listed}',
-                {"causes": [{"reason": "FieldManagerConflict", "field": path} for path in conflicts]},
+                _conflict_message(conflicts),
+                {
+                    "causes": [
+                        {
+                            "reason": "FieldManagerConflict",
+                            "message": f"conflict with {_print_manager(entry)}",
+                            "field": _path_text(path),
+                        }
+                        for entry, path in conflicts
+                    ]
+                },
             )
+        return {path for _, path in conflicts}
 
     async def _scale(self, request: web.Request, namespace: str, name: str) -> web.Response:
         resource = _BY_KIND["Deployment"]
@@ -976,6 +1271,9 @@ class FakeKubeApi(ThreadedAiohttpServer):
                     )
                 updated = copy.deepcopy(existing)
                 updated["spec"]["replicas"] = replicas
+                updated["metadata"]["managedFields"] = self._updated_entries(
+                    existing, updated, self._manager(request), resource, "scale"
+                )
                 existing = self._store(resource, updated, existing)
             elif request.method != "GET":
                 raise ApiError(
@@ -1078,6 +1376,9 @@ class FakeKubeApi(ThreadedAiohttpServer):
             pod = self._objects.get(self._key(_BY_KIND["Pod"], namespace, name))
             if pod is None:
                 raise not_found(_BY_KIND["Pod"], name)
+            if not pod.get("spec", {}).get("nodeName"):
+                # What the real server answers for a pod no node runs yet: no content at all.
+                return web.Response(status=204)
             names = [c["name"] for c in pod.get("spec", {}).get("containers", [])]
             container = query.get("container")
             if container is None:
@@ -1143,6 +1444,14 @@ class FakeKubeApi(ThreadedAiohttpServer):
                     f"unable to upgrade connection: pod {name} is not running (phase {phase})",
                 )
             uid = pod["metadata"]["uid"]
+            if (namespace, name) in self.unreachable_kubelets:
+                node = pod.get("spec", {}).get("nodeName", "node")
+                raise ApiError(
+                    500,
+                    "InternalError",
+                    f"error dialing backend: dial tcp 10.128.0.7:10250: connect: connection refused "
+                    f"(node {node})",
+                )
         ports = [int(p) for p in request.query.getall("ports", []) for p in p.split(",") if p]
         if not ports:
             raise ApiError(400, "BadRequest", "at least one port must be specified")

@@ -415,7 +415,13 @@ def _logs(args: argparse.Namespace) -> int:
         )
         pod = args.pod or pick_pod(client, args.name, namespace)
         stream = LogStream(
-            client, pod, namespace, container=args.container, follow=args.follow, tail_lines=args.tail
+            client,
+            pod,
+            namespace,
+            container=args.container,
+            follow=args.follow,
+            tail_lines=args.tail,
+            deployment=args.name,
         )
         with stream:
             for line in stream:
