@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from backends.bench.models import Axis, Target, TargetKind
 from backends.bench.results import SweepConfig
 from backends.bench.sweep import SweepStarted
 from manifests.cost import usd_per_million_tokens
+from sessions.database import DB_FILENAME
 from sessions.store import SessionStore
 from tests.fakes.sse_server import FakeSSEServer
 from tests.test_tui_bench import fixed_sweep
@@ -205,67 +207,69 @@ def test_unwritable_data_dir_is_one_clear_line(server: FakeSSEServer, tmp_path: 
     assert "Traceback" not in done.stderr
 
 
-def test_ctrl_c_keeps_finished_requests_in_the_file_and_history(
-    server: FakeSSEServer, tmp_path: Path
-) -> None:
-    out = tmp_path / "partial.json"
-    data_dir = tmp_path / "data"
+def _start_long_bench(url: str, data_dir: Path, extra: list[str], label: str) -> subprocess.Popen[str]:
+    """A bench that runs for minutes, returned once requests are finishing (a progress line with a rate)."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tui.cli",
-            "bench",
-            "--plain",
-            "--target",
-            _url(server),
-            "--concurrency",
-            "2,4",
-            "--dataset",
-            "random",
-            "--random-input-len",
-            "24",
-            "--output-len",
-            "64",
-            "--num-prompts",
-            "400",
-            "--out",
-            str(out),
-            "--label",
-            "interrupted",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(data_dir),
+        [sys.executable, "-m", "tui.cli", "bench", "--plain", "--target", url, "--concurrency", "2,4",
+         "--dataset", "random", "--random-input-len", "24", "--output-len", "64", "--num-prompts", "400",
+         "--label", label, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(data_dir),
         stdin=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
     for line in proc.stderr:
-        # A progress line with a nonzero rate: requests are finishing.
         if "tok/s" in line and not line.startswith(("concurrency 2: 0 tok/s",)):
             break
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "no progress line within 60 s"
+    return proc
+
+
+def _runs_list(data_dir: Path) -> str:
+    listed = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "runs", "list"],
+        capture_output=True, text=True, timeout=60, env=_env(data_dir),
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("sig", "exit_code", "said"),
+    [
+        (signal.SIGINT, 130, "interrupted: finished levels and requests were kept"),
+        (signal.SIGTERM, 143, "stopped by SIGTERM: finished levels and requests were kept"),
+        (signal.SIGHUP, 129, "stopped by SIGHUP: finished levels and requests were kept"),
+    ],
+)
+def test_a_signal_keeps_finished_requests_in_the_files_and_history(
+    sig: signal.Signals, exit_code: int, said: str, server: FakeSSEServer, tmp_path: Path
+) -> None:
+    """ctrl-c, a service manager's or CI's SIGTERM (`timeout`) and a closed terminal's SIGHUP all stop the
+    sweep the same way: message, finished requests kept, --out and --csv written, the run partial at once."""
+    out, csv = tmp_path / "partial.json", tmp_path / "partial.csv"
+    data_dir = tmp_path / "data"
+    proc = _start_long_bench(_url(server), data_dir, ["--out", str(out), "--csv", str(csv)], "signalled")
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, rest = proc.communicate(timeout=60)
-    assert proc.returncode == 130, rest
-    assert "interrupted: finished levels and requests were kept" in rest
+    assert proc.returncode == exit_code, rest
+    assert said in rest
     assert "Traceback" not in rest
     saved = json.loads(out.read_text())
     assert saved["servedeck_sweep"]["status"] == "partial"
     level = saved["levels"][0]
     assert level["servedeck"]["status"] == "partial"
     assert 0 < level["completed"] < 400
-    listed = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "runs", "list"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(data_dir),
-    )
-    assert "interrupted" in listed.stdout and "partial" in listed.stdout
+    rows = csv.read_text().strip().splitlines()
+    assert rows[0].startswith("axis,value,status") and len(rows) == 2 and ",partial," in rows[1]
+    # The store itself, read before any other command could repair an abandoned run.
+    with sqlite3.connect(f"file:{data_dir / DB_FILENAME}?mode=ro", uri=True) as db:
+        ((status, message),) = db.execute("SELECT status, message FROM runs").fetchall()
+    assert status == "partial" and "stopped before it finished" not in (message or ""), message
+    listed = _runs_list(data_dir)
+    run_line = next(line for line in listed.splitlines() if "signalled" in line)
+    assert "partial" in run_line
 
 
 @pytest.mark.parametrize("levels", ["inf", "nan", "1,inf"])

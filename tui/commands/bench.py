@@ -163,5 +163,5 @@ async def _run(args: argparse.Namespace, base_url: str) -> int:
     outcome = await run_in_foreground(args, lambda _, emit, cancel: run_sweep(config, emit, cancel))
     outcome.display.print_summary(outcome.result)
     if outcome.interrupted:
-        return report_interrupted()
+        return report_interrupted(outcome.interrupted)
     return 0 if outcome.result.status is RunStatus.COMPLETE else 1

@@ -1,10 +1,12 @@
-"""What a local and an in-cluster `servedeck bench` run share: the first ctrl-c cancels the sweep (the
-second stops at once), the live display and the history see every event, result files come after."""
+"""What a local and an in-cluster `servedeck bench` run share: the first ctrl-c (or SIGTERM, as a service
+manager or CI's `timeout` sends, or SIGHUP, a closed terminal) cancels the sweep (the second stops at once),
+the live display and the history see every event, result files come after."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from tui.commands.bench_history import HistoryRecorder
 
 INTERRUPTED_EXIT_CODE = 130
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Starts the sweep, given the display, the function that hands an event to the display and the
 # history, and the event that the first ctrl-c sets.
@@ -29,23 +32,23 @@ SweepStarter = Callable[
 class ForegroundOutcome(NamedTuple):
     result: SweepResult
     display: SweepDisplay
-    interrupted: bool
+    interrupted: signal.Signals | None  # the first signal that stopped the sweep
 
 
 async def run_in_foreground(args: argparse.Namespace, start: SweepStarter) -> ForegroundOutcome:
     """Run the sweep ``start`` begins under the display, record it (unless --no-save), write --out/--csv."""
     cancel = asyncio.Event()
     loop = asyncio.get_running_loop()
-    interrupts = 0
+    received: list[signal.Signals] = []
 
-    def on_sigint() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts > 1:
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        if len(received) > 1:
             raise KeyboardInterrupt
         cancel.set()
 
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
     recorder = _open_recorder(args)
     display = SweepDisplay(plain=args.plain or not sys.stdout.isatty())
 
@@ -58,16 +61,24 @@ async def run_in_foreground(args: argparse.Namespace, start: SweepStarter) -> Fo
         with display:
             result = await start(display, emit, cancel)
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
         if recorder is not None:
             recorder.close()
     _write_outputs(args, result)
-    return ForegroundOutcome(result=result, display=display, interrupted=interrupts > 0)
+    return ForegroundOutcome(result=result, display=display, interrupted=received[0] if received else None)
 
 
-def report_interrupted() -> int:
-    print("servedeck: interrupted: finished levels and requests were kept", file=sys.stderr)
-    return INTERRUPTED_EXIT_CODE
+def report_interrupted(received: signal.Signals | None = None) -> int:
+    """Say why the sweep stopped early; the exit code is the shell's 128 + signal number."""
+    sig = received or signal.SIGINT
+    if sig is signal.SIGINT:
+        message = "servedeck: interrupted: finished levels and requests were kept"
+    else:
+        message = f"servedeck: stopped by {sig.name}: finished levels and requests were kept"
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        print(message, file=sys.stderr)
+    return INTERRUPTED_EXIT_CODE if sig is signal.SIGINT else 128 + int(sig)
 
 
 def _open_recorder(args: argparse.Namespace) -> HistoryRecorder | None:

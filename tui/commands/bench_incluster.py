@@ -221,7 +221,7 @@ async def _run(
     result, display, interrupted = await run_in_foreground(args, start)
     if interrupted:
         display.print_summary(result)
-        return report_interrupted()
+        return report_interrupted(interrupted)
     if result.status is RunStatus.FAILED and not any(level.records for level in result.levels):
         print(f"servedeck: error: {result.message or 'the in-cluster bench failed'}", file=sys.stderr)
         return 1
