@@ -198,7 +198,7 @@ class RunStore:
             return not is_process_alive(pid, start)
         return heartbeat is None or now - parse_stored(heartbeat) > FOREIGN_HOST_STALE_AFTER
 
-    def recover_abandoned(self) -> list[str]:
+    def recover_abandoned(self, *, busy_timeout_s: float | None = None) -> list[str]:
         """Mark runs whose writing process is gone as partial; returns their ids."""
         now = utc_now()
         with self._db.read() as conn:
@@ -210,7 +210,7 @@ class RunStore:
         if not abandoned:
             return []
         recovered = []
-        with self._db.write() as conn:
+        with self._db.write(busy_timeout_s=busy_timeout_s) as conn:
             for run_id, pid, _host, _start, heartbeat in abandoned:
                 (n_records,) = conn.execute(
                     "SELECT COALESCE(SUM(n_records), 0) FROM run_levels WHERE run_id = ?", (run_id,)

@@ -63,11 +63,14 @@ def test_corrupt_database_is_refused_and_not_overwritten(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
 ) -> None:
     (tmp_path / DB_FILENAME).write_bytes(content)
-    with pytest.raises(SessionStoreError, match="is not readable") as caught:
+    with pytest.raises(SessionStoreError, match="is damaged") as caught:
         SessionStore.open(tmp_path)
-    assert "move it aside" in str(caught.value)
-    assert "is not readable" in cli_error(capsys, tmp_path)
-    assert files_in(tmp_path) == {DB_FILENAME: content}
+    (copy,) = [name for name in files_in(tmp_path) if name != DB_FILENAME]
+    assert copy.startswith(f"{DB_FILENAME}.corrupt-")
+    assert copy in str(caught.value) and "--reset-store" in str(caught.value)
+    assert copy in cli_error(capsys, tmp_path)
+    # The damaged file is untouched, and opening twice keeps one copy.
+    assert files_in(tmp_path) == {DB_FILENAME: content, copy: content}
 
 
 def test_sqlite_file_of_another_program_is_refused(tmp_path: Path) -> None:

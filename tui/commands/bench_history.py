@@ -92,6 +92,13 @@ class HistoryRecorder:
             print(
                 f"servedeck: warning: the run was not fully saved to history: {self.error}", file=sys.stderr
             )
+        elif self.run_id is not None and self.writer.pending_journal is not None:
+            print(
+                f"servedeck: the history store was busy (another process held its write lock); run "
+                f"{self.run_id} is kept in {self.writer.pending_journal} and joins history the next time "
+                "ServeDeck opens the store",
+                file=sys.stderr,
+            )
         elif self.run_id is not None:
             print(
                 f"saved to history as run {self.run_id} (servedeck runs show {self.run_id})", file=sys.stderr

@@ -18,6 +18,7 @@ from backends.bench.metrics import Distribution
 from backends.bench.results import RunStatus
 from backends.errors import ConfigError
 from sessions.bundle import bundle_json, read_bundle_file
+from sessions.errors import StoreDamagedError
 from sessions.exports import sweep_csv, write_text_atomically, write_vllm_results
 from sessions.run_models import LevelSummary, RunFilter, RunSummary
 from sessions.store import SessionStore
@@ -64,6 +65,11 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
         # SUPPRESS: without the flag here, `servedeck --data-dir X runs ...` keeps the top-level value.
         default=argparse.SUPPRESS,
         help="folder of the sessions database (default: the user data dir)",
+    )
+    parser.add_argument(
+        "--reset-store",
+        action="store_true",
+        help="if the sessions database is damaged, start a fresh one (a copy of the damaged file is kept)",
     )
 
 
@@ -138,9 +144,37 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     runs.set_defaults(handler=_runs_help)
 
 
+def _open_or_reset(args: argparse.Namespace) -> SessionStore:
+    reset: bool = getattr(args, "reset_store", False)
+    try:
+        return SessionStore.open(args.data_dir, reset_damaged=reset)
+    except StoreDamagedError as err:
+        if reset or err.copy is None or not sys.stdin.isatty():
+            raise
+        print(f"servedeck: {err}", file=sys.stderr)
+        answer = input(f"start a fresh sessions store now (the damaged one stays at {err.copy})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise ConfigError(
+                f"the damaged sessions store was left as it is (a copy is at {err.copy})"
+            ) from None
+        return SessionStore.open(args.data_dir, reset_damaged=True)
+
+
 @contextmanager
 def _open_store(args: argparse.Namespace) -> Iterator[SessionStore]:
-    with SessionStore.open(args.data_dir) as store:
+    with _open_or_reset(args) as store:
+        if store.db.reset_from is not None:
+            print(
+                f"servedeck: started a fresh sessions store at {store.path}; "
+                f"the damaged one is kept at {store.db.reset_from}",
+                file=sys.stderr,
+            )
+        if store.merged_runs:
+            ids = ", ".join(store.merged_runs)
+            print(
+                f"servedeck: added to history from the journal kept while the store was busy: {ids}",
+                file=sys.stderr,
+            )
         if store.recovered_runs:
             ids = ", ".join(store.recovered_runs)
             print(f"servedeck: marked as partial (their writing process had stopped): {ids}", file=sys.stderr)
