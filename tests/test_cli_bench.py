@@ -332,3 +332,38 @@ def test_history_files_a_run_under_the_hardware_its_target_reported(
     with SessionStore.open(tmp_path) as store:
         (summary,) = store.runs.list_runs()
     assert summary.gpu == filed_as
+
+
+@pytest.mark.parametrize("levels", ["2", "2,4"])
+def test_a_dead_server_is_a_partial_run_with_a_nonzero_exit_and_files(levels: str, tmp_path: Path) -> None:
+    """The server dies in the last level ("2") or with a level still to come ("2,4")."""
+    srv = FakeSSEServer(mode="tick")
+    srv.start_in_thread()
+    out, data_dir = tmp_path / "dead.json", tmp_path / "data"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tui.cli", "bench", "--plain", "--target", _url(srv), "--concurrency",
+             levels, "--dataset", "random", "--random-input-len", "24", "--output-len", "64",
+             "--num-prompts", "400", "--label", "dead-server", "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(data_dir),
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stderr:
+            if "tok/s" in line and not line.startswith("concurrency 2: 0 tok/s"):
+                break
+            assert time.monotonic() < deadline, "no progress line within 60 s"
+        time.sleep(0.5)
+    finally:
+        srv.stop()
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 1, rest
+    assert "Traceback" not in rest
+    assert "server went away" in rest
+    saved = json.loads(out.read_text())
+    assert saved["servedeck_sweep"]["status"] == "partial"
+    assert "cancel" not in (saved["servedeck_sweep"].get("message") or "")
+    (level,) = saved["levels"]
+    assert level["servedeck"]["status"] == "partial"
+    assert "partial" in next(line for line in _runs_list(data_dir).splitlines() if "dead-server" in line)

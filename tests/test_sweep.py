@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
 
 from backends.bench.models import Axis, ProgressSnapshot, Target
 from backends.bench.results import DatasetSpec, RunStatus, SweepConfig, SweepResult
@@ -21,6 +24,7 @@ from backends.bench.sweep import (
 from backends.errors import ConfigError
 from backends.targets import discover_target
 from tests.fakes.sse_server import FakeSSEServer
+from tests.fakes.threaded_aiohttp import ThreadedAiohttpServer
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +117,101 @@ def test_empty_levels_are_rejected(server: FakeSSEServer) -> None:
     config = _config(_target(server), Axis.CONCURRENCY, [])
     with pytest.raises(ConfigError, match="at least one level"):
         _sweep(config)
+
+
+def _sweep_killing_server(
+    config: SweepConfig, srv: FakeSSEServer, level_index: int, after_records: int
+) -> tuple[SweepResult, list[SweepEvent]]:
+    """Run the sweep and stop ``srv`` (listener and connections) once ``after_records`` requests of level
+    ``level_index`` have finished: later connections are refused, as from a killed server."""
+    events: list[SweepEvent] = []
+
+    async def main() -> SweepResult:
+        seen = 0
+
+        def emit(event: SweepEvent) -> None:
+            nonlocal seen
+            events.append(event)
+            if isinstance(event, RecordsBatch) and event.level_index == level_index:
+                seen += len(event.records)
+                if seen >= after_records:
+                    srv.stop()
+
+        return await asyncio.wait_for(run_sweep(config, emit), timeout=120)
+
+    return asyncio.run(main()), events
+
+
+def test_a_server_killed_in_the_last_level_leaves_it_partial_and_its_rates_honest() -> None:
+    srv = FakeSSEServer(mode="tick")
+    srv.start_in_thread()
+    try:
+        config = _config(_target(srv), Axis.CONCURRENCY, [2, 2], num_prompts=120)
+        result, _ = _sweep_killing_server(config, srv, level_index=1, after_records=10)
+    finally:
+        srv.stop()
+    healthy, died = result.levels
+    assert healthy.status is RunStatus.COMPLETE
+    assert died.status is RunStatus.PARTIAL
+    assert result.status is RunStatus.PARTIAL
+    assert died.message is not None and "server went away" in died.message
+    assert "cancel" not in (result.message or "") and "cancel" not in died.message
+    # Requests refused by the dead server are kept but are no part of the level's rates or failures.
+    assert 10 <= died.metrics.completed < 120
+    assert died.metrics.completed + died.metrics.failed < len(died.records)
+    assert "never reached the server" in died.message
+    assert died.metrics.request_throughput <= healthy.metrics.request_throughput * 1.5
+
+
+def test_a_server_killed_in_an_earlier_level_stops_the_sweep_with_what_finished() -> None:
+    srv = FakeSSEServer(mode="tick")
+    srv.start_in_thread()
+    try:
+        config = _config(_target(srv), Axis.CONCURRENCY, [2, 4, 8], num_prompts=120)
+        result, events = _sweep_killing_server(config, srv, level_index=0, after_records=10)
+    finally:
+        srv.stop()
+    assert isinstance(events[-1], SweepFinished)
+    assert result.status is RunStatus.PARTIAL
+    assert len(result.levels) == 1 and result.levels[0].status is RunStatus.PARTIAL
+    assert result.message is not None and "server went away" in result.message
+    assert "cancel" not in result.message
+
+
+class _MixedFailures(ThreadedAiohttpServer):
+    """Answers requests in turn with HTTP 500, HTTP 429 and a one-token stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._turn = itertools.count()
+
+    def _build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "mixed", "object": "model"}]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        turn = next(self._turn) % 3
+        if turn < 2:
+            status = 500 if turn == 0 else 429
+            return web.json_response({"error": {"message": f"failure {status}"}}, status=status)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "length"}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
+
+def test_the_level_summary_counts_failures_by_cause() -> None:
+    with _MixedFailures() as srv:
+        target = asyncio.run(discover_target(srv.url))
+        result, _ = _sweep(_config(target, Axis.CONCURRENCY, [1]))
+    (level,) = result.levels
+    assert level.metrics.completed == 4 and level.metrics.failed == 8
+    assert level.message == "8 failed: 4 HTTP 429, 4 HTTP 500"

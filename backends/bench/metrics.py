@@ -305,3 +305,63 @@ def _notes(completed: int, sources: Mapping[str, int]) -> list[str]:
             f"their output lengths: {', '.join(parts)}"
         )
     return notes
+
+
+# Errors the load generator gives a request that never got a byte from the server (worker.py's
+# connect failure, stream_protocol.py's close before any response).
+_UNREACHED_PREFIXES = ("cannot connect to ", "connection closed by server before any response")
+
+
+def never_reached_server(record: RequestRecord) -> bool:
+    """The request failed before the server answered anything: refused, reset or closed on connect."""
+    error = record.error
+    return (
+        not record.success
+        and error is not None
+        and record.http_status is None
+        and not record.chunk_times
+        and error.startswith(_UNREACHED_PREFIXES)
+    )
+
+
+_CAUSE_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("connection refused", "connection refused"),
+    ("connection reset", "connection reset"),
+    ("connection closed by server before any response", "connection closed before any response"),
+    ("connection closed by server mid-stream", "connection closed mid-stream"),
+    ("timed out", "timed out"),
+    ("server stalled", "server stalled"),
+    ("malformed", "malformed SSE"),
+    ("stream ended without [done]", "stream ended without [DONE]"),
+    ("no tokens received", "no tokens received"),
+)
+
+
+def failure_cause(error: str) -> str:
+    """A short cause that groups errors which differ only in detail ("HTTP 500", "connection refused")."""
+    if error.startswith("HTTP "):
+        return error.split(":", 1)[0]
+    lowered = error.lower()
+    for needle, cause in _CAUSE_PATTERNS:
+        if needle in lowered:
+            return cause
+    return error if len(error) <= 60 else error[:57] + "..."
+
+
+def failure_causes(records: Iterable[RequestRecord]) -> list[tuple[str, int]]:
+    """(cause, count) of the failed requests, most frequent first."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if not is_completed(record):
+            cause = failure_cause(record.error or "no tokens received")
+            counts[cause] = counts.get(cause, 0) + 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def describe_failures(records: Iterable[RequestRecord]) -> str | None:
+    """ "12 failed: 8 HTTP 500, 4 connection refused"; None when nothing failed."""
+    causes = failure_causes(records)
+    if not causes:
+        return None
+    total = sum(n for _, n in causes)
+    return f"{total} failed: " + ", ".join(f"{n} {cause}" for cause, n in causes)

@@ -26,11 +26,11 @@ from backends.bench.loadgen.requests import (
     render_request,
 )
 from backends.bench.loadgen.runner import LevelOutcome, LevelPlan, LevelProgress, run_level
-from backends.bench.metrics import compute_metrics
+from backends.bench.metrics import compute_metrics, describe_failures, failure_causes, never_reached_server
 from backends.bench.models import LoadLevel, ProgressSnapshot, RequestRecord, ServerSnapshot
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.bench.tokenizers import pick_token_counter
-from backends.errors import ConfigError
+from backends.errors import ConfigError, TargetError
 from backends.prometheus import MetricsScraper
 
 _SNAPSHOT_INTERVAL_S = 0.5  # live charts redraw at 2-4 Hz; twice a second keeps them moving
@@ -194,9 +194,19 @@ async def _run_one_level(
         if scraper is not None:
             await scraper.aclose()
     emit(monitor.snapshot())
+    # Requests a dead (or refusing) server never answered finish at once: left in the rates they would
+    # inflate them, so they are kept in the records but measured apart, over the time the server answered.
+    reached = [r for r in outcome.records if not never_reached_server(r)]
+    unreached = len(outcome.records) - len(reached)
+    duration = outcome.duration_s
+    if unreached:
+        answered = [r.chunk_times[-1] if r.chunk_times else r.first_token_at for r in reached]
+        last_answer = max((t for t in answered if t is not None), default=None)
+        if last_answer is not None:
+            duration = min(duration, last_answer)
     metrics = compute_metrics(
-        outcome.records,
-        outcome.duration_s,
+        reached,
+        duration,
         goodput_slos_ms=config.goodput_slos_ms or None,
         percentiles=config.percentiles,
     )
@@ -205,13 +215,19 @@ async def _run_one_level(
     elif outcome.error:
         status, message = RunStatus.PARTIAL, outcome.error
     elif metrics.completed == 0:
-        first_error = next((r.error for r in outcome.records if r.error), "no request completed")
-        status, message = RunStatus.FAILED, f"no request completed: {first_error}"
+        status, message = (
+            RunStatus.FAILED,
+            f"no request completed: {_failure_note(outcome.records, count=False)}",
+        )
+    elif unreached:
+        status = RunStatus.PARTIAL
+        message = (
+            f"the server went away after {duration:.1f} s: {_unreached_note(outcome.records, unreached)}"
+        )
     else:
         status, message = RunStatus.COMPLETE, None
     if status is not RunStatus.FAILED and metrics.failed:
-        errors = {r.error for r in outcome.records if r.error}
-        note = f"{metrics.failed} failed requests (e.g. {sorted(errors)[0]})"
+        note = _failure_note(reached)
         message = f"{message}; {note}" if message else note
     result = LevelResult(
         index=index,
@@ -226,6 +242,24 @@ async def _run_one_level(
     )
     emit(LevelFinished(result=result))
     return result, outcome.cancelled
+
+
+def _failure_note(records: list[RequestRecord], *, count: bool = True) -> str:
+    """Failures counted by cause ("12 failed: 8 HTTP 500, 4 connection refused"); with one cause, its
+    first message in full."""
+    causes = failure_causes(records)
+    if not causes:
+        return "no request was sent"
+    first = next((r.error for r in records if r.error), None)
+    if len(causes) == 1 and first is not None:
+        return f"{causes[0][1]} failed: {first}" if count else first
+    return describe_failures(records) or ""
+
+
+def _unreached_note(records: list[RequestRecord], unreached: int) -> str:
+    causes = failure_causes(r for r in records if never_reached_server(r))
+    how = ", ".join(f"{n} {cause}" for cause, n in causes)
+    return f"{unreached} requests never reached the server ({how}) and are left out of the rates"
 
 
 def sample_for(config: SweepConfig) -> SampledDataset:
@@ -261,19 +295,37 @@ async def run_sweep(
         dataset = await prepare_dataset(config)
     result = SweepResult(run_id=uuid.uuid4().hex[:12], config=config, started_at=datetime.now(UTC))
     emit(SweepStarted(run_id=result.run_id, config=config, notes=dataset.notes))
+    stopped: str | None = None
     try:
         for index, level in enumerate(config.load_levels()):
             if cancel.is_set():
                 break
-            level_result, was_cancelled = await _run_one_level(index, level, config, dataset, emit, cancel)
+            try:
+                level_result, was_cancelled = await _run_one_level(
+                    index, level, config, dataset, emit, cancel
+                )
+            except TargetError as err:
+                if not result.levels:
+                    raise
+                stopped = (
+                    f"the server went away: {level.label} could not start ({err}); "
+                    "the finished levels were kept"
+                )
+                break
             result.levels.append(level_result)
             if was_cancelled:
                 break
     finally:
         result.finished_at = datetime.now(UTC)
-        if cancel.is_set() or len(result.levels) < len(config.levels):
+        if cancel.is_set():
             result.status = RunStatus.PARTIAL if result.levels else RunStatus.FAILED
             result.message = "cancelled: finished levels and requests were kept"
+        elif stopped is not None:
+            result.status = RunStatus.PARTIAL
+            result.message = stopped
+        elif len(result.levels) < len(config.levels):
+            result.status = RunStatus.PARTIAL if result.levels else RunStatus.FAILED
+            result.message = "stopped by an error before every level ran; finished levels were kept"
         else:
             set_status_from_levels(result)
         emit(SweepFinished(result=result))
