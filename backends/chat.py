@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from backends.bench.models import Target
 from backends.chat_stats import AnswerStats, StatsAccumulator
 from backends.errors import ConfigError, TargetError
+from backends.redaction import redact, remember_secret
 
 if TYPE_CHECKING:
     import openai
@@ -147,7 +148,7 @@ def resolve_api_key(target: Target) -> str:
     """The key from the target's environment variable, or ``EMPTY`` for servers without one."""
     if target.api_key_env is None:
         return NO_API_KEY
-    key = os.environ.get(target.api_key_env)
+    key = remember_secret(os.environ.get(target.api_key_env))
     if not key:
         raise ChatError(
             f"target {target.name!r} reads its API key from ${target.api_key_env}, which is not set; "
@@ -378,7 +379,8 @@ class ChatStream:
             AnswerEnd(
                 text="".join(pieces),
                 stats=stats.snapshot(partial=not finished),
-                error=error,
+                # Servers quote back the key they were sent.
+                error=redact(error, None if self._api_key == NO_API_KEY else self._api_key),
                 stopped=stopped,
             )
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ import httpx
 from backends.bench.models import Target, TargetCapabilities, TargetKind
 from backends.errors import TargetError
 from backends.prometheus import Exposition, parse_exposition
+from backends.redaction import looks_like_secret, redact, redact_url, remember_secret, url_has_credentials
 
 SIMULATED_HEADER = "x-servedeck-simulated"
 TWIN_MODEL_SUFFIX = "-twin"
@@ -30,12 +32,22 @@ def normalize_base_url(base_url: str) -> str:
     """``http://host:port[/prefix]`` without a trailing ``/`` or ``/v1``; TargetError when not a URL."""
     text = base_url.strip()
     parts = urlsplit(text)
+    if url_has_credentials(text):
+        raise TargetError(
+            f"{redact_url(text)!r}: the URL carries credentials (user:password@), which would end up in "
+            "results and history; drop them, put the API key in an environment variable and pass its "
+            "name (--api-key-env)"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TargetError(f"{base_url!r} is not an http(s) URL; give one like http://127.0.0.1:8000")
+        raise TargetError(
+            f"{redact_url(base_url)!r} is not an http(s) URL; give one like http://127.0.0.1:8000"
+        )
     try:
         _ = parts.port
     except ValueError:
-        raise TargetError(f"{base_url!r} has an invalid port; give one like http://127.0.0.1:8000") from None
+        raise TargetError(
+            f"{redact_url(base_url)!r} has an invalid port; give one like http://127.0.0.1:8000"
+        ) from None
     text = text.rstrip("/")
     if text.endswith("/v1"):
         text = text[: -len("/v1")]
@@ -46,7 +58,8 @@ def read_api_key(api_key_env: str | None) -> str | None:
     """The key held in the environment variable named ``api_key_env`` (None when no name is given)."""
     if not api_key_env:
         return None
-    value = os.environ.get(api_key_env, "").strip()
+    check_api_key_env_name(api_key_env)
+    value = remember_secret(os.environ.get(api_key_env, "").strip()) or ""
     if not value:
         raise TargetError(
             f"environment variable {api_key_env} is empty or not set; export the API key there "
@@ -55,8 +68,24 @@ def read_api_key(api_key_env: str | None) -> str | None:
     return value
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_api_key_env_name(api_key_env: str) -> None:
+    """TargetError when ``api_key_env`` is not a variable name (most likely the key itself): the message
+    never repeats it, and the value is remembered so that no other message shows it either."""
+    if _ENV_NAME.match(api_key_env) and not looks_like_secret(api_key_env):
+        return
+    remember_secret(api_key_env)
+    raise TargetError(
+        "--api-key-env takes the NAME of an environment variable, and what was given is not one (it looks "
+        "like the key itself, which is not repeated here); export the key, e.g. export "
+        "OPENAI_API_KEY=..., and pass --api-key-env OPENAI_API_KEY"
+    )
+
+
 def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+    return redact(text, secret)
 
 
 def error_message_from_body(body: bytes | str) -> str | None:
@@ -317,7 +346,7 @@ async def discover_target(
     ``kind`` skips detection. Raises TargetError with one line for every failure.
     """
     url = normalize_base_url(base_url)
-    key = api_key if api_key is not None else read_api_key(api_key_env)
+    key = remember_secret(api_key) if api_key is not None else read_api_key(api_key_env)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=httpx.Timeout(timeout_s)) as client:
         discovery = _Discovery(client, url, key, api_key_env, timeout_s)

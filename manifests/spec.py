@@ -20,6 +20,7 @@ from manifests.catalog import Catalog, MachineType, default_catalog
 from manifests.errors import SpecError
 from manifests.gpus import ACCELERATORS, AcceleratorProfile, GpuType, vllm_scheduler_defaults
 from manifests.model_profiles import MODELS, ModelProfile
+from manifests.secrets import secret_in_arg
 
 # vllm/vllm-openai v0.11.2 (and its CPU twin, same version) is pinned because: it is V1-only with the hybrid
 # KV-cache allocator that sizes Gemma 3's sliding-window layers by their window (>= v0.10), it serves Gemma 3
@@ -195,8 +196,9 @@ class DeploymentSpec(BaseModel):
             flag = arg.split("=", 1)[0]
             if flag in _SPEC_FLAGS:
                 raise ValueError(f"{flag} is set by the spec; use {_SPEC_FLAGS[flag]} instead")
-            if _TOKEN_LIKE.search(arg.split("=", 1)[-1]):
-                raise ValueError("an extra argument looks like a token; tokens go in the Secret")
+            reason = secret_in_arg(arg)
+            if reason is not None:
+                raise ValueError(reason)
         return value
 
     @model_validator(mode="after")

@@ -9,12 +9,14 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from backends.bench.results import RunStatus
+from backends.redaction import redact
 from sessions import run_rows
 from sessions.database import Database
 from sessions.errors import SessionStoreError
 from sessions.jsoncodec import dump_model
 from sessions.run_models import BUNDLE_FORMAT, BUNDLE_VERSION, BundleLevel, RunBundle
 from sessions.run_writer import new_run_id
+from sessions.secrets_guard import check_target, scrub_records
 from sessions.timestamps import to_utc, utc_now
 
 _IMPORT_CHUNK = 2000  # records per stored chunk on import
@@ -94,7 +96,9 @@ def read_bundle_file(path: Path) -> RunBundle:
 
 def import_bundle(db: Database, bundle: RunBundle, *, new_id: bool = False) -> str:
     """Store a bundle as a run; returns its id. A bundle of a run that was still running when it was
-    exported is stored as partial, since nothing will finish it here."""
+    exported is stored as partial, since nothing will finish it here. A target URL with credentials is
+    refused (as the bench refuses it); secrets in messages and request errors are masked."""
+    check_target(bundle.config.target)
     indices = [level.index for level in bundle.levels]
     if len(set(indices)) != len(indices):
         raise SessionStoreError(
@@ -104,7 +108,7 @@ def import_bundle(db: Database, bundle: RunBundle, *, new_id: bool = False) -> s
     status = RunStatus.PARTIAL if bundle.status is RunStatus.RUNNING else bundle.status
     chunks = {
         level.index: [
-            run_rows.EncodedChunk.of(level.records[start : start + _IMPORT_CHUNK])
+            run_rows.EncodedChunk.of(scrub_records(level.records[start : start + _IMPORT_CHUNK]))
             for start in range(0, len(level.records), _IMPORT_CHUNK)
         ]
         for level in bundle.levels
@@ -123,7 +127,7 @@ def import_bundle(db: Database, bundle: RunBundle, *, new_id: bool = False) -> s
             created_at=to_utc(bundle.created_at),
             status=status,
             finished_at=bundle.finished_at,
-            message=bundle.message,
+            message=redact(bundle.message),
         )
         for level in bundle.levels:
             run_rows.ensure_level(conn, run_id, level.index, level.level, level.started_at)
@@ -140,6 +144,6 @@ def import_bundle(db: Database, bundle: RunBundle, *, new_id: bool = False) -> s
                 status=level_status,
                 metrics=level.metrics,
                 client=level.client,
-                message=level.message,
+                message=redact(level.message),
             )
     return run_id

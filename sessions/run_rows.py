@@ -12,10 +12,12 @@ from pydantic import ValidationError
 from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord, ServerSnapshot
 from backends.bench.results import RunStatus, SweepConfig
+from backends.redaction import redact, redact_url
 from sessions.errors import SessionStoreError
 from sessions.jsoncodec import dump_model
 from sessions.record_codec import CODEC_COLUMNAR, RecordDecodeError, decode_records, encode_records
 from sessions.run_models import LevelSummary, RunSummary
+from sessions.secrets_guard import scrub_records
 from sessions.timestamps import parse_stored, stored
 
 RUN_COLUMNS = (
@@ -51,14 +53,14 @@ def summary_from_row(row: tuple[Any, ...]) -> RunSummary:
         label=row[1],
         gpu=row[2],
         target_name=str(row[3]),
-        base_url=str(row[4]),
+        base_url=redact_url(str(row[4])),
         model=str(row[5]),
         axis=str(row[6]),
         level_values=config.levels,
         created_at=parse_stored(str(row[8])),
         finished_at=None if row[9] is None else parse_stored(str(row[9])),
         status=RunStatus(str(row[10])),
-        message=row[11],
+        message=redact(row[11]),
         levels_stored=row[12],
         records_stored=row[13],
     )
@@ -98,7 +100,7 @@ def fetch_levels(conn: sqlite3.Connection, run_id: str) -> list[LevelSummary]:
                     if metrics_json is None
                     else BenchmarkMetrics.model_validate_json(metrics_json),
                     client=None if client_json is None else ClientStats.model_validate_json(client_json),
-                    message=message,
+                    message=redact(message),
                 )
             )
         except ValidationError as exc:
@@ -115,7 +117,8 @@ def iter_record_chunks(
     )
     for codec, payload in cursor:
         try:
-            yield decode_records(codec, payload)
+            # Runs stored before messages were masked are masked on the way out.
+            yield scrub_records(decode_records(codec, payload))
         except RecordDecodeError as exc:
             raise incompatible(run_id, f"requests of level {level_index}", exc) from None
 

@@ -24,11 +24,12 @@ from types import TracebackType
 
 from backends.bench.models import LoadLevel, RequestRecord, ServerSnapshot
 from backends.bench.results import LevelResult, RunStatus, SweepConfig
+from backends.redaction import redact
 from sessions import journal
 from sessions.database import Database
 from sessions.errors import SessionStoreError, StoreBusyError
 from sessions.liveness import host_name, process_start_token
-from sessions.secrets_guard import check_target
+from sessions.secrets_guard import check_target, scrub_records
 from sessions.timestamps import stored, utc_now
 
 RETRY_INTERVAL_S = 1.0
@@ -156,7 +157,7 @@ class RunWriter:
         seen = self._stored_record_indices.setdefault(level_index, set())
         fresh = [record for record in records if record.index not in seen]
         level = self._level(level_index)
-        self._commit([journal.RecordsAdded.of(at, level_index, level, utc_now(), fresh)])
+        self._commit([journal.RecordsAdded.of(at, level_index, level, utc_now(), scrub_records(fresh))])
         seen.update(record.index for record in fresh)
         return len(fresh)
 
@@ -185,14 +186,16 @@ class RunWriter:
         where = {"at": at, "index": result.index, "level": result.level, "started_at": result.started_at}
         self._commit(
             [
-                journal.RecordsAdded.of(at, result.index, result.level, result.started_at, fresh_records),
+                journal.RecordsAdded.of(
+                    at, result.index, result.level, result.started_at, scrub_records(fresh_records)
+                ),
                 journal.SnapshotsAdded(**where, snapshots=fresh_snapshots),
                 journal.LevelFinished(
                     **where,
                     status=result.status,
                     metrics=result.metrics,
                     client=result.client,
-                    message=result.message,
+                    message=redact(result.message),
                 ),
             ]
         )
@@ -205,7 +208,7 @@ class RunWriter:
             raise ValueError("finish_run needs a final status (complete, partial or failed)")
         at = self._check_open()
         try:
-            self._commit([journal.RunFinished(at=at, status=status, message=message)], final=True)
+            self._commit([journal.RunFinished(at=at, status=status, message=redact(message))], final=True)
         finally:
             if self._journal is not None:
                 # Still busy: release the journal so that the next open (any process) merges it.

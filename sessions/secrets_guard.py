@@ -1,17 +1,20 @@
-"""Refuse to store anything that looks like a secret.
+"""Refuse to store anything that looks like a secret, and mask secrets in the text that is stored.
 
 Targets carry only the *name* of the environment variable that holds an API key, so the normal
-path never sees a key. These checks catch the two ways one could still slip in: a free-form
-parameter named like a secret, and credentials written into a URL.
+path never sees a key. These checks catch the ways one could still slip in: a free-form parameter
+named like a secret, credentials written into a URL (refused), and a server that quotes the key back
+in its error text (masked by ``backends.redaction`` before it is stored or exported: the bench masks
+it where the message is made, this is the last line for records built or imported elsewhere).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from backends.bench.models import Target
+from backends.bench.models import RequestRecord, Target
+from backends.redaction import redact, redact_url
 from sessions.errors import SessionStoreError
 
 _SECRET_WORDS = ("api_key", "apikey", "secret", "password", "authorization", "credential", "bearer")
@@ -36,8 +39,23 @@ def check_params(params: Mapping[str, Any]) -> None:
 
 def check_target(target: Target) -> None:
     parts = urlsplit(target.base_url)
+    name = redact(target.name)
     if parts.password is not None or parts.username is not None:
-        raise SessionStoreError(f"the URL of target {target.name!r} contains credentials; {_ADVICE}")
-    for name, _ in parse_qsl(parts.query):
-        if _looks_secret(name):
-            raise SessionStoreError(f"the URL of target {target.name!r} carries {name!r}; {_ADVICE}")
+        raise SessionStoreError(
+            f"the URL of target {name!r} ({redact_url(target.base_url)}) contains credentials; {_ADVICE}"
+        )
+    for param, _ in parse_qsl(parts.query):
+        if _looks_secret(param):
+            raise SessionStoreError(f"the URL of target {name!r} carries {param!r}; {_ADVICE}")
+
+
+def scrub_records(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    """``records`` with secrets masked in their error text (records without one are passed as they are)."""
+    scrubbed = []
+    for record in records:
+        if record.error:
+            clean = redact(record.error)
+            if clean != record.error:
+                record = record.model_copy(update={"error": clean})
+        scrubbed.append(record)
+    return scrubbed

@@ -64,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (ServeDeckError, ManifestError) as err:
-        print(f"servedeck: error: {err}", file=sys.stderr)
+        from backends.redaction import redact
+
+        print(f"servedeck: error: {redact(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("servedeck: interrupted", file=sys.stderr)

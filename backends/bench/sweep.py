@@ -32,6 +32,7 @@ from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepRes
 from backends.bench.tokenizers import pick_token_counter
 from backends.errors import ConfigError, TargetError
 from backends.prometheus import MetricsScraper
+from backends.redaction import redact, remember_secret
 
 _SNAPSHOT_INTERVAL_S = 0.5  # live charts redraw at 2-4 Hz; twice a second keeps them moving
 _RECENT_TTFTS = 64
@@ -81,7 +82,7 @@ def validate_config(config: SweepConfig) -> None:
 
 def _api_key(config: SweepConfig) -> str | None:
     env = config.target.api_key_env
-    return os.environ.get(env) if env else None
+    return remember_secret(os.environ.get(env)) if env else None
 
 
 class _LevelMonitor:
@@ -238,7 +239,7 @@ async def _run_one_level(
         client=outcome.client,
         records=outcome.records,
         server_snapshots=monitor.server_snapshots,
-        message=message,
+        message=redact(message),
     )
     emit(LevelFinished(result=result))
     return result, outcome.cancelled

@@ -2,9 +2,9 @@
 
 It can act as vLLM (V1 or V0 metrics), llama.cpp's llama-server, the ServeDeck twin, or a plain
 OpenAI-compatible server, and it can fail in the ways real servers do (404, HTML, error JSON,
-401 without the key, a slow answer). It runs in a background thread with its own event loop;
-``FakeServer`` starts and stops it within bounded time. The configuration is read on every
-request, so a test may change it while the server runs.
+401 without the key, a 401 on completions that quotes the key sent, a slow answer). It runs in a
+background thread with its own event loop; ``FakeServer`` starts and stops it within bounded time.
+The configuration is read on every request, so a test may change it while the server runs.
 """
 
 from __future__ import annotations
@@ -206,6 +206,8 @@ class FakeServerConfig:
     metrics_text: str | None = None
     metrics_status: int = 200
     slots: list[dict[str, Any]] | None = None
+    # Completions answer 401 with OpenAI's body, which quotes the key sent back ("Incorrect API key ...").
+    reject_key_echoing: bool = False
 
 
 def _metrics_for(flavor: Flavor) -> str | None:
@@ -377,6 +379,14 @@ class FakeServer(ThreadedAiohttpServer):
         return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 4096})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        if self.config.reject_key_echoing:
+            sent = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
+            message = (
+                f"Incorrect API key provided: {sent}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys."
+            )
+            error = {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}
+            return web.json_response({"error": {**error, "param": None}}, status=401)
         body = await request.json()
         options = body.get("stream_options") or {}
         flavor = self.config.flavor

@@ -21,6 +21,7 @@ from backends.bench.sweep import (
     SweepFinished,
     SweepStarted,
 )
+from backends.redaction import redact_url
 from manifests.cost import usd_per_million_tokens
 
 
@@ -44,7 +45,7 @@ def _server_line(snapshot: ProgressSnapshot) -> str:
 
 def results_table(result: SweepResult) -> Table:
     axis = "concurrency" if result.config.axis is Axis.CONCURRENCY else "req/s"
-    table = Table(title=f"{result.config.target.model} @ {result.config.target.base_url}")
+    table = Table(title=f"{result.config.target.model} @ {redact_url(result.config.target.base_url)}")
     for header in (
         axis,
         "status",

@@ -119,6 +119,12 @@ def _check_args(args: argparse.Namespace) -> None:
         from backends.kube_bench.bundle import check_wheel
 
         check_wheel(args.loadgen_wheel)
+    if args.api_key_env:
+        from backends.redaction import remember_secret
+        from backends.targets import check_api_key_env_name
+
+        check_api_key_env_name(args.api_key_env)  # a key given in place of the name is never echoed
+        remember_secret(os.environ.get(args.api_key_env))
     if args.api_key_env and not os.environ.get(args.api_key_env):
         raise ConfigError(
             f"--api-key-env {args.api_key_env}: that environment variable is not set (the key goes to the "

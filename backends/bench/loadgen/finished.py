@@ -15,6 +15,7 @@ import numpy as np
 
 from backends.bench.loadgen.stream_protocol import StreamState, parse_tail_events
 from backends.bench.models import RequestRecord
+from backends.redaction import redact
 
 
 class FinishedRequest(NamedTuple):
@@ -61,6 +62,8 @@ def build_record(
     success = error is None and finished.http_status == 200 and len(chunks) > 0
     if error is None and not success:
         error = "no tokens received" if finished.http_status == 200 else f"HTTP {finished.http_status}"
+    if error is not None:
+        error = redact(error)  # servers quote back what they were sent, the API key included
     probe = finished.probe
     # model_construct: every field is built here with its declared type, and validating a few hundred
     # floats a record would double the receiver's cost (22 -> ~10 µs a 256-chunk record).
