@@ -212,7 +212,8 @@ class RunWriter:
         finally:
             if self._journal is not None:
                 # Still busy: release the journal so that the next open (any process) merges it.
-                self._pending_journal = self._journal.path
+                if self._journal.path.exists():
+                    self._pending_journal = self._journal.path
                 self._journal.close()
                 self._journal = None
         self._finished = True

@@ -7,10 +7,13 @@ read-only mount of the data folder (root) or a folder without write permission (
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -380,3 +383,59 @@ def test_read_only_store_still_lists_shows_and_exports(tmp_path: Path) -> None:
     finally:
         data_dir.chmod(0o755)
     assert files_in(data_dir) == before
+
+
+def _cli_on_a_tty(data_dir: Path, answer: str) -> tuple[int, str]:
+    """``servedeck runs list`` in a real process whose stdin is a terminal; types ``answer``."""
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "runs", "list", "--data-dir", str(data_dir)],
+        stdin=child_fd,
+        stdout=child_fd,
+        stderr=child_fd,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    os.close(child_fd)
+    output = b""
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while b"[y/N]" not in output:
+            assert time.monotonic() < deadline, output
+            if select.select([main_fd], [], [], 1.0)[0]:
+                output += os.read(main_fd, 65536)
+        os.write(main_fd, answer.encode() + b"\n")
+        while True:
+            assert time.monotonic() < deadline, output
+            if select.select([main_fd], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(main_fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=DEADLINE_S), output.decode(errors="replace").replace("\r\n", "\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=DEADLINE_S)
+        os.close(main_fd)
+
+
+def test_cli_on_a_terminal_asks_before_starting_a_fresh_store(tmp_path: Path) -> None:
+    store_with_runs(tmp_path, runs=1)
+    corrupt_a_table_page(tmp_path / DB_FILENAME)
+    damaged = (tmp_path / DB_FILENAME).read_bytes()
+
+    code, output = _cli_on_a_tty(tmp_path, "n")
+    assert code == 1 and "left as it is" in output and "Traceback" not in output
+    (copy,) = quarantined(tmp_path)
+    assert (tmp_path / DB_FILENAME).read_bytes() == damaged
+
+    code, output = _cli_on_a_tty(tmp_path, "y")
+    assert code == 0, output
+    assert f"the damaged one is kept at {copy}" in output and "no saved runs yet" in output
+    assert quarantined(tmp_path) == [copy] and copy.read_bytes() == damaged
