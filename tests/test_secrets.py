@@ -6,6 +6,7 @@ printed, wrote or stored is searched for the canary afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -311,3 +312,29 @@ def test_render_still_takes_ordinary_extra_args(tmp_path: Path) -> None:
     done = _cli([*RENDER, "--extra-arg=--swap-space=4", "--extra-arg=--tokenizer-mode=auto"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "--swap-space=4" in done.stdout and "--tokenizer-mode=auto" in done.stdout
+
+
+# ---- chat ----------------------------------------------------------------------------------------
+
+
+def test_a_chat_answer_refused_with_the_key_quoted_back_does_not_show_it(
+    echoing_server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backends.bench.models import Target
+    from backends.chat import AnswerEnd, ChatParams, ChatStream, ChatTurn
+
+    monkeypatch.setenv(CANARY_ENV, CANARY)
+    target = Target(name="echo", base_url=echoing_server.url, model="fake-model", api_key_env=CANARY_ENV)
+    stream = ChatStream(target, [ChatTurn(role="user", content="hi")], ChatParams(max_tokens=4))
+
+    async def last_event() -> AnswerEnd:
+        async with asyncio.timeout(60):
+            async for event in stream.events():
+                if isinstance(event, AnswerEnd):
+                    return event
+        raise AssertionError("the stream ended without an AnswerEnd")
+
+    end = asyncio.run(last_event())
+    assert end.error is not None and "HTTP 401" in end.error and "Incorrect API key provided" in end.error
+    assert CANARY not in end.error
+    assert any(auth == f"Bearer {CANARY}" for _, _, auth in echoing_server.requests)
