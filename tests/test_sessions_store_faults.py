@@ -439,3 +439,19 @@ def test_cli_on_a_terminal_asks_before_starting_a_fresh_store(tmp_path: Path) ->
     assert code == 0, output
     assert f"the damaged one is kept at {copy}" in output and "no saved runs yet" in output
     assert quarantined(tmp_path) == [copy] and copy.read_bytes() == damaged
+
+
+def test_a_journal_merged_again_after_a_crash_adds_nothing_twice(tmp_path: Path) -> None:
+    """A process killed between the merge's commit and the journal's removal leaves the file behind."""
+    SessionStore.open(tmp_path).close()
+    with write_lock_held(tmp_path / DB_FILENAME), SessionStore.open(tmp_path) as store:
+        run_id, per_level = write_full_run(store)
+    (journal,) = (tmp_path / JOURNAL_DIRNAME).iterdir()
+    content = journal.read_bytes()
+    with SessionStore.open(tmp_path) as store:
+        assert store.merged_runs == [run_id]
+    journal.write_bytes(content + b'{"op": "finish", "at": "cut sh')  # and a torn last line
+    with SessionStore.open(tmp_path) as store:
+        assert store.merged_runs == [run_id]
+        assert_run_whole(store, run_id, 2, per_level)
+        assert len(store.runs.list_runs()) == 1
