@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from backends.bench.models import Target
+from backends.bench.models import Target, TargetKind
 from backends.chat_stats import AnswerStats, StatsAccumulator
+from backends.engines.gemma_model import MODEL_ID as LOCAL_BASE_MODEL_ID
 from backends.errors import ConfigError, TargetError
-from backends.redaction import redact, remember_secret
 
 if TYPE_CHECKING:
     import openai
@@ -35,8 +35,22 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_STALL_TIMEOUT_S = 60.0
 # Fields the chat sets itself; an extra body that set them again would break streaming or the stats.
 RESERVED_BODY_FIELDS = frozenset(
-    {"model", "messages", "stream", "stream_options", "temperature", "max_tokens", "max_completion_tokens"}
+    {
+        "model", "messages", "prompt", "stream", "stream_options", "temperature", "max_tokens",
+        "max_completion_tokens",
+    }
+)  # fmt: skip
+
+# Base checkpoints (no chat template, not instruction-tuned) that get the few-shot frame below.
+BASE_MODELS: dict[str, str] = {LOCAL_BASE_MODEL_ID: "Gemma 3 270M base model"}
+FEW_SHOT_PREAMBLE = "Questions and short, correct answers."
+FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("Name a primary colour.", "Red is a primary colour."),
 )
+# Where a base model's answer ends: the next turn it would invent (or a blank line).
+FEW_SHOT_STOP: tuple[str, ...] = ("\nQ:", "\nUser:", "\nA:", "\n\n")
 
 
 class ChatError(TargetError):
@@ -118,6 +132,41 @@ def parse_extra_body(text: str) -> dict[str, JsonValue]:
         raise ChatParamsError("extra request fields must hold plain JSON values") from None
 
 
+def is_base_model(target: Target) -> bool:
+    """A base checkpoint continues text rather than follows a chat: it is sent a few-shot frame."""
+    return target.model in BASE_MODELS
+
+
+def target_note(target: Target) -> str | None:
+    """What a user must know about a target's answers before reading them, if anything."""
+    if is_base_model(target):
+        return f"{BASE_MODELS[target.model]}, few-shot Q/A prompt; not instruction-tuned"
+    if is_simulated(target):
+        return "vLLM twin: simulated answers (canned ShareGPT text), modelled timing"
+    return None
+
+
+def is_simulated(target: Target) -> bool:
+    """A twin answers with canned dataset text; only its timing models a real server."""
+    return target.kind is TargetKind.TWIN or target.model.endswith("-twin")
+
+
+def few_shot_prompt(system_prompt: str, turns: list[ChatTurn]) -> str:
+    """The raw prompt a base model continues: a preamble, fixed Q/A examples, the conversation's
+    own Q/A pairs, then ``Q: <prompt>\\nA:``; the answer ends at ``FEW_SHOT_STOP``."""
+    lines = [system_prompt.strip() or FEW_SHOT_PREAMBLE, ""]
+    for question, answer in FEW_SHOT_EXAMPLES:
+        lines += [f"Q: {question}", f"A: {answer}", ""]
+    for turn in turns:
+        text = " ".join(turn.content.split())
+        if turn.role == "user":
+            lines.append(f"Q: {text}")
+        elif turn.role == "assistant":
+            lines += [f"A: {text}", ""]
+    lines.append("A:")
+    return "\n".join(lines)
+
+
 class TokenDelta(BaseModel):
     """New answer text; ``t`` is seconds since the request was sent, ``index`` counts token chunks."""
 
@@ -148,7 +197,7 @@ def resolve_api_key(target: Target) -> str:
     """The key from the target's environment variable, or ``EMPTY`` for servers without one."""
     if target.api_key_env is None:
         return NO_API_KEY
-    key = remember_secret(os.environ.get(target.api_key_env))
+    key = os.environ.get(target.api_key_env)
     if not key:
         raise ChatError(
             f"target {target.name!r} reads its API key from ${target.api_key_env}, which is not set; "
@@ -233,6 +282,14 @@ class ChatStream:
     @property
     def endpoint(self) -> str:
         return f"{self.target.base_url}/v1"
+
+    @property
+    def few_shot(self) -> bool:
+        """True when the target is a base model: the turns go to /v1/completions as a Q/A frame."""
+        return is_base_model(self.target)
+
+    def request_prompt(self) -> str:
+        return few_shot_prompt(self.params.system_prompt, self.turns)
 
     def request_messages(self) -> list[ChatCompletionMessageParam]:
         messages: list[ChatCompletionMessageParam] = []
@@ -325,15 +382,28 @@ class ChatStream:
         try:
             if self._stop_requested.is_set():
                 raise asyncio.CancelledError
-            stream = await client.chat.completions.create(
-                model=self.target.model,
-                messages=self.request_messages(),
-                temperature=self.params.temperature,
-                max_tokens=self.params.max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body=self.params.extra_body or None,
-            )
+            stream: openai.AsyncStream[Any]
+            if self.few_shot:
+                stream = await client.completions.create(
+                    model=self.target.model,
+                    prompt=self.request_prompt(),
+                    stop=list(FEW_SHOT_STOP),
+                    temperature=self.params.temperature,
+                    max_tokens=self.params.max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body=self.params.extra_body or None,
+                )
+            else:
+                stream = await client.chat.completions.create(
+                    model=self.target.model,
+                    messages=self.request_messages(),
+                    temperature=self.params.temperature,
+                    max_tokens=self.params.max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body=self.params.extra_body or None,
+                )
             response_started = True
             async for chunk in stream:
                 arrived_at = time.perf_counter()
@@ -379,8 +449,7 @@ class ChatStream:
             AnswerEnd(
                 text="".join(pieces),
                 stats=stats.snapshot(partial=not finished),
-                # Servers quote back the key they were sent.
-                error=redact(error, None if self._api_key == NO_API_KEY else self._api_key),
+                error=error,
                 stopped=stopped,
             )
         )
@@ -413,7 +482,8 @@ class ChatStream:
             if getattr(choice, "index", 0) != 0:
                 continue
             delta = getattr(choice, "delta", None)
-            content = getattr(delta, "content", None)
+            # A chat chunk carries delta.content; a completions chunk (the few-shot frame) carries text.
+            content = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
             if isinstance(content, str) and content:
                 t = stats.on_token_chunk(arrived_at)
                 pieces.append(content)

@@ -19,6 +19,8 @@ from backends.chat import (
     ChatStream,
     ChatTurn,
     TokenDelta,
+    few_shot_prompt,
+    is_base_model,
     parse_extra_body,
 )
 from backends.chat_stats import StatsAccumulator
@@ -118,6 +120,36 @@ def test_real_engine_receives_the_system_prompt_and_history(local_engine: LocalE
     assert bare.error is None and longer.error is None
     assert bare.stats.prompt_tokens is not None and longer.stats.prompt_tokens is not None
     assert longer.stats.prompt_tokens > bare.stats.prompt_tokens + 10
+
+
+@pytest.mark.engine
+def test_the_base_model_answers_in_the_few_shot_frame_and_stops_at_the_turn(
+    local_engine: LocalEngine,
+) -> None:
+    """Gemma 3 270M is a base checkpoint: sent as a chat it echoed the prompt and rambled to max tokens."""
+    target = local_engine.target()
+    assert is_base_model(target)
+    _, end = run(
+        ChatStream(target, ask("What is the capital of Italy?"), ChatParams(temperature=0.0, max_tokens=64))
+    )
+
+    assert end.error is None and end.stats.finish_reason == "stop"
+    assert end.stats.output_tokens < 64
+    assert "Rome" in end.text
+    assert "Q:" not in end.text and "capital of Italy?" not in end.text
+
+
+def test_the_few_shot_frame_holds_examples_history_and_ends_with_an_open_answer() -> None:
+    turns = [
+        ChatTurn(role="user", content="My name is Ada."),
+        ChatTurn(role="assistant", content="Hello\nAda."),
+        ChatTurn(role="user", content="What is my name?"),
+    ]
+    prompt = few_shot_prompt("", turns)
+    assert prompt.startswith("Questions and short, correct answers.\n\nQ: What is the capital of France?\n")
+    assert prompt.endswith("Q: My name is Ada.\nA: Hello Ada.\n\nQ: What is my name?\nA:")
+    assert few_shot_prompt("Answer like a pirate.", turns).startswith("Answer like a pirate.\n\nQ: ")
+    assert not is_base_model(Target(name="x", base_url="http://127.0.0.1:1", model="google/gemma-3-27b-it"))
 
 
 # ---- a complete stream from the fake server -----------------------------------------------------

@@ -12,7 +12,7 @@ from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from backends.bench.models import Target
+from backends.bench.models import Target, TargetKind
 from backends.engines.local import LocalEngine
 from sessions import MessageRole, MessageStatus, SessionStore
 from tests.fakes.sse_server import VOCAB, FakeSSEServer
@@ -439,3 +439,156 @@ async def test_send_and_stop_with_the_mouse_and_targets_stay_put_while_streaming
         await pilot.click("#chat-stop")
         await wait_answered(pilot)
         assert answers(app)[0].state == "stopped"
+
+
+# ---- issue 10: honest local chat, race mode, keys, per-answer details -------------------------------
+
+DEMO_SIZES = [(160, 45), (100, 30)]
+
+
+def base_model_target(server: FakeSSEServer) -> Target:
+    """The fake server under the local engine's model id: the chat sends it the few-shot frame."""
+    return Target(name="local", base_url=f"http://127.0.0.1:{server.port}", model="gemma-3-270m")
+
+
+def twin_target(server: FakeSSEServer) -> Target:
+    return Target(
+        name="twin-h100",
+        base_url=f"http://127.0.0.1:{server.port}",
+        model="google/gemma-3-27b-it-twin",
+        kind=TargetKind.TWIN,
+    )
+
+
+def lane_header(lane: ChatLane) -> str:
+    return " ".join(str(view.render()) for view in lane.query(".lane-title, .lane-note"))
+
+
+def row_texts(screen: ChatScreen) -> list[str]:
+    listing = screen.settings.target_list
+    return [str(listing.get_option_at_index(i).prompt) for i in range(listing.option_count)]
+
+
+@pytest.mark.parametrize("size", DEMO_SIZES)
+async def test_the_local_lane_says_base_model_and_every_twin_answer_says_simulated(
+    fake_server: FakeSSEServer, tmp_path: Path, size: tuple[int, int]
+) -> None:
+    targets = [base_model_target(fake_server), twin_target(fake_server)]
+    app = ChatTestApp(AppContext(data_dir=tmp_path, targets=targets, selected_target="local"))
+    async with app.run_test(size=size) as pilot:
+        screen = chat_screen(app)
+        await pilot.press("ctrl+t")  # race the local model against the twin
+        await wait_until(pilot, lambda: len(screen.lanes) == 2)
+        local_lane, twin_lane = screen.lanes
+        assert "270M base model" in lane_header(local_lane) and "few-shot" in lane_header(local_lane)
+        assert "simulated" in lane_header(twin_lane)
+        await set_field(pilot, "#chat-max-tokens", "4")
+        await send(pilot, "What is the capital of Italy?")
+        await wait_answered(pilot, count=2)
+        # The base model went through /v1/completions (choices[].text), and its text still arrived.
+        assert local_lane.answers[0].text == "".join(VOCAB[:4]) and local_lane.answers[0].state == "complete"
+        assert not local_lane.answers[0].query(".answer-tag")
+        [tag] = twin_lane.answers[0].query(".answer-tag")
+        assert "simulated" in str(tag.render())
+
+
+async def test_race_mode_is_a_key_with_visible_marks_and_a_summary(
+    fake_server: FakeSSEServer, tmp_path: Path
+) -> None:
+    targets = [fake_target(fake_server, "fake-a"), fake_target(fake_server, "fake-b")]
+    app = ChatTestApp(AppContext(data_dir=tmp_path, targets=targets, selected_target="fake-a"))
+    async with app.run_test(size=(160, 45)) as pilot:
+        screen = chat_screen(app)
+        assert [row[:4] for row in row_texts(screen)] == ["[x] ", "[ ] "]
+        assert "race" in screen.active_bindings["ctrl+t"].binding.description
+        await pilot.press("ctrl+t")
+        await wait_until(pilot, lambda: len(screen.lanes) == 2)
+        assert [row[:4] for row in row_texts(screen)] == ["[x] ", "[x] "]
+        assert "RACE MODE" in str(screen.query_one("#chat-mode").render())
+
+        await set_field(pilot, "#chat-max-tokens", "5")
+        await send(pilot, "Say hi.")
+        await wait_answered(pilot, count=2)
+        summary = screen.query_one("#chat-race-summary")
+        assert summary.has_class("-shown")
+        line = str(summary.render())
+        assert "first token: fake-" in line and "finished first: fake-" in line
+        assert "TTFT fake-a " in line and "| fake-b " in line and "TPOT fake-a " in line
+
+        await pilot.press("ctrl+t")  # race mode off: the first target stays
+        await wait_until(pilot, lambda: len(screen.lanes) == 1)
+        assert screen.settings.picked_targets() == ["fake-a"]
+        assert "RACE MODE" not in str(screen.query_one("#chat-mode").render())
+
+
+async def test_the_target_cursor_stays_on_its_row_across_refreshes(
+    fake_server: FakeSSEServer, tmp_path: Path
+) -> None:
+    targets = [fake_target(fake_server, f"fake-{i}") for i in range(3)]
+    ctx = AppContext(data_dir=tmp_path, targets=targets, selected_target="fake-0")
+    app = ChatTestApp(ctx)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = chat_screen(app)
+        listing = screen.settings.target_list
+        listing.focus()
+        await pilot.press("down", "down")
+        assert listing.highlighted == 2
+        for _ in range(2):  # the registry refreshes (health checks every 15 s)
+            screen.post_message(TargetsChanged(list(ctx.targets), ctx.selected_target))
+            await pilot.pause()
+            assert listing.highlighted == 2
+        await pilot.press("space")
+        await wait_until(pilot, lambda: len(screen.lanes) == 2)
+        assert screen.settings.picked_targets() == ["fake-0", "fake-2"]
+        assert listing.highlighted == 2
+        await pilot.press("up", "space")
+        await wait_until(pilot, lambda: len(screen.lanes) == 3)
+        assert screen.settings.picked_targets() == ["fake-0", "fake-1", "fake-2"]
+
+
+async def test_slash_focuses_the_prompt(fake_server: FakeSSEServer, tmp_path: Path) -> None:
+    app = ChatTestApp(AppContext(data_dir=tmp_path, targets=[fake_target(fake_server)]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = chat_screen(app)
+        screen.settings.target_list.focus()
+        await pilot.pause()
+        await pilot.press("slash")
+        assert app.focused is screen.query_one("#chat-prompt", Input)
+        await pilot.press("slash")  # in the prompt it is a character
+        assert screen.query_one("#chat-prompt", Input).value == "/"
+
+
+async def test_each_answer_shows_itl_percentiles_prompt_tokens_and_finish_reason(
+    fake_server: FakeSSEServer, tmp_path: Path
+) -> None:
+    app = ChatTestApp(AppContext(data_dir=tmp_path, targets=[fake_target(fake_server)]))
+    async with app.run_test(size=(160, 45)) as pilot:
+        await set_field(pilot, "#chat-max-tokens", "6")
+        await set_field(pilot, "#chat-extra", '{"fake_prompt_tokens": 37}')
+        await send(pilot, "hello")
+        await wait_answered(pilot)
+        [answer] = answers(app)
+        shown = stats_text(answer)
+        assert "ITL p50 " in shown and " p99 " in shown
+        assert "prompt 37 tok" in shown and "finish length" in shown
+
+
+async def test_copy_and_regenerate_the_last_answer(fake_server: FakeSSEServer, tmp_path: Path) -> None:
+    app = ChatTestApp(AppContext(data_dir=tmp_path, targets=[fake_target(fake_server)]))
+    async with app.run_test(size=(160, 45)) as pilot:
+        await set_field(pilot, "#chat-max-tokens", "3")
+        await send(pilot, "first")
+        await wait_answered(pilot)
+        await pilot.press("ctrl+y")
+        assert app.clipboard == "".join(VOCAB[:3]).strip()
+        assert any(message.startswith("copied fake's answer") for message in notifications(app))
+
+        await set_field(pilot, "#chat-max-tokens", "5")
+        await pilot.press("ctrl+g")
+        await wait_answered(pilot, count=2)
+        [lane] = chat_screen(app).lanes
+        assert [answer.text for answer in lane.answers] == ["".join(VOCAB[:3]), "".join(VOCAB[:5])]
+        assert [(turn.role, turn.content) for turn in lane.turns] == [
+            ("user", "first"),
+            ("assistant", "".join(VOCAB[:5])),
+        ]

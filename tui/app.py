@@ -26,7 +26,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.suggester import SuggestFromList
-from textual.widgets import Input, Label
+from textual.widgets import Input, Label, Select, TextArea
 from textual.worker import Worker, WorkerState
 
 from backends.config import config_dir
@@ -238,6 +238,27 @@ class ServeDeckApp(App[None]):
             pass  # only means the welcome shows again next time
 
     async def action_quit(self) -> None:
+        from tui.widgets.deploy_dialogs import ConfirmScreen
+
+        if self._sweep_running() and not isinstance(self.screen, ConfirmScreen):
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.call_later(self._quit_now)
+
+            question = "A sweep is running; quitting cancels it. Quit anyway? (ctrl+q again also quits)"
+            self.push_screen(ConfirmScreen(question, "Quit"), answered)
+            return
+        await self._quit_now()
+
+    def _sweep_running(self) -> bool:
+        try:
+            screens = self.get_screen_stack("bench")
+        except KeyError:
+            return False
+        return any(getattr(screen, "running", False) is True for screen in screens)
+
+    async def _quit_now(self) -> None:
         self.notify("stopping the engines ServeDeck started ...", timeout=3)
         await asyncio.to_thread(self._close_registry)
         self.exit()
@@ -364,8 +385,16 @@ class ServeDeckApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "view" and parameters:
+            if self._typing_into_a_field():
+                return False  # "8192" typed into a form field is not four view switches
             return any(view.mode == parameters[0] for view in self.available_views)
         return True
+
+    def _typing_into_a_field(self) -> bool:
+        focused = self.focused
+        if focused is None:
+            return False
+        return any(isinstance(node, Input | Select | TextArea) for node in focused.ancestors_with_self)
 
     def action_view(self, mode: str) -> None:
         view = resolve_view(mode, self.available_views)

@@ -8,6 +8,7 @@ owns which lanes exist (one per ticked target), the shared prompt box and the pa
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 from textual import on, work
@@ -19,14 +20,17 @@ from textual.screen import Screen
 from textual.widgets import Button, Header, Input, Static
 
 from backends.bench.models import Target
+from backends.chat_stats import AnswerStats
 from backends.errors import ServeDeckError
 from sessions import ChatSession, ChatSummary
 from tui.messages import TargetsChanged
 from tui.widgets.chat_dialogs import ConfirmDeleteScreen, RenameChatScreen
 from tui.widgets.chat_lane import ChatLane
+from tui.widgets.chat_message import AnswerView
 from tui.widgets.chat_records import RACE_KEY, RaceSeat, params_from_session, race_group
 from tui.widgets.chat_sessions import ChatSessionList
 from tui.widgets.chat_settings import ChatSettings
+from tui.widgets.chat_stats import format_ms
 from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
@@ -37,6 +41,25 @@ NO_TARGET_HINT = (
     "No target picked. Tick one in the list on the left (space), two or three to race them. "
     "None there? Start the local engine or add a URL in Deployments (press 1)."
 )
+
+
+def race_summary(entries: list[tuple[str, AnswerView | None]]) -> str | None:
+    """One line after a race: who gave the first token and who finished first, TTFT and TPOT side by side."""
+    timed: list[tuple[str, AnswerStats]] = [
+        (name, view.stats) for name, view in entries if view is not None and view.stats is not None
+    ]
+    if len(entries) < 2 or len(timed) < 2:
+        return None
+    parts = []
+    first = [(stats.ttft_s, name) for name, stats in timed if stats.ttft_s is not None]
+    if first:
+        parts.append(f"first token: {min(first)[1]}")
+    done = [(stats.e2e_s, name) for name, stats in timed if stats.e2e_s is not None and not stats.partial]
+    if done:
+        parts.append(f"finished first: {min(done)[1]}")
+    parts.append("TTFT " + " | ".join(f"{name} {format_ms(stats.ttft_s)}" for name, stats in timed))
+    parts.append("TPOT " + " | ".join(f"{name} {format_ms(stats.tpot_s)}" for name, stats in timed))
+    return "race · " + " · ".join(parts)
 
 
 class _HasContext(Protocol):
@@ -54,13 +77,21 @@ class ChatScreen(Screen[None]):
     ChatScreen #chat-lanes { height: 1fr; }
     ChatScreen #chat-no-target { height: 1fr; padding: 1 2; color: $text-muted; display: none; }
     ChatScreen #chat-no-target.-shown { display: block; }
+    ChatScreen #chat-race-summary { height: auto; padding: 0 1; background: $panel; display: none; }
+    ChatScreen #chat-race-summary.-shown { display: block; }
     ChatScreen #chat-prompt-row { height: 3; }
     ChatScreen #chat-prompt { width: 1fr; }
     ChatScreen #chat-prompt-row Button { min-width: 8; margin-left: 1; }
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "stop", "stop", id="chat.stop"),
+        Binding(
+            "escape", "stop", "stop", tooltip="stop the answer (a second esc leaves Chat)", id="chat.stop"
+        ),
+        Binding("slash", "focus_prompt", "prompt", key_display="/", id="chat.prompt"),
+        Binding("ctrl+t", "race", "race mode", tooltip="race 2-3 targets on each prompt", id="chat.race"),
+        Binding("ctrl+y", "copy_answer", "copy answer", id="chat.copy"),
+        Binding("ctrl+g", "regenerate", "regenerate", id="chat.regenerate"),
         Binding("ctrl+n", "new_chat", "new chat", id="chat.new"),
         Binding("ctrl+r", "rename", "rename", id="chat.rename"),
         Binding("ctrl+d", "delete", "delete chat", show=False, id="chat.delete"),
@@ -105,6 +136,7 @@ class ChatScreen(Screen[None]):
             with Vertical(id="chat-main"):
                 yield Horizontal(id="chat-lanes")
                 yield Static(NO_TARGET_HINT, id="chat-no-target", markup=False)
+                yield Static("", id="chat-race-summary", markup=False)
                 with Horizontal(id="chat-prompt-row"):
                     yield Input(placeholder="Ask something, then press enter", id="chat-prompt")
                     yield Button("Send", id="chat-send", variant="primary")
@@ -197,25 +229,92 @@ class ChatScreen(Screen[None]):
         except ServeDeckError as err:
             self.notify(str(err), severity="error", title="parameters")
             return
+        if self._start_answers(lambda lane, race: lane.send(prompt, params, race)):
+            prompt_box.value = ""
+
+    def _start_answers(self, start: Callable[[ChatLane, RaceSeat | None], object]) -> int:
+        """Start an answer in every lane (a race when there are several); returns how many started."""
+        lanes = self.lanes
         started = 0
+        self.query_one("#chat-race-summary").remove_class("-shown")
         for index, lane in enumerate(lanes):
             race = None
             if len(lanes) > 1:
                 self._race_id = self._race_id or uuid.uuid4().hex
                 race = RaceSeat(race_id=self._race_id, lane=index)
             try:
-                lane.send(prompt, params, race)
+                start(lane, race)
                 started += 1
             except ServeDeckError as err:
                 self.notify(str(err), severity="error", title=lane.target.name)
         if started:
-            prompt_box.value = ""
             self._streaming_changed()
+        return started
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             return self.streaming
+        if action == "focus_prompt":
+            return not isinstance(self.focused, Input)  # "/" is typed into a text box
         return True
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#chat-prompt", Input).focus()
+
+    def action_race(self) -> None:
+        """Race mode on (tick a second target) or off (keep the first)."""
+        settings = self.settings
+        if settings.locked_reason is not None:
+            self.notify(settings.locked_reason, severity="warning")
+            return
+        picked = settings.picked_targets()
+        if len(picked) > 1:
+            settings.pick(picked[:1])
+            self.notify(f"race mode off: chatting with {picked[0]}", timeout=4)
+            return
+        others = [name for name in settings.target_list.names if name not in picked]
+        if not others:
+            self.notify(
+                "race mode needs a second target: start a twin or add a URL in Deployments (press 1)",
+                severity="warning",
+            )
+            return
+        racing = [*picked, others[0]]
+        settings.pick(racing)
+        settings.target_list.focus()
+        self.notify(
+            f"race mode: {' vs '.join(racing)}; space ticks another target, ctrl+t ends the race", timeout=6
+        )
+
+    def _chosen_lane(self) -> ChatLane | None:
+        """The lane with focus inside it, else the first lane that has an answer."""
+        lanes = self.lanes
+        focused = self.focused
+        for lane in lanes:
+            if focused is not None and lane in focused.ancestors_with_self:
+                return lane
+        return next((lane for lane in lanes if lane.answers), None)
+
+    def action_copy_answer(self) -> None:
+        lane = self._chosen_lane()
+        answer = None if lane is None else lane.last_answer
+        if lane is None or answer is None or not answer.text:
+            self.notify("no answer to copy yet", severity="warning")
+            return
+        self.app.copy_to_clipboard(answer.text.strip())
+        self.notify(f"copied {lane.target.name}'s answer ({len(answer.text.strip())} characters)", timeout=3)
+
+    def action_regenerate(self) -> None:
+        if self.streaming:
+            self.notify("an answer is still streaming; press esc to stop it first", severity="warning")
+            return
+        try:
+            params = self.settings.read_params()
+        except ServeDeckError as err:
+            self.notify(str(err), severity="error", title="parameters")
+            return
+        if not self._start_answers(lambda lane, race: lane.regenerate(params, race)) and not self.lanes:
+            self.notify(NO_TARGET_HINT, severity="warning")
 
     @on(Button.Pressed, "#chat-stop")
     def action_stop(self) -> None:
@@ -240,7 +339,14 @@ class ChatScreen(Screen[None]):
             self.notify(message.save_failure, severity="warning", title="sessions", timeout=10)
         self._streaming_changed()
         if not self.streaming:
+            self._show_race_summary()
             self.load_chats()
+
+    def _show_race_summary(self) -> None:
+        summary = self.query_one("#chat-race-summary", Static)
+        text = race_summary([(lane.target.name, lane.last_answer) for lane in self.lanes])
+        summary.update(text or "")
+        summary.set_class(text is not None, "-shown")
 
     # ---- targets ---------------------------------------------------------------------------------
 

@@ -19,7 +19,16 @@ from textual.message import Message
 from textual.widgets import Static
 
 from backends.bench.models import Target
-from backends.chat import AnswerEnd, ChatParams, ChatStream, ChatTurn, TokenDelta
+from backends.chat import (
+    AnswerEnd,
+    ChatError,
+    ChatParams,
+    ChatStream,
+    ChatTurn,
+    TokenDelta,
+    is_simulated,
+    target_note,
+)
 from backends.chat_stats import AnswerStats, StatsAccumulator
 from sessions import ChatSession, MessageRole, MessageStatus
 from tui.context import AppContext
@@ -49,6 +58,7 @@ class ChatLane(Vertical):
     ChatLane { width: 1fr; height: 1fr; border: round $panel; padding: 0 0; }
     ChatLane:focus-within { border: round $accent; }
     ChatLane > .lane-title { height: 1; width: 1fr; padding: 0 1; text-style: bold; background: $panel; }
+    ChatLane > .lane-note { height: auto; width: 1fr; padding: 0 1; color: $warning; background: $panel; }
     ChatLane > VerticalScroll { height: 1fr; width: 1fr; padding: 0 1; scrollbar-size-vertical: 1; }
     ChatLane .lane-hint { color: $text-muted; margin: 1 0; }
     """
@@ -114,14 +124,23 @@ class ChatLane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(f"{self.target.name} · {self.target.model}", classes="lane-title", markup=False)
+        note = target_note(self.target)
+        if note is not None:
+            yield Static(note, classes="lane-note", markup=False)
         with VerticalScroll():
             if self._session is None or not self._session.messages:
                 yield Static(EMPTY_HINT, classes="lane-hint", markup=False)
             else:
                 yield from self._stored_views(self._session)
 
+    @property
+    def last_answer(self) -> AnswerView | None:
+        found = self.answers
+        return found[-1] if found else None
+
     @staticmethod
     def _stored_views(session: ChatSession) -> list[UserMessage | AnswerView]:
+        simulated = is_simulated(session.target)
         views: list[UserMessage | AnswerView] = []
         for message in session.messages:
             if message.role is MessageRole.USER:
@@ -135,6 +154,7 @@ class ChatLane(Vertical):
                         stats=None if stats is None else _visible_stats(stats),
                         state=state,
                         error=message.error,
+                        simulated=simulated,
                     )
                 )
         return views
@@ -161,7 +181,7 @@ class ChatLane(Vertical):
         scroll = self.query_one(VerticalScroll)
         for hint in scroll.query(".lane-hint"):
             hint.remove()
-        self._answer = AnswerView()
+        self._answer = AnswerView(simulated=is_simulated(self.target))
         scroll.mount_all([UserMessage(prompt), self._answer])
         scroll.anchor()
         self._worker_running.set()
@@ -172,6 +192,21 @@ class ChatLane(Vertical):
             name=f"chat with {self.target.name}",
             exit_on_error=False,
         )
+
+    def regenerate(self, params: ChatParams, race: RaceSeat | None) -> str:
+        """Ask the last prompt again, without the answer it got; returns the prompt."""
+        last_user = max((i for i, turn in enumerate(self.turns) if turn.role == "user"), default=None)
+        if last_user is None:
+            raise ChatError(f"{self.target.name} has no prompt to regenerate yet; send one first")
+        prompt = self.turns[last_user].content
+        history = self.turns
+        self.turns = self.turns[:last_user]
+        try:
+            self.send(prompt, params, race)
+        except ChatError:
+            self.turns = history
+            raise
+        return prompt
 
     def stop(self) -> None:
         if self._stream is not None:

@@ -10,6 +10,7 @@ from backends.chat_stats import AnswerStats
 from tui.widgets.chat_stats import AnswerStatsLine
 
 WAITING_TEXT = "waiting for the first token …"
+SIMULATED_TAG = "simulated answer · canned ShareGPT text from the twin; only its timing is modelled"
 
 
 class UserMessage(Static):
@@ -32,6 +33,7 @@ class AnswerView(Vertical):
     AnswerView { height: auto; width: 1fr; margin: 1 0 0 0; padding: 0 1; border-left: outer $success; }
     AnswerView > .answer-text { height: auto; width: 1fr; }
     AnswerView > .answer-text.-waiting { color: $text-muted; text-style: italic; }
+    AnswerView > .answer-tag { height: auto; width: 1fr; color: $warning; text-style: italic; }
     AnswerView > .answer-error { height: auto; width: 1fr; color: $error; display: none; }
     AnswerView > .answer-error.-shown { display: block; }
     AnswerView.-error { border-left: outer $error; }
@@ -45,9 +47,12 @@ class AnswerView(Vertical):
         stats: AnswerStats | None = None,
         state: str = "streaming",
         error: str | None = None,
+        simulated: bool = False,
     ) -> None:
-        """A new answer streams; pass a finished ``state`` to show a stored one."""
+        """A new answer streams; pass a finished ``state`` to show a stored one. A ``simulated`` answer
+        (a twin's canned text) says so above its text."""
         super().__init__()
+        self.simulated = simulated
         self.text = text
         self.state = state
         self.error = error
@@ -55,6 +60,8 @@ class AnswerView(Vertical):
         self._ready = False  # children exist once mounted; until then updates are only remembered
 
     def compose(self) -> ComposeResult:
+        if self.simulated:
+            yield Static(SIMULATED_TAG, classes="answer-tag", markup=False)
         yield Static(WAITING_TEXT, classes="answer-text -waiting", markup=False)
         yield AnswerStatsLine()
         yield Static("", classes="answer-error", markup=False)
@@ -82,7 +89,7 @@ class AnswerView(Vertical):
         body = self.query_one(".answer-text", Static)
         if self.text:
             body.remove_class("-waiting")
-            body.update(self.text)
+            body.update(self.text.lstrip())
         else:
             body.add_class("-waiting")
             body.update(WAITING_TEXT if streaming else "(no text)")

@@ -8,20 +8,23 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Input, Label, SelectionList
-from textual.widgets.selection_list import Selection
+from textual.widgets import Input, Label
 
 from backends.bench.models import Target
 from backends.chat import ChatParams
+from tui.widgets.chat_targets import TargetPicker
 
 MAX_LANES = 3
+CHAT_MODE_LINE = "chat · space ticks a target; ctrl+t races 2-3"
 
 
 class ChatSettings(Vertical):
     DEFAULT_CSS = """
     ChatSettings { height: auto; border: round $panel; padding: 0 1; }
     ChatSettings > Label { margin-top: 1; color: $text-muted; }
-    ChatSettings > SelectionList { height: auto; max-height: 6; border: none; padding: 0; }
+    ChatSettings > TargetPicker { height: auto; max-height: 6; border: none; padding: 0; }
+    ChatSettings > .mode-line { margin-top: 0; color: $text-muted; }
+    ChatSettings.-race > .mode-line { color: $warning; text-style: bold; }
     ChatSettings Input { width: 1fr; }
     ChatSettings > Horizontal { height: 1; margin-top: 1; }
     ChatSettings > Horizontal > Label { width: auto; color: $text-muted; padding-right: 1; }
@@ -41,7 +44,8 @@ class ChatSettings(Vertical):
         self._locked_reason: str | None = None
 
     def compose(self) -> ComposeResult:
-        yield SelectionList[str](id="chat-targets")
+        yield Label(CHAT_MODE_LINE, classes="mode-line", id="chat-mode")
+        yield TargetPicker(id="chat-targets")
         yield Label("system prompt")
         yield Input(placeholder="e.g. Answer in one sentence.", id="chat-system", compact=True)
         with Horizontal():
@@ -53,37 +57,49 @@ class ChatSettings(Vertical):
         yield Input(placeholder='{"top_k": 40}', id="chat-extra", compact=True)
 
     @property
-    def target_list(self) -> SelectionList[str]:
-        return self.query_one("#chat-targets", SelectionList)
+    def target_list(self) -> TargetPicker:
+        return self.query_one("#chat-targets", TargetPicker)
 
     def show_targets(self, targets: list[Target], picked: list[str]) -> None:
         """List ``targets`` with ``picked`` ticked (names not in ``targets`` are dropped)."""
         names = [target.name for target in targets]
-        ticked = [name for name in picked if name in names][:MAX_LANES]
-        listing = self.target_list
-        listing.clear_options()
-        listing.add_options(
-            [Selection(f"{t.name} · {t.model}", t.name, t.name in ticked, id=t.name) for t in targets]
-        )
+        self.target_list.show(targets, [name for name in picked if name in names][:MAX_LANES])
+        self._show_mode()
 
     def picked_targets(self) -> list[str]:
-        listing = self.target_list
-        chosen = set(listing.selected)
-        return [
-            option.value
-            for option in (listing.get_option_at_index(i) for i in range(listing.option_count))
-            if option.value in chosen
-        ]
+        return self.target_list.selected
+
+    def _show_mode(self) -> None:
+        count = len(self.target_list.selected)
+        race = count > 1
+        self.set_class(race, "-race")
+        line = f"RACE MODE · {count} targets answer each prompt (ctrl+t ends it)" if race else CHAT_MODE_LINE
+        self.query_one("#chat-mode", Label).update(line)
 
     def lock_targets(self, reason: str | None) -> None:
         """While answers stream the lanes cannot change; ``reason`` is told to a user who tries."""
         self._locked_reason = reason
 
-    @on(SelectionList.SelectionToggled)
-    def _toggled(self, event: SelectionList.SelectionToggled[str]) -> None:
+    def pick(self, names: list[str]) -> None:
+        """Tick exactly ``names`` (the race key uses it) and tell the screen."""
+        listing = self.target_list
+        for name in listing.selected:
+            if name not in names:
+                listing.deselect(name)
+        for name in names[:MAX_LANES]:
+            listing.select(name)
+        self._show_mode()
+        self.post_message(self.TargetsPicked(self.picked_targets()))
+
+    @property
+    def locked_reason(self) -> str | None:
+        return self._locked_reason
+
+    @on(TargetPicker.Toggled)
+    def _toggled(self, event: TargetPicker.Toggled) -> None:
         event.stop()
         listing = self.target_list
-        value = event.selection.value
+        value = event.name
         if self._locked_reason is not None:
             self._revert(listing, value)
             self.notify(self._locked_reason, severity="warning")
@@ -92,10 +108,11 @@ class ChatSettings(Vertical):
             listing.deselect(value)
             self.notify(f"race mode takes at most {MAX_LANES} targets; untick one first", severity="warning")
             return
+        self._show_mode()
         self.post_message(self.TargetsPicked(self.picked_targets()))
 
     @staticmethod
-    def _revert(listing: SelectionList[str], value: str) -> None:
+    def _revert(listing: TargetPicker, value: str) -> None:
         if value in listing.selected:
             listing.deselect(value)
         else:
