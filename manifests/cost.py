@@ -138,6 +138,12 @@ def storage_volumes_for(spec: DeploymentSpec) -> int:
     return spec.replicas * spec.nodes_per_replica
 
 
+def deployment_usd_per_hour(spec: DeploymentSpec, catalog: Catalog | None = None) -> float:
+    """The one $/h of a deployment that every view shows (table, form, $ per 1M tokens): its nodes, the
+    cluster fee and its storage, as ``cost_for_spec`` breaks it down."""
+    return cost_for_spec(spec, catalog).total_usd_per_hour
+
+
 def cost_for_spec(
     spec: DeploymentSpec, catalog: Catalog | None = None, *, include_cluster_fee: bool = True
 ) -> CostBreakdown:

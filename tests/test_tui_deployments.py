@@ -19,7 +19,7 @@ import pytest
 import yaml
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
-from textual.widgets import Button, DataTable, Input, Select
+from textual.widgets import Button, DataTable, Input, Select, Static
 
 from backends.errors import ConfigError
 from backends.target_registry import (
@@ -250,7 +250,14 @@ async def test_apply_without_a_cluster_says_to_start_a_twin_instead() -> None:
         await wait_until(pilot, lambda: any("no Kubernetes cluster" in m for m in notifications(app)))
         message = next(m for m in notifications(app) if "no Kubernetes cluster" in m)
         assert "no kubeconfig found" in message and "start the spec as a twin" in message
-        assert form is not None
+        # The form stays, so the ctrl+t the message names works where the user is; Apply is greyed.
+        assert app.screen is form
+        assert form.query_one("#nd-apply", Button).disabled
+        await pilot.press("ctrl+t")
+        await wait_until(pilot, lambda: not isinstance(app.screen, NewDeploymentScreen))
+        await wait_until(
+            pilot, lambda: status_of(app, "twin:gemma-3-27b-it-1xh100") is TargetStatus.READY, timeout_s=90
+        )
 
 
 # -- manual URLs --------------------------------------------------------------------------------------
@@ -629,3 +636,240 @@ async def test_details_show_a_cluster_error_in_place(kube_api: FakeKubeApi) -> N
         events = app.screen.query_one("#details-events")
         await wait_until(pilot, lambda: "forbidden" in str(events.render()).lower())
         assert not any("forbidden" in m.lower() for m in notifications(app))
+
+
+# -- issue 10: errors are toasts, custom twins, one price, CPU words, the form's buttons -----------------
+
+BACKEND_DOWN = "backend down (test)"
+
+
+def panel_text(form: NewDeploymentScreen) -> str:
+    """The fit / cost panel of the form as plain text (one long line a row, nothing wrapped)."""
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(form.query_one("#new-deployment-fit", Static).content)
+    return console.export_text()
+
+
+class FailingRegistry(TargetRegistry):
+    """Lists rows as usual, but every call that would reach an engine, a twin or a cluster fails."""
+
+
+def _fail(*_args: Any, **_kwargs: Any) -> Any:
+    raise ConfigError(BACKEND_DOWN)
+
+
+async def _fail_async(*_args: Any, **_kwargs: Any) -> Any:
+    raise ConfigError(BACKEND_DOWN)
+
+
+for _name in [
+    "add_twin",
+    "start_twin",
+    "stop_twin",
+    "apply_spec",
+    "port_forward",
+    "scale",
+    "delete",
+    "start_local_engine",
+    "stop_local_engine",
+    "refresh_cluster",
+    "follow_logs",
+    "cluster_state",
+    "remove_manual",
+]:
+    setattr(FailingRegistry, _name, _fail)
+FailingRegistry.probe = _fail_async  # type: ignore[method-assign]
+FailingRegistry.add_manual_url = _fail_async  # type: ignore[method-assign]
+
+
+async def _back_to_deployments(pilot: Pilot[Any], app: ServeDeckApp) -> None:
+    while len(app.screen_stack) > 1:
+        app.pop_screen()
+        await pilot.pause()
+
+
+async def test_every_action_with_a_failing_backend_is_a_toast(isolated: Path) -> None:
+    from backends.bench.models import Target
+
+    ctx = AppContext(targets=[Target(name="given-one", base_url=dead_url(), model="m")])
+    app = make_app(ctx)
+    app.registry = FailingRegistry(
+        manual_store=ManualTargetStore(config_dir(isolated)),
+        given=list(ctx.targets),
+        on_change=app._registry_changed_from_any_thread,
+    )
+    screen_keys = ["u", "t", "d", "l", "f", "s", "ctrl+d", "r"]
+    async with app.run_test(size=SIZE) as pilot:
+        for name in row_names(app):
+            for key in screen_keys:
+                await highlight(pilot, app, name)
+                await pilot.press(key)
+                await pilot.pause()
+                if isinstance(app.screen, ConfirmScreen):
+                    await pilot.press("y")
+                elif isinstance(app.screen, ScaleScreen):
+                    await pilot.press("3", "enter")
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+                await _back_to_deployments(pilot, app)
+                assert app.is_running, f"{key} on {name} ended the app"
+        await pilot.press("a")
+        await pilot.press(*"http://127.0.0.1:9", "enter")
+        await app.workers.wait_for_complete()
+        await _back_to_deployments(pilot, app)
+        form = await open_form(pilot, app)
+        for key in ("ctrl+t", "ctrl+s", "ctrl+w"):
+            await pilot.press(key)
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            if app.screen is not form:
+                await open_form(pilot, app)
+        for button in ("#nd-twin", "#nd-save"):
+            form.query_one(button, Button).press()
+            await pilot.pause()
+            if app.screen is not form:
+                await open_form(pilot, app)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        assert app.is_running
+        failures = [m for m in notifications(app) if BACKEND_DOWN in m]
+        assert len(failures) >= 10
+    assert app.return_code in (0, None)
+
+
+async def test_a_custom_spec_twin_gets_its_own_row_and_a_second_start_is_a_toast() -> None:
+    app = make_app()
+    async with app.run_test(size=(160, 45)) as pilot:
+
+        async def fill_form() -> NewDeploymentScreen:
+            form = await open_form(pilot, app)
+            await choose(pilot, form, "nd-gpu", "h100")
+            await choose(pilot, form, "nd-count", 2)
+            form.query_one("#nd-max-len", Input).value = "8192"
+            form.query_one("#nd-max-seqs", Input).value = "64"
+            await pilot.pause()
+            return form
+
+        await fill_form()
+        await pilot.press("ctrl+t")
+        key = "twin:gemma-3-27b-it-2xh100-8k-s64"
+        await wait_until(pilot, lambda: status_of(app, key) is TargetStatus.READY, timeout_s=90)
+        assert status_of(app, "twin:gemma-3-27b-it-2xh100") is TargetStatus.AVAILABLE
+        assert "twin-27b-2xh100-8k-s64" in row_names(app)
+        assert "twin-27b-2xh100" in row_names(app)
+        row = app.registry.row(key)
+        assert row is not None and "max-num-seqs 64" in row.detail and "max-model-len 8,192" in row.detail
+        spec = app.registry.twin_spec(key)
+        assert spec is not None and spec.max_num_seqs == 64 and spec.max_model_len == 8192
+        await app.workers.wait_for_complete()
+
+        form = await fill_form()
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert app.is_running
+        assert any("already ready with this spec" in m for m in notifications(app))
+        assert app.screen is form or not isinstance(app.screen, NewDeploymentScreen)
+        await app.workers.wait_for_complete()
+        await _back_to_deployments(pilot, app)
+        await highlight(pilot, app, "twin-27b-2xh100-8k-s64")
+        await pilot.press("ctrl+d", "y")
+        await wait_until(pilot, lambda: "twin-27b-2xh100-8k-s64" not in row_names(app))
+
+
+@pytest.mark.parametrize(("gpu", "count"), [("h100", 1), ("h100", 2), ("l4", 4), ("cpu-c4", 1)])
+async def test_the_table_and_the_form_show_one_price_with_its_parts(gpu: str, count: int) -> None:
+    from tui.widgets.deploy_table import format_price
+
+    app = make_app()
+    async with app.run_test(size=(160, 45)) as pilot:
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-gpu", gpu)
+        await choose(pilot, form, "nd-count", count)
+        spec = form.plan.spec
+        assert spec is not None
+        row = app.registry.row(f"twin:{spec.name}")
+        assert row is not None and row.price_per_hour is not None
+        panel = panel_text(form)
+        assert f"${format_price(row.price_per_hour)}/h" in panel
+        for part in ("cluster fee $", "storage $", "x "):
+            assert part in panel
+
+
+async def test_a_cpu_node_form_uses_cpu_words_and_one_kv_figure() -> None:
+    app = make_app()
+    async with app.run_test(size=(160, 45)) as pilot:
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-gpu", "cpu-c4d")
+        await choose(pilot, form, "nd-count", 2)
+        panel = panel_text(form)
+        assert "memory/GPU" not in panel and "TP 2" not in panel
+        assert "memory/node" in panel and "2 TP ranks on one node" in panel
+        kv_figures = {part.split(" GiB")[0] for part in panel.split("KV cache ")[1:] if " GiB" in part}
+        assert kv_figures == {"80.0"}
+        assert "2 ranks x 40 GiB" in panel
+        assert str(form.query_one("#nd-count-label", Static).content) == "TP ranks/node"
+        assert form.query_one("#nd-util", Input).disabled
+
+
+async def test_reopening_the_form_starts_at_the_top_not_on_a_button() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot, app)
+        form.query_one("#nd-cancel", Button).focus()
+        await pilot.pause()
+        await pilot.press("escape")
+        await pilot.pause()
+        form = await open_form(pilot, app)
+        assert app.focused is form.query_one("#nd-model", Select)
+
+
+async def test_save_yaml_writes_the_manifests_under_the_data_folder(isolated: Path) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot, app)
+        await choose(pilot, form, "nd-gpu", "h100")
+        await pilot.press("ctrl+w")
+        await pilot.pause()
+        path = isolated / "servedeck_data_dir" / "manifests" / "gemma-3-27b-it-1xh100.yaml"
+        assert path.read_text() == form.plan.yaml_text
+        assert any(str(path) in m for m in notifications(app))
+
+
+@pytest.mark.parametrize("size", [(100, 30), (160, 45)])
+async def test_every_form_button_is_on_screen(size: tuple[int, int]) -> None:
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        form = await open_form(pilot, app)
+        await pilot.pause()
+        for button in form.query(Button):
+            region = button.region
+            assert region.width > 0 and region.right <= size[0] and region.bottom <= size[1], button.id
+
+
+async def test_the_endpoint_column_widens_when_an_endpoint_appears() -> None:
+    from backends.target_registry import DeploymentRow, TargetSource
+
+    class TableApp(App[None]):
+        def compose(self) -> ComposeResult:
+            yield DeploymentTable()
+
+    def rows(endpoint: str | None) -> list[DeploymentRow]:
+        return [
+            DeploymentRow(
+                key="twin:x", name="twin-x", source=TargetSource.TWIN, engine="vLLM twin", model="m",
+                accelerator="H100 x1", status=TargetStatus.READY, endpoint=endpoint,
+            )
+        ]  # fmt: skip
+
+    app = TableApp()
+    async with app.run_test(size=(160, 20)) as pilot:
+        table = app.query_one(DeploymentTable)
+        table.show(rows(None), "", None)
+        await pilot.pause()
+        url = "http://127.0.0.1:54321"
+        table.show(rows(f"{url}/v1"), "", None)
+        await pilot.pause()
+        assert table.columns["endpoint"].content_width >= len(url)
+        assert url in "".join(segment.text for segment in table.render_line(1))

@@ -16,20 +16,21 @@ import importlib.util
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.dom import DOMNode
 from textual.screen import ModalScreen, Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import Input, Label, Select, TextArea
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerFailed, WorkerState
 
-from backends.config import config_dir
+from backends.config import config_dir, data_dir
 from backends.errors import ServeDeckError
 from backends.target_registry import LOCAL_TARGET_NAME, ManualTargetStore, TargetRegistry
 from tui.context import AppContext
@@ -42,6 +43,30 @@ if TYPE_CHECKING:
 
 WELCOME_MARKER = "welcomed"
 HEALTH_INTERVAL_S = 15.0
+SCREENSHOTS_DIR = "screenshots"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+N = TypeVar("N", bound=DOMNode)
+
+
+def guarded(handler: Callable[Concatenate[N, P], R]) -> Callable[Concatenate[N, P], R | None]:
+    """A message handler whose ServeDeckError becomes an error toast instead of ending the app.
+
+    Actions run from keys or the palette are guarded by the app itself; this is for ``@on`` handlers
+    (a button press), whose errors Textual would otherwise treat as fatal.
+    """
+
+    @wraps(handler)
+    def run(node: N, /, *args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return handler(node, *args, **kwargs)
+        except ServeDeckError as err:
+            node.app.notify(str(err), severity="error", timeout=12)
+            return None
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -375,6 +400,37 @@ class ServeDeckApp(App[None]):
         self.call_from_thread(self.notify, summary, timeout=5)
 
     # -- errors ---------------------------------------------------------------------------------------
+
+    async def _dispatch_action(self, namespace: Any, action_name: str, params: Any) -> bool:
+        # Every key binding and palette command passes here: a user-fixable failure is a toast.
+        try:
+            return await super()._dispatch_action(namespace, action_name, params)
+        except ServeDeckError as err:
+            self.notify(str(err), severity="error", timeout=12)
+            return True
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Last line of defence (a worker started with exit_on_error, a timer): a ServeDeckError is a
+        # toast; anything else is a bug and ends the app with its traceback, as Textual does.
+        cause = error.error if isinstance(error, WorkerFailed) else error
+        if isinstance(cause, ServeDeckError):
+            self.notify(str(cause), severity="error", timeout=12)
+            return
+        super()._handle_exception(error)
+
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
+        """The palette's screenshot, saved under the data folder (``~/Downloads`` may not exist)."""
+        if path is None:
+            folder = data_dir() / SCREENSHOTS_DIR
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.notify(f"cannot create {folder}: {exc.strerror or exc}", severity="error")
+                return None
+            path = str(folder)
+        return super().deliver_screenshot(filename, path, time_format)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state is not WorkerState.ERROR:

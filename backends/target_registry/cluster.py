@@ -129,7 +129,6 @@ def _cluster_row(deployment: VllmDeployment, forward_url: str | None) -> Deploym
                 gpu,
                 deployment.gpus_per_replica,
                 replicas=deployment.replicas_desired,
-                include_cluster_fee=False,
                 storage_volumes=0,
             ).total_usd_per_hour
         except ManifestError:
@@ -271,14 +270,23 @@ class ClusterTargets(RegistryCore):
             self._cluster.deployments = {}
         self._changed()
 
-    def _require_cluster(self) -> str:
+    def cluster_problem(self) -> str | None:
+        """Why nothing can be applied now (no kubeconfig, not read yet), or None when a context is set."""
         with self._lock:
             context, error = self._cluster.context, self._cluster.error
-        if context is None:
-            raise ConfigError(
-                f"no Kubernetes cluster: {error or 'the kubeconfig has not been read yet'}; "
-                "start the spec as a twin instead (ctrl+t)"
-            )
+        if context is not None:
+            return None
+        return (
+            f"no Kubernetes cluster: {error or 'the kubeconfig has not been read yet'}; "
+            "start the spec as a twin instead (ctrl+t)"
+        )
+
+    def _require_cluster(self) -> str:
+        problem = self.cluster_problem()
+        with self._lock:
+            context = self._cluster.context
+        if problem is not None or context is None:
+            raise ConfigError(problem or "no Kubernetes cluster")
         return context
 
     def apply_spec(self, spec: DeploymentSpec) -> str:

@@ -27,7 +27,6 @@ from backends.target_registry.twins import (
     TwinTargets,
     default_twin_specs,
     twin_key,
-    twin_name,
 )
 from manifests.spec import DeploymentSpec
 
@@ -140,8 +139,7 @@ class TargetRegistry(ClusterTargets, LocalEngineTarget, TwinTargets, ManualTarge
             twin_log = twin.log_path if twin is not None else None
         if twin is not None:
             if twin_log is None:
-                name = twin_name(twin.spec, builtin=twin.builtin)
-                raise EngineError(f"{name} has not been started; press t to start it")
+                raise EngineError(f"{twin.name} has not been started; press t to start it")
             return follow_log_file(twin_log, cancelled)
         row = self.row(key)
         what = row.name if row is not None else key

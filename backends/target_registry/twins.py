@@ -20,7 +20,7 @@ from backends.engines.child_process import GuardedChild
 from backends.errors import ConfigError, EngineError, ServeDeckError
 from backends.target_registry.core import RegistryCore
 from backends.target_registry.rows import DeploymentRow, TargetSource, TargetStatus
-from manifests.cost import cost_for_spec
+from manifests.cost import deployment_usd_per_hour
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from manifests.spec import DeploymentSpec, build_spec, model_short_name, short_gpu_name
@@ -55,12 +55,10 @@ def default_twin_specs() -> list[DeploymentSpec]:
 
 
 def spec_price_per_hour(spec: DeploymentSpec) -> float | None:
-    """Nodes plus the model-cache volume per hour (on-demand, or spot when the spec asks); None when unpriced.
-
-    The cluster fee is left out: it is paid once per cluster, not per deployment.
-    """
+    """The deployment's $/h (``manifests.cost.deployment_usd_per_hour``, as the form shows it); None when
+    the catalog has no price for it."""
     try:
-        return cost_for_spec(spec, include_cluster_fee=False).total_usd_per_hour
+        return deployment_usd_per_hour(spec)
     except ManifestError:
         return None
 
@@ -85,14 +83,48 @@ def twin_name(spec: DeploymentSpec, *, builtin: bool = False) -> str:
     return f"twin-{size.group(1) if size else model_short_name(spec.model)}-{hardware}"
 
 
+def spec_summary(spec: DeploymentSpec) -> str:
+    """The engine settings a twin runs with, e.g. ``max-model-len 8,192 · max-num-seqs 64 · gpu-mem 0.9``."""
+    parts = [
+        f"max-model-len {spec.max_model_len:,}" if spec.max_model_len else "max-model-len: model's",
+        f"max-num-seqs {spec.max_num_seqs}" if spec.max_num_seqs else "max-num-seqs: vLLM default",
+    ]
+    if not spec.is_cpu:
+        parts.append(f"gpu-mem {spec.gpu_memory_utilization:g}")
+    if spec.spot:
+        parts.append("spot")
+    return " · ".join(parts)
+
+
+def _settings_suffix(spec: DeploymentSpec) -> str:
+    """What sets a form's spec apart from the built-in profile of its shape, for its row name."""
+    parts = []
+    if spec.max_model_len:
+        length = spec.max_model_len
+        parts.append(f"{length // 1024}k" if length % 1024 == 0 else f"len{length}")
+    if spec.max_num_seqs:
+        parts.append(f"s{spec.max_num_seqs}")
+    if spec.gpu_memory_utilization != 0.9 and not spec.is_cpu:
+        parts.append(f"u{round(spec.gpu_memory_utilization * 100)}")
+    if spec.spot:
+        parts.append("spot")
+    return "-".join(parts) or "custom"
+
+
+def _same_engine(one: DeploymentSpec, other: DeploymentSpec) -> bool:
+    """Whether two specs simulate the same server (the namespace does not reach a twin)."""
+    return one.model_copy(update={"namespace": other.namespace}) == other
+
+
 class TwinSlot:
     """One twin profile: its spec, and its process and endpoint while it runs."""
 
-    def __init__(self, spec: DeploymentSpec, *, builtin: bool) -> None:
+    def __init__(self, spec: DeploymentSpec, *, builtin: bool, name: str | None = None) -> None:
         self.spec = spec
         self.builtin = builtin
+        self.name = name or twin_name(spec, builtin=builtin)
         self.status = TargetStatus.AVAILABLE
-        self.detail = "simulated vLLM; press t to start it"
+        self.detail = f"simulated vLLM ({spec_summary(spec)}); press t to start it"
         self.base_url: str | None = None
         self.child: GuardedChild | None = None
         self.log_path: Path | None = None
@@ -168,7 +200,7 @@ class TwinTargets(RegistryCore):
     def _twin_row(self, key: str, slot: TwinSlot) -> DeploymentRow:
         spec = slot.spec
         running = slot.status is TargetStatus.READY and slot.base_url is not None
-        name = twin_name(spec, builtin=slot.builtin)
+        name = slot.name
         return DeploymentRow(
             key=key,
             name=name,
@@ -194,16 +226,38 @@ class TwinTargets(RegistryCore):
             return slot.spec if slot is not None else None
 
     def add_twin(self, spec: DeploymentSpec) -> str:
-        """Add (or replace, when not running) the twin for ``spec``; returns its row key."""
-        key = twin_key(spec)
+        """Add the twin for ``spec`` (or find the profile that already simulates it); returns its row key.
+
+        A spec from the form that differs from the built-in profile of the same shape gets its own row,
+        named after what differs (``twin-27b-2xh100-8k-s64``), so the built-in row is never relabelled.
+        """
         with self._lock:
+            key, name = twin_key(spec), None
             existing = self._twins.get(key)
+            if existing is not None and existing.builtin and not _same_engine(spec, existing.spec):
+                suffix = _settings_suffix(spec)
+                for number in range(1, 100):
+                    tail = suffix if number == 1 else f"{suffix}-{number}"
+                    candidate = spec.model_copy(update={"name": f"{spec.name[: 39 - len(tail)]}-{tail}"})
+                    other = self._twins.get(twin_key(candidate))
+                    if other is None or _same_engine(candidate, other.spec):
+                        break
+                spec, key = candidate, twin_key(candidate)
+                name = f"{twin_name(spec, builtin=True)}-{tail}"
+                existing = self._twins.get(key)
             if existing is not None and existing.status in (TargetStatus.STARTING, TargetStatus.READY):
+                same = _same_engine(spec, existing.spec)
                 raise ConfigError(
-                    f"twin {twin_name(spec, builtin=existing.builtin)} is already running; "
-                    "stop it (t) or give the new one another name"
+                    f"twin {existing.name} is already {existing.status.value}"
+                    + (
+                        " with this spec; use it (u), or change a setting to start another one"
+                        if same
+                        else " with another spec; stop it (t) or give the new one another name"
+                    )
                 )
-            self._twins[key] = TwinSlot(spec, builtin=existing.builtin if existing else False)
+            if existing is not None and _same_engine(spec, existing.spec):
+                return key
+            self._twins[key] = TwinSlot(spec, builtin=False, name=name)
         self._changed()
         return key
 
@@ -227,7 +281,7 @@ class TwinTargets(RegistryCore):
             if running is not None:
                 return running
             if slot.status is TargetStatus.STARTING:
-                raise EngineError(f"{twin_name(slot.spec, builtin=slot.builtin)} is already starting")
+                raise EngineError(f"{slot.name} is already starting")
             slot.status = TargetStatus.STARTING
             slot.detail = "starting the simulated vLLM server"
         self._changed()
@@ -245,10 +299,10 @@ class TwinTargets(RegistryCore):
                 child.terminate(TWIN_STOP_TIMEOUT_S)
                 raise EngineError("ServeDeck is closing; the twin was stopped")
             slot.status = TargetStatus.READY
-            slot.detail = f"simulated; pid {child.pid}, log {log_path}"
+            slot.detail = f"simulated ({spec_summary(slot.spec)}); pid {child.pid}, log {log_path}"
         self._changed()
         return Target(
-            name=twin_name(slot.spec, builtin=slot.builtin),
+            name=slot.name,
             base_url=base_url,
             model=model_id,
             kind=TargetKind.TWIN,
@@ -265,7 +319,7 @@ class TwinTargets(RegistryCore):
             slot.child = None
             slot.base_url = None
             slot.status = TargetStatus.AVAILABLE
-            slot.detail = "stopped; press t to start it again"
+            slot.detail = f"stopped ({spec_summary(slot.spec)}); press t to start it again"
             if not slot.builtin:
                 self._twins.pop(key, None)
         self._changed()

@@ -17,11 +17,13 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Button, Header, Input, Label, Select, Static, Switch
 
+from backends.config import data_dir
 from manifests.catalog import default_catalog
 from manifests.errors import ManifestError
 from manifests.gpus import ACCELERATORS, GpuType
 from manifests.model_profiles import MODELS
 from manifests.spec import DeploymentSpec, build_spec
+from tui.app import guarded
 from tui.widgets.deploy_plan import DeploymentPlan, plan_deployment, plan_renderable
 from tui.widgets.footer import KeysFooter
 
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "google/gemma-3-27b-it"
 DEFAULT_GPU = GpuType.H100
 YAML_DEBOUNCE_S = 0.25
+MANIFESTS_DIR = "manifests"
+COUNT_LABELS = {False: "GPU count", True: "TP ranks/node"}
+UTIL_LABELS = {False: "gpu-memory-util", True: "memory-util"}
 
 
 class FormError(ValueError):
@@ -74,6 +79,8 @@ class NewDeploymentScreen(Screen[None]):
         Binding("escape", "back", "back", id="new.back"),
         Binding("ctrl+t", "start_twin", "start as twin", id="new.twin"),
         Binding("ctrl+s", "apply", "apply to cluster", id="new.apply"),
+        Binding("ctrl+y", "copy_yaml", "copy YAML", id="new.copy_yaml"),
+        Binding("ctrl+w", "save_yaml", "save YAML", id="new.save_yaml"),
     ]
 
     def __init__(self) -> None:
@@ -99,11 +106,11 @@ class NewDeploymentScreen(Screen[None]):
                     [(ACCELERATORS[gpu].display_name, gpu.value) for gpu in GpuType],
                     value=DEFAULT_GPU.value, allow_blank=False, id="nd-gpu",
                 ))  # fmt: skip
-                yield from self._field("GPU count", Select(
+                yield from self._field(COUNT_LABELS[False], Select(
                     [(str(n), n) for n in gpu_counts(DEFAULT_GPU)], value=1, allow_blank=False, id="nd-count",
                 ))  # fmt: skip
                 yield from self._field("max-model-len", Input(placeholder="model's maximum", id="nd-max-len"))
-                yield from self._field("gpu-memory-util", Input("0.9", id="nd-util"))
+                yield from self._field(UTIL_LABELS[False], Input("0.9", id="nd-util"))
                 yield from self._field("max-num-seqs", Input(placeholder="vLLM default", id="nd-max-seqs"))
                 yield from self._field("Spot VMs", Switch(value=False, id="nd-spot"))
                 yield from self._field("Name", Input(placeholder="from model and GPUs", id="nd-name"))
@@ -116,15 +123,17 @@ class NewDeploymentScreen(Screen[None]):
                     yaml_box.border_title = "YAML"
                     yield Static("", id="nd-yaml")
                 with Horizontal(id="new-deployment-buttons"):
-                    yield Button("Start as twin (ctrl+t)", variant="primary", id="nd-twin")
-                    yield Button("Apply to cluster (ctrl+s)", variant="warning", id="nd-apply")
-                    yield Button("Cancel (esc)", id="nd-cancel")
+                    # Short labels so all four fit at 100 columns; the footer shows their keys.
+                    yield Button("Start twin", variant="primary", id="nd-twin", tooltip="ctrl+t")
+                    yield Button("Apply", variant="warning", id="nd-apply", tooltip="ctrl+s")
+                    yield Button("Save YAML", id="nd-save", tooltip="ctrl+w (ctrl+y copies it)")
+                    yield Button("Cancel", id="nd-cancel", tooltip="esc")
         yield KeysFooter()
 
     @staticmethod
     def _field(label: str, control: Any) -> ComposeResult:
         with Horizontal(classes="field-row"):
-            yield Label(label, classes="field-label")
+            yield Label(label, classes="field-label", id=f"{control.id}-label")
             yield control
 
     def on_mount(self) -> None:
@@ -132,6 +141,11 @@ class NewDeploymentScreen(Screen[None]):
         # The YAML follows right after the first paint, so the form itself appears at once.
         self.call_after_refresh(self._show_yaml)
         self.query_one("#nd-model", Select).focus()
+
+    def on_screen_resume(self) -> None:
+        # Opened again: start at the top, not on the button pressed last time (Tab+Enter would apply).
+        self.query_one("#nd-model", Select).focus()
+        self._show_plan()
 
     # -- reading the form -----------------------------------------------------------------------------
 
@@ -174,7 +188,16 @@ class NewDeploymentScreen(Screen[None]):
         fit_panel.update(plan_renderable(plan))
         fit_panel.set_class(not plan.deployable, "does-not-fit")
         self.query_one("#nd-twin", Button).disabled = not plan.deployable
-        self.query_one("#nd-apply", Button).disabled = not plan.deployable
+        apply = self.query_one("#nd-apply", Button)
+        no_cluster = self.deck.registry.cluster_problem()
+        apply.disabled = not plan.deployable or no_cluster is not None
+        apply.tooltip = no_cluster or "ctrl+s"
+        self.query_one("#nd-save", Button).disabled = not plan.deployable
+        cpu = plan.spec is not None and plan.spec.is_cpu
+        self.query_one("#nd-count-label", Label).update(COUNT_LABELS[cpu])
+        self.query_one("#nd-util-label", Label).update(UTIL_LABELS[cpu])
+        # vLLM's CPU backend sizes its KV cache from VLLM_CPU_KVCACHE_SPACE, not a memory fraction.
+        self.query_one("#nd-util", Input).disabled = cpu
         # Highlighting and laying out ~170 lines of YAML is the costly part of a keystroke: it waits until
         # typing pauses, while the fit panel above follows every key.
         if self._yaml_timer is not None:
@@ -222,6 +245,7 @@ class NewDeploymentScreen(Screen[None]):
         return self.plan.spec
 
     @on(Button.Pressed, "#nd-twin")
+    @guarded
     def action_start_twin(self) -> None:
         spec = self._deployable_spec()
         if spec is None:
@@ -232,13 +256,41 @@ class NewDeploymentScreen(Screen[None]):
         self.dismiss(None)
 
     @on(Button.Pressed, "#nd-apply")
+    @guarded
     def action_apply(self) -> None:
         spec = self._deployable_spec()
         if spec is None:
             return
+        problem = self.deck.registry.cluster_problem()
+        if problem is not None:
+            # Stay here: the ctrl+t the message points to works on this form.
+            self.notify(problem, severity="error", timeout=10)
+            return
         self.deck.apply_deployment(spec)
         self.notify(f"applying {spec.name} to {self.deck.ctx.context_label} ...", timeout=4)
         self.dismiss(None)
+
+    def action_copy_yaml(self) -> None:
+        spec = self._deployable_spec()
+        if spec is None:
+            return
+        self.app.copy_to_clipboard(self.plan.yaml_text)
+        self.notify(f"copied the YAML of {spec.name} to the clipboard", timeout=4)
+
+    @on(Button.Pressed, "#nd-save")
+    def action_save_yaml(self) -> None:
+        spec = self._deployable_spec()
+        if spec is None:
+            return
+        folder = data_dir() / MANIFESTS_DIR
+        path = folder / f"{spec.name}.yaml"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.plan.yaml_text, encoding="utf-8")
+        except OSError as exc:
+            self.notify(f"cannot save {path}: {exc.strerror or exc}", severity="error", timeout=10)
+            return
+        self.notify(f"saved {path} (kubectl apply -f it)", timeout=8)
 
     @on(Button.Pressed, "#nd-cancel")
     def action_back(self) -> None:

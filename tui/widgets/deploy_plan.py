@@ -50,7 +50,8 @@ def plan_deployment(spec: DeploymentSpec) -> DeploymentPlan:
     except ManifestError as err:
         return DeploymentPlan(spec=spec, error=str(err))
     try:
-        cost: CostBreakdown | None = cost_for_spec(spec, include_cluster_fee=True)
+        # The breakdown of the same $/h the Deployments table shows (manifests.cost.deployment_usd_per_hour).
+        cost: CostBreakdown | None = cost_for_spec(spec)
     except ManifestError:
         cost = None
     return DeploymentPlan(spec=spec, fit=fit, cost=cost)
@@ -74,12 +75,17 @@ def plan_renderable(plan: DeploymentPlan) -> RenderableType:
     numbers.add_column(style="bold", min_width=12, no_wrap=True)
     numbers.add_column()
     memory = fit.memory
-    kv_bytes = max(memory.budget_bytes - memory.non_kv_bytes, 0)
+    cpu = plan.spec is not None and plan.spec.is_cpu
+    # One KV figure: what vLLM allocates (on a CPU node VLLM_CPU_KVCACHE_SPACE per TP rank), not the
+    # memory left over.
+    kv_text = _gib(memory.kv_bytes)
+    if cpu and plan.spec is not None and fit.tensor_parallel_size > 1:
+        kv_text += f" ({fit.tensor_parallel_size} ranks x {plan.spec.cpu_kv_cache_gib} GiB)"
     numbers.add_row(
-        "memory/GPU",
-        f"weights {_gib(memory.weights_bytes)} · KV {_gib(kv_bytes)} · activations "
+        "memory/node" if cpu else "memory/GPU",
+        f"weights {_gib(memory.weights_bytes)} · KV cache {kv_text} · activations "
         f"{_gib(memory.activation_bytes + memory.sampler_bytes)} · runtime {_gib(memory.runtime_bytes)} "
-        f"of {_gib(memory.budget_bytes)}",
+        f"of {_gib(memory.budget_bytes)}" + (" host RAM" if cpu else ""),
     )
     kv = fit.kv
     if kv is not None and fit.fits:
@@ -89,18 +95,28 @@ def plan_renderable(plan: DeploymentPlan) -> RenderableType:
             f"max-num-seqs {fit.max_num_seqs}",
         )
         shown = [ctx for ctx in CONTEXTS_SHOWN if ctx <= fit.max_model_len] or [fit.max_model_len]
+        layout = (
+            f"{fit.tensor_parallel_size} TP rank{'s' if fit.tensor_parallel_size > 1 else ''} on one node"
+            if cpu
+            else f"TP {fit.tensor_parallel_size}, PP {fit.pipeline_parallel_size}"
+        )
         numbers.add_row(
             "concurrency",
             " · ".join(f"{kv.max_concurrency(ctx):,.1f}x at {ctx:,} tokens" for ctx in shown)
-            + f"  (TP {fit.tensor_parallel_size}, PP {fit.pipeline_parallel_size})",
+            + f"  ({layout})",
         )
     cost = plan.cost
     if cost is not None:
         numbers.add_row(
             "cost",
             f"${cost.total_usd_per_hour:,.2f}/h · ${cost.total_usd_per_month:,.0f}/month · "
-            f"{cost.nodes}x {cost.machine}{' spot' if cost.spot else ''} · "
             + ("estimated price" if cost.estimate else "list price"),
+        )
+        numbers.add_row(
+            "",
+            f"{cost.nodes}x {cost.machine}{' spot' if cost.spot else ''} ${cost.nodes_usd_per_hour:,.2f}/h"
+            f" + cluster fee ${cost.cluster_fee_usd_per_hour:,.2f}/h"
+            f" + storage ${cost.storage_usd_per_hour:,.2f}/h",
         )
     parts.append(numbers)
     return Group(*parts)

@@ -100,7 +100,8 @@ class DeploymentTable(DataTable[Text]):
             for (column, _), before, after in zip(COLUMNS, old or (None,) * len(new), new, strict=True):
                 if before is None or before.plain != after.plain or before.style != after.style:
                     try:
-                        self.update_cell(key, column, after)
+                        # A cell that grows (an endpoint that appears) widens its column now.
+                        self.update_cell(key, column, after, update_width=True)
                     except (CellDoesNotExist, RowDoesNotExist):
                         continue
 
