@@ -166,10 +166,12 @@ class _Discovery:
         try:
             response = await self.client.get("/v1/models")
         except httpx.TimeoutException:
+            await self._refuse_https_on_plain_http()
             raise TargetError(
                 f"{url} did not answer within {self.timeout_s:g} s; is the server still loading the model?"
             ) from None
         except httpx.HTTPError as exc:
+            await self._refuse_https_on_plain_http()
             raise _connect_failure(self.base_url, exc) from None
         status = response.status_code
         if status in (401, 403):
@@ -199,6 +201,25 @@ class _Discovery:
         if not models:
             raise TargetError(f"{url} lists no models; is the model still loading?")
         return models, response.headers
+
+    async def _refuse_https_on_plain_http(self) -> None:
+        """TargetError when an https URL failed and the same port answers plain HTTP (a TLS hello sent to
+        a plain-HTTP server fails the handshake, or leaves the server waiting for a request line)."""
+        parts = urlsplit(self.base_url)
+        if parts.scheme != "https":
+            return
+        plain = parts._replace(scheme="http").geturl()
+        try:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(min(self.timeout_s, 3.0))) as client:
+                answer = await client.get(f"{plain}/v1/models")
+        except httpx.HTTPError:
+            return
+        if answer.status_code == 400:  # nginx and others: "plain HTTP request sent to HTTPS port"
+            return
+        raise TargetError(
+            f"{self.base_url} looks like a plain-HTTP port: TLS failed there but {plain} answers; "
+            "use http:// (or put a TLS proxy in front)"
+        )
 
     async def get(self, path: str) -> httpx.Response | None:
         try:
@@ -392,7 +413,25 @@ async def discover_target(
         api_key_env=api_key_env,
         capabilities=capabilities,
         hardware=_twin_hardware(exposition) if detected is TargetKind.TWIN else None,
+        max_model_len=_context_length(chosen, props, slots, detected),
     )
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _context_length(model_entry: dict[str, Any], props: Any, slots: Any, kind: TargetKind) -> int | None:
+    """Tokens one request may use: a llama.cpp slot's n_ctx (/props, else /slots), which is the server's
+    context divided among its slots, else vLLM's max_model_len from /v1/models."""
+    if kind is TargetKind.LLAMACPP:
+        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        n_ctx = _positive_int(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        if n_ctx is None and isinstance(slots, list) and slots and isinstance(slots[0], dict):
+            n_ctx = _positive_int(slots[0].get("n_ctx"))
+        if n_ctx is not None:
+            return n_ctx
+    return _positive_int(model_entry.get("max_model_len"))
 
 
 def _twin_hardware(exposition: Exposition | None) -> str | None:

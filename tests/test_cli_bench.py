@@ -139,6 +139,14 @@ def test_request_rate_with_burstiness(server: FakeSSEServer, tmp_path: Path) -> 
         (["--concurrency", "1.5"], "whole numbers"),
         (["--concurrency", "1", "--endpoint", "bogus"], "invalid choice"),
         (["--concurrency", "1", "--usd-per-hour", "-3"], "expected one number > 0"),
+        (["--concurrency", "1", "--temperature", "nan"], "--temperature: expected a finite number >= 0"),
+        (["--concurrency", "1", "--temperature", "-1"], "--temperature: expected a finite number >= 0"),
+        (["--concurrency", "1", "--request-timeout", "0"], "--request-timeout: expected one number > 0"),
+        (["--concurrency", "1", "--idle-timeout", "-1"], "--idle-timeout: expected one number > 0"),
+        (
+            ["--request-rate", "1", "--max-concurrency", "0"],
+            "--max-concurrency: expected a whole number >= 1",
+        ),
     ],
 )
 def test_nonsense_flags_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
@@ -367,3 +375,27 @@ def test_a_dead_server_is_a_partial_run_with_a_nonzero_exit_and_files(levels: st
     (level,) = saved["levels"]
     assert level["servedeck"]["status"] == "partial"
     assert "partial" in next(line for line in _runs_list(data_dir).splitlines() if "dead-server" in line)
+
+
+def test_an_output_length_sharegpt_cannot_hold_is_refused_before_connecting(tmp_path: Path) -> None:
+    done = _bench(
+        ["--target", f"http://127.0.0.1:{_free_port()}", "--concurrency", "1", "--output-len", "100000"],
+        tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "cannot connect" not in done.stderr
+    assert "--output-len 100000" in done.stderr and "ShareGPT" in done.stderr and "2044" in done.stderr
+
+
+def test_an_output_length_beyond_the_targets_context_is_refused_before_sending(tmp_path: Path) -> None:
+    with FakeSSEServer(mode="tick") as srv:
+        done = _bench(
+            ["--target", _url(srv), "--concurrency", "1", "--dataset", "random", "--random-input-len", "24",
+             "--output-len", "3000", "--no-save"],
+            tmp_path,
+        )  # fmt: skip
+        sent = srv.stats().generation_requests
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("servedeck: error:"), done.stderr
+    assert "--output-len 3000" in done.stderr and "2048" in done.stderr
+    assert sent <= 1  # discovery's one stream-usage probe; no level was started

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,7 @@ def test_discovers_vllm_with_all_capabilities(fake: FakeServer) -> None:
     assert target.capabilities == TargetCapabilities(
         tokenize=True, metrics=True, slots=False, stream_usage=True, continuous_usage=True
     )
+    assert target.max_model_len == 4096  # vLLM's /v1/models says it
 
 
 def test_vllm_detected_from_metrics_when_owned_by_is_generic(fake: FakeServer) -> None:
@@ -84,6 +86,7 @@ def test_discovers_llamacpp_with_slots(fake: FakeServer) -> None:
     assert target.capabilities == TargetCapabilities(
         tokenize=True, metrics=True, slots=True, stream_usage=True, continuous_usage=False
     )
+    assert target.max_model_len == 1024  # a slot's n_ctx from /props, not the 4096 /v1/models claims
 
 
 def test_discovers_twin_from_simulated_header(fake: FakeServer) -> None:
@@ -355,6 +358,7 @@ def test_real_llama_server_is_discovered_and_scraped(real_llama_server: str) -> 
     assert target.capabilities.tokenize and target.capabilities.metrics and target.capabilities.slots
     assert target.capabilities.stream_usage
     assert not target.capabilities.continuous_usage  # usage only on its last chunk
+    assert target.max_model_len == 1024  # -c 4096 over 4 slots: what one request can use
 
     async def scrape_while_generating() -> ServerSnapshot | None:
         payload = {"model": target.model, "prompt": "Once upon a time", "max_tokens": 64, "ignore_eos": True}
@@ -379,3 +383,63 @@ def test_real_llama_server_is_discovered_and_scraped(real_llama_server: str) -> 
     assert busy is not None, "never saw the request running"
     assert busy.source == "llamacpp"
     assert busy.kv_cache_usage is not None and 0 < busy.kv_cache_usage < 1
+
+
+class _PlainHttpOnly:
+    """A plain-HTTP server like llama-server's: it answers once it has read a request's headers, so a TLS
+    ClientHello (no blank line) leaves it waiting, and an https client times out."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(3)
+        data = b""
+        with conn:
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                body = b'{"object":"list","data":[{"id":"m"}]}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)  # fmt: skip
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_https_on_a_plain_http_port_says_so_when_the_server_answers_tls_with_http(fake: FakeServer) -> None:
+    with pytest.raises(TargetError, match="plain-HTTP port") as caught:
+        discover(f"https://127.0.0.1:{fake.port}")
+    assert f"http://127.0.0.1:{fake.port}" in str(caught.value)
+
+
+def test_https_on_a_plain_http_port_says_so_when_the_server_waits() -> None:
+    server = _PlainHttpOnly()
+    try:
+        with pytest.raises(TargetError, match="plain-HTTP port") as caught:
+            asyncio.run(discover_target(f"https://127.0.0.1:{server.port}", timeout_s=1))
+    finally:
+        server.close()
+    assert "still loading" not in str(caught.value)

@@ -42,6 +42,9 @@ class Target(BaseModel):
     api_key_env: str | None = None
     capabilities: TargetCapabilities = Field(default_factory=TargetCapabilities)
     hardware: str | None = Field(default=None, description="what serves it, when the server says (a twin)")
+    max_model_len: int | None = Field(
+        default=None, description="tokens one request may use (prompt + output), when the server says"
+    )
 
     @field_validator("base_url")
     @classmethod

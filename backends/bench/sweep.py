@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 import uuid
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
-from backends.bench.datasets import SampledDataset, sample_requests
+from backends.bench.datasets import MAX_TOTAL_LEN, MIN_SEQUENCE_LEN, SampledDataset, sample_requests
 from backends.bench.loadgen.requests import (
     RequestOptions,
     parse_endpoint,
@@ -27,8 +28,15 @@ from backends.bench.loadgen.requests import (
 )
 from backends.bench.loadgen.runner import LevelOutcome, LevelPlan, LevelProgress, run_level
 from backends.bench.metrics import compute_metrics, describe_failures, failure_causes, never_reached_server
-from backends.bench.models import LoadLevel, ProgressSnapshot, RequestRecord, ServerSnapshot
-from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
+from backends.bench.models import (
+    LoadLevel,
+    ProgressSnapshot,
+    RequestRecord,
+    ServerSnapshot,
+    Target,
+    TargetKind,
+)
+from backends.bench.results import DatasetSpec, LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.bench.tokenizers import pick_token_counter
 from backends.errors import ConfigError, TargetError
 from backends.prometheus import MetricsScraper
@@ -78,6 +86,49 @@ def validate_config(config: SweepConfig) -> None:
         raise ConfigError(f"--output-len must be >= 1, got {config.output_len}")
     if config.endpoint not in ("chat", "completions"):
         raise ConfigError(f"endpoint must be 'chat' or 'completions', got {config.endpoint!r}")
+    if not (math.isfinite(config.temperature) and config.temperature >= 0):
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {config.temperature}")
+    for flag, seconds in (
+        ("--request-timeout", config.request_timeout_s),
+        ("--idle-timeout", config.idle_timeout_s),
+    ):
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"{flag} must be a number of seconds > 0, got {seconds:g}")
+    if config.max_concurrency is not None and config.max_concurrency < 1:
+        raise ConfigError(f"--max-concurrency must be >= 1, got {config.max_concurrency}")
+    check_output_len(config.dataset, config.output_len, config.target)
+
+
+def check_output_len(dataset: DatasetSpec, output_len: int | None, target: Target | None = None) -> None:
+    """ConfigError when no request could be as long as asked: vLLM's ShareGPT rules cap prompt + output
+    at 2048 tokens, and the target's context caps every request (a llama.cpp server would silently stop
+    at its slot's end, vLLM refuses each request)."""
+    longest_sharegpt = MAX_TOTAL_LEN - MIN_SEQUENCE_LEN
+    if output_len is not None and dataset.kind != "random" and output_len > longest_sharegpt:
+        raise ConfigError(
+            f"--output-len {output_len} cannot be sampled from ShareGPT: vLLM's rules keep prompt + output "
+            f"<= {MAX_TOTAL_LEN} tokens with prompts of >= {MIN_SEQUENCE_LEN}, so at most "
+            f"{longest_sharegpt}; use --dataset random for longer outputs"
+        )
+    if target is None or target.max_model_len is None:
+        return
+    limit = target.max_model_len
+    source = "a slot's n_ctx in /props" if target.kind is TargetKind.LLAMACPP else "/v1/models"
+    wanted = (
+        output_len
+        if output_len is not None
+        else (dataset.random_output_len if dataset.kind == "random" else None)
+    )
+    if wanted is None:
+        return
+    prompt = dataset.random_input_len if dataset.kind == "random" else MIN_SEQUENCE_LEN
+    if prompt + wanted > limit:
+        flag = "--output-len" if output_len is not None else "--random-output-len"
+        what = f"{flag} {wanted}" + (f" with --random-input-len {prompt}" if dataset.kind == "random" else "")
+        raise ConfigError(
+            f"{what} does not fit {target.model}: it takes at most {limit} tokens per request, prompt + "
+            f"output ({source}); ask for fewer tokens"
+        )
 
 
 def _api_key(config: SweepConfig) -> str | None:

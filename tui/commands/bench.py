@@ -17,6 +17,7 @@ from tui.commands.sweep_args import (
     add_sweep_arguments,
     dataset_from_args,
     float_list,
+    non_negative_number,
     positive_number,
     sweep_fields_from_args,
 )
@@ -58,10 +59,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--goodput", help="SLOs in ms, e.g. ttft:500,tpot:50")
     parser.add_argument("--percentiles", type=float_list, default=[99.0], help="e.g. 50,90,99")
     parser.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=non_negative_number, default=0.0)
     parser.add_argument("--workers", type=int, default=1, help="load-generator processes (default 1)")
-    parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
-    parser.add_argument("--idle-timeout", type=float, default=60.0, help="seconds without data = stalled")
+    parser.add_argument("--request-timeout", type=positive_number, default=600.0, help="seconds per request")
+    parser.add_argument(
+        "--idle-timeout", type=positive_number, default=60.0, help="seconds without data = stalled"
+    )
     parser.add_argument("--label", help="label saved with the run")
     parser.add_argument(
         "--usd-per-hour",
@@ -129,7 +132,10 @@ def _validate_args(args: argparse.Namespace) -> None:
     _check_output_paths(args)
     if args.goodput:
         parse_goodput(args.goodput)
-    dataset_from_args(args)  # a missing dataset file is reported before connecting
+    dataset = dataset_from_args(args)  # a missing dataset file is reported before connecting
+    from backends.bench.sweep import check_output_len
+
+    check_output_len(dataset, args.output_len)
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.burstiness <= 0:

@@ -49,6 +49,28 @@ def positive_number(text: str) -> float:
     return values[0]
 
 
+def non_negative_number(text: str) -> float:
+    """An argparse type: one finite number >= 0 (a temperature: nan or inf would make the JSON invalid)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def whole_number_at_least_1(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _whole_levels(values: list[float], text: str) -> list[float]:
     if any(v != int(v) or v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"concurrency levels must be whole numbers >= 1, got {text!r}")
@@ -86,7 +108,9 @@ def add_sweep_arguments(
     parser.add_argument(
         "--burstiness", type=float, default=1.0, help="gamma shape for arrivals (1 = Poisson)"
     )
-    parser.add_argument("--max-concurrency", type=int, help="cap on in-flight requests for --request-rate")
+    parser.add_argument(
+        "--max-concurrency", type=whole_number_at_least_1, help="cap on in-flight requests for --request-rate"
+    )
     parser.add_argument(
         "--num-prompts",
         type=int,
