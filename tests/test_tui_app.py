@@ -336,3 +336,67 @@ def test_servedeck_tui_command_parses_its_options() -> None:
     assert args.no_local_engine is True
     assert str(args.data_dir) == "/tmp/sd"
     assert parser.parse_args(["tui"]).no_local_engine is False
+
+
+# -- issue 10 item 13 ----------------------------------------------------------------------------------
+
+
+async def test_the_cursor_starts_on_the_local_engine_not_the_kubernetes_row() -> None:
+    app = make_app(fixed_ctx())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.screen.query_one(DeploymentTable)
+        assert table.highlighted is not None and table.highlighted.name == "local"
+
+
+async def test_palette_screenshot_is_saved_under_the_data_folder(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = isolated / "home-without-downloads"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_DOWNLOAD_DIR", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    app = make_app()
+    folder = isolated / "servedeck_data_dir" / "screenshots"
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"screenshot")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: folder.is_dir() and any(folder.glob("*.svg")))
+        await wait_until(pilot, lambda: any(str(folder) in m.message for m in app._notifications))
+    saved = next(folder.glob("*.svg"))
+    assert saved.read_text().lstrip().startswith("<svg")
+    assert not (home / "Downloads").exists()
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(300)
+async def test_welcome_says_the_engine_is_ready_once_it_is() -> None:
+    from backends.engines.local import LocalEngineConfig
+    from backends.target_registry import TargetStatus
+    from tests.conftest import require_llama_server
+
+    require_llama_server()
+    app = make_app(
+        start_local_engine=True,
+        show_welcome=True,
+        local_engine_config=LocalEngineConfig(parallel=1, ctx_per_slot=512),
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, WelcomeScreen)
+        assert "is starting in the background" in flat_text(app)
+
+        def ready() -> bool:
+            row = app.registry.row("local")
+            return row is not None and row.status is TargetStatus.READY
+
+        await wait_until(pilot, ready, timeout_s=240)
+        await wait_until(pilot, lambda: "is ready: it is the selected target" in flat_text(app))
+        assert isinstance(app.screen, WelcomeScreen)
+        assert "is starting" not in flat_text(app)
+        await pilot.press("enter")
+        await pilot.press("ctrl+q")

@@ -15,7 +15,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static
 
-from backends.target_registry import DeploymentRow, TargetSource, TargetStatus
+from backends.target_registry import LOCAL_KEY, DeploymentRow, TargetSource, TargetStatus
 from tui.messages import TargetsChanged
 from tui.widgets.deploy_dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
 from tui.widgets.deploy_table import DeploymentTable
@@ -125,6 +125,7 @@ class DeploymentsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self._filter = ""
+        self._cursor_placed = False
 
     @property
     def deck(self) -> ServeDeckApp:
@@ -170,6 +171,10 @@ class DeploymentsScreen(Screen[None]):
     def _refresh_table(self) -> None:
         rows = self.deck.registry.rows()
         self.table.show(rows, self._filter, self.deck.ctx.selected_target)
+        if not self._cursor_placed and self.table.row_count:
+            # Start on the local engine, not on the "kubernetes" placeholder row above it.
+            self._cursor_placed = True
+            self.table.move_cursor_to_key(LOCAL_KEY)
         self._show_detail()
 
     @on(TargetsChanged)

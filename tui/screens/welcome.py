@@ -13,6 +13,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from backends.target_registry import LOCAL_KEY, TargetRegistry, TargetStatus
+from tui.messages import TargetsChanged
+
 KEYS: tuple[tuple[str, str], ...] = (
     ("u", "use the highlighted row as the target for Chat and Bench"),
     ("t", "start or stop the local engine or a twin profile"),
@@ -35,13 +38,34 @@ class WelcomeScreen(ModalScreen[None]):
         super().__init__()
         self._local_engine_starting = local_engine_starting
 
-    def compose(self) -> ComposeResult:
-        engine_line = (
-            "The local engine (Gemma 3 270M on llama.cpp, on this CPU) is starting in the background; "
-            "it becomes the selected target as soon as it is ready."
-            if self._local_engine_starting
-            else "The local engine (Gemma 3 270M on llama.cpp) is off; highlight it and press t to start it."
+    def _engine_line(self) -> str:
+        # Read from the registry each time: the engine is often ready while this screen is still up.
+        registry = getattr(self.app, "registry", None)
+        row = registry.row(LOCAL_KEY) if isinstance(registry, TargetRegistry) else None
+        if row is not None and row.status is TargetStatus.READY:
+            return (
+                "The local engine (Gemma 3 270M on llama.cpp, on this CPU) is ready: it is the selected "
+                "target for Chat and Bench."
+            )
+        if row is not None and row.status is TargetStatus.FAILED:
+            return f"The local engine did not start: {row.detail}. Highlight it and press t to try again."
+        if self._local_engine_starting or (row is not None and row.status is TargetStatus.STARTING):
+            return (
+                "The local engine (Gemma 3 270M on llama.cpp, on this CPU) is starting in the background; "
+                "it becomes the selected target as soon as it is ready."
+            )
+        return "The local engine (Gemma 3 270M on llama.cpp) is off; highlight it and press t to start it."
+
+    def _text(self) -> Text:
+        return Text.assemble(
+            "Deploy vLLM, chat with it to feel its latency, and run sweeps with live charts.\n\n",
+            self._engine_line(),
+            "\n\nTwin profiles simulate vLLM on GPUs (L4, A100, H100, CPU nodes) over real HTTP, "
+            "so every view works without a cluster. With a kubeconfig, your cluster's vLLM "
+            "deployments appear too.",
         )
+
+    def compose(self) -> ComposeResult:
         keys = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
         keys.add_column(style="bold", min_width=7)
         keys.add_column()
@@ -49,18 +73,13 @@ class WelcomeScreen(ModalScreen[None]):
             keys.add_row(key, what)
         with Vertical(id="welcome-box") as box:
             box.border_title = "Welcome to ServeDeck"
-            yield Static(
-                Text.assemble(
-                    "Deploy vLLM, chat with it to feel its latency, and run sweeps with live charts.\n\n",
-                    engine_line,
-                    "\n\nTwin profiles simulate vLLM on GPUs (L4, A100, H100, CPU nodes) over real HTTP, "
-                    "so every view works without a cluster. With a kubeconfig, your cluster's vLLM "
-                    "deployments appear too.",
-                ),
-                id="welcome-text",
-            )
+            yield Static(self._text(), id="welcome-text")
             yield Static(keys, id="welcome-keys")
             yield Button("Start  (enter)", variant="primary", id="welcome-start")
+
+    @on(TargetsChanged)
+    def _targets_changed(self) -> None:
+        self.query_one("#welcome-text", Static).update(self._text())
 
     @on(Button.Pressed, "#welcome-start")
     def action_close(self) -> None:

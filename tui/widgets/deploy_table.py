@@ -94,6 +94,10 @@ class DeploymentTable(DataTable[Text]):
             self._rebuild(keys, cells)
         self._cells = cells
 
+    def move_cursor_to_key(self, key: str) -> None:
+        if key in self._shown:
+            self.move_cursor(row=self._shown.index(key), animate=False)
+
     def _update_in_place(self, cells: dict[str, tuple[Text, ...]]) -> None:
         for key, new in cells.items():
             old = self._cells.get(key)
