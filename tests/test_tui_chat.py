@@ -504,7 +504,7 @@ async def test_race_mode_is_a_key_with_visible_marks_and_a_summary(
         await pilot.press("ctrl+t")
         await wait_until(pilot, lambda: len(screen.lanes) == 2)
         assert [row[:4] for row in row_texts(screen)] == ["[x] ", "[x] "]
-        assert "RACE MODE" in str(screen.query_one("#chat-mode").render())
+        assert "RACE · 2 targets" in str(screen.query_one("#chat-mode").render())
 
         await set_field(pilot, "#chat-max-tokens", "5")
         await send(pilot, "Say hi.")
@@ -518,7 +518,7 @@ async def test_race_mode_is_a_key_with_visible_marks_and_a_summary(
         await pilot.press("ctrl+t")  # race mode off: the first target stays
         await wait_until(pilot, lambda: len(screen.lanes) == 1)
         assert screen.settings.picked_targets() == ["fake-a"]
-        assert "RACE MODE" not in str(screen.query_one("#chat-mode").render())
+        assert "RACE" not in str(screen.query_one("#chat-mode").render())
 
 
 async def test_the_target_cursor_stays_on_its_row_across_refreshes(

@@ -1,4 +1,5 @@
-"""Pictures of the Chat view at 120x40 from fixed saved chats: no clocks, hostnames or blinking cursors.
+"""Pictures of the Chat view at 160x45 and 100x30 from fixed saved chats: no clocks, hostnames or
+blinking cursors.
 
 Update after a deliberate change with ``pytest tests/test_tui_snapshots_chat.py --snapshot-update``
 and look at the SVGs before committing them.
@@ -25,7 +26,7 @@ from tui.widgets.chat_sessions import ChatSessionList
 
 SnapCompare = Callable[..., bool]
 
-SIZE = (120, 40)
+SIZES = [(160, 45), (100, 30)]
 H100 = Target(
     name="h100-gemma-27b",
     base_url="http://10.0.0.11:8000",
@@ -144,21 +145,26 @@ def saved(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return tmp_path, build_store(tmp_path)
 
 
+@pytest.mark.parametrize("size", SIZES)
 def test_chat_view_with_a_resumed_conversation(
-    saved: tuple[Path, dict[str, str]], snap_compare: SnapCompare
+    saved: tuple[Path, dict[str, str]], snap_compare: SnapCompare, size: tuple[int, int]
 ) -> None:
     data_dir, ids = saved
-    assert snap_compare(make_app(data_dir), terminal_size=SIZE, run_before=resume(ids["single"], 2))
+    assert snap_compare(make_app(data_dir), terminal_size=size, run_before=resume(ids["single"], 2))
 
 
-def test_chat_view_race_of_two_targets(saved: tuple[Path, dict[str, str]], snap_compare: SnapCompare) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_chat_view_race_of_two_targets(
+    saved: tuple[Path, dict[str, str]], snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
     data_dir, ids = saved
-    assert snap_compare(make_app(data_dir), terminal_size=SIZE, run_before=resume(ids["race-1"], 2))
+    assert snap_compare(make_app(data_dir), terminal_size=size, run_before=resume(ids["race-1"], 2))
 
 
-def test_chat_view_empty(tmp_path: Path, snap_compare: SnapCompare) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_chat_view_empty(tmp_path: Path, snap_compare: SnapCompare, size: tuple[int, int]) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await wait_until(pilot, lambda: len(chat_screen(pilot.app).lanes) == 1)
         await steady(pilot)
 
-    assert snap_compare(make_app(tmp_path), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(tmp_path), terminal_size=size, run_before=run_before)

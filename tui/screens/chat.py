@@ -430,6 +430,7 @@ class ChatScreen(Screen[None]):
         self.settings.show_targets(self._listed_targets(), names)
         self.settings.show_params(params_from_session(sessions[0].system_prompt, sessions[0].params))
         await self._arrange_lanes(names, sessions)
+        self._show_race_summary()
         self.query_one("#chat-prompt", Input).focus()
 
     async def action_new_chat(self) -> None:

@@ -15,7 +15,7 @@ from backends.chat import ChatParams
 from tui.widgets.chat_targets import TargetPicker
 
 MAX_LANES = 3
-CHAT_MODE_LINE = "chat · space ticks a target; ctrl+t races 2-3"
+CHAT_MODE_LINE = "chat · space ticks · ctrl+t race"
 
 
 class ChatSettings(Vertical):
@@ -73,7 +73,7 @@ class ChatSettings(Vertical):
         count = len(self.target_list.selected)
         race = count > 1
         self.set_class(race, "-race")
-        line = f"RACE MODE · {count} targets answer each prompt (ctrl+t ends it)" if race else CHAT_MODE_LINE
+        line = f"RACE · {count} targets · ctrl+t ends" if race else CHAT_MODE_LINE
         self.query_one("#chat-mode", Label).update(line)
 
     def lock_targets(self, reason: str | None) -> None:

@@ -38,13 +38,10 @@ def totals_text(stats: AnswerStats) -> str:
 
 
 def detail_text(stats: AnswerStats) -> str:
-    """Third row: ``ITL p50 18.0 ms · p99 24.5 ms · prompt 31 tok · finish stop``."""
-    parts = [
-        f"ITL p50 {format_ms(percentile(stats.itl_s, 50))} · p99 {format_ms(percentile(stats.itl_s, 99))}"
-    ]
-    parts.append(f"prompt {'–' if stats.prompt_tokens is None else stats.prompt_tokens} tok")
-    parts.append(f"finish {stats.finish_reason or '–'}")
-    return " · ".join(parts)
+    """Third row: ``ITL p50 18.0 ms p99 24.5 ms · prompt 31 tok · finish stop``."""
+    p50, p99 = (format_ms(percentile(stats.itl_s, q)) for q in (50, 99))
+    prompt = "–" if stats.prompt_tokens is None else stats.prompt_tokens
+    return f"ITL p50 {p50} p99 {p99} · prompt {prompt} tok · finish {stats.finish_reason or '–'}"
 
 
 class AnswerStatsLine(Vertical):
