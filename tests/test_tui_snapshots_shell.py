@@ -106,3 +106,25 @@ def test_new_deployment_form_does_not_fit_one_l4(snap_compare: Any) -> None:
 
 def test_add_url_dialog(snap_compare: Any) -> None:
     assert snap_compare(snapshot_app(), terminal_size=SIZE, run_before=steps("a"))
+
+
+@pytest.mark.parametrize("size", [(160, 45), (100, 30)], ids=["160x45", "100x30"])
+def test_new_deployment_form_two_h100_at(snap_compare: Any, size: tuple[int, int]) -> None:
+    """Every button on screen, the price with its parts, Apply greyed (no cluster)."""
+
+    async def two_h100(pilot: Pilot[Any]) -> None:
+        pilot.app.screen.query_one("#nd-count", Select).value = 2
+
+    assert snap_compare(snapshot_app(), terminal_size=size, run_before=steps("n", then=two_h100))
+
+
+@pytest.mark.parametrize("size", [(160, 45), (100, 30)], ids=["160x45", "100x30"])
+def test_new_deployment_form_cpu_node_at(snap_compare: Any, size: tuple[int, int]) -> None:
+    """CPU words (TP ranks/node, memory/node, host RAM) and one KV figure."""
+
+    async def cpu_node(pilot: Pilot[Any]) -> None:
+        pilot.app.screen.query_one("#nd-gpu", Select).value = "cpu-c4d"
+        await pilot.pause()
+        pilot.app.screen.query_one("#nd-count", Select).value = 2
+
+    assert snap_compare(snapshot_app(), terminal_size=size, run_before=steps("n", then=cpu_node))
