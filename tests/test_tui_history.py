@@ -316,3 +316,43 @@ def test_overlay_prices_a_run_at_what_it_cost_when_it_ran() -> None:
     today = {"priced": 99.0, "older": 5.0}.get
     series = overlay_series([priced, older], [_summary("run-a", "priced"), _summary("run-b", "older")], today)
     assert [s.usd_per_hour for s in series] == [2.0, 5.0]
+
+
+async def test_enter_on_a_chat_opens_it_in_the_chat_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tui.app import ServeDeckApp
+    from tui.screens.chat import ChatScreen
+
+    for name in ("SERVEDECK_CONFIG_DIR", "SERVEDECK_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    target = Target(
+        name="local", base_url="http://127.0.0.1:9", model="gemma-3-270m", kind=TargetKind.LLAMACPP
+    )
+    with SessionStore.open(tmp_path / "data") as store:
+        store.chats.create_chat(target, title="older")
+        wanted = store.chats.create_chat(target, title="latency check")
+    wanted_id = wanted.id
+    app = ServeDeckApp(
+        AppContext(data_dir=tmp_path / "data"),
+        start_local_engine=False,
+        show_welcome=False,
+        check_health=False,
+        discover_cluster=False,
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("4")
+        await wait_until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        screen = app.screen
+        chats = screen.query_one(ChatsTable)
+        await wait_until(pilot, lambda: chats.row_count == 2)
+        await pilot.press("ctrl+t")
+        chats.focus()
+        chats.move_cursor(row=[str(chats.get_row_at(i)[0]) for i in range(2)].index("latency check"))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen))
+        chat = app.screen
+        assert isinstance(chat, ChatScreen)
+        await wait_until(pilot, lambda: wanted_id in chat._open_session_ids())

@@ -262,6 +262,28 @@ class HistoryScreen(Screen[None]):
         (self.runs_table if self._on_runs_tab() else self.chats_table).focus()
         self.refresh_bindings()
 
+    # -- open a chat ------------------------------------------------------------------------------------
+
+    @on(DataTable.RowSelected, "#history-chats-table")
+    def _chat_selected(self) -> None:
+        chat_id = self.chats_table.current_chat_id
+        if chat_id is None:
+            return
+        app: Any = self.app
+        view = getattr(app, "action_view", None)
+        if not callable(view) or not any(
+            getattr(v, "mode", None) == "chat" for v in getattr(app, "available_views", ())
+        ):
+            self.notify("the Chat view is not part of this build", severity="error")
+            return
+        view("chat")  # the shell's navigation: esc comes back here
+        from tui.screens.chat import ChatScreen
+
+        chat = next((s for s in app.get_screen_stack("chat") if isinstance(s, ChatScreen)), None)
+        if chat is not None:
+            # After the view's first frame: a Chat view opened just now is still composing.
+            chat.call_after_refresh(chat.resume_chat, chat_id)
+
     # -- delete ---------------------------------------------------------------------------------------
 
     def action_delete(self) -> None:
