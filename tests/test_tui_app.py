@@ -400,3 +400,43 @@ async def test_welcome_says_the_engine_is_ready_once_it_is() -> None:
         assert "is starting" not in flat_text(app)
         await pilot.press("enter")
         await pilot.press("ctrl+q")
+
+
+# -- issue 10 item 12: bench defaults per target and an estimate before the start -----------------------
+
+
+async def test_bench_form_picks_defaults_per_target_and_shows_an_estimate() -> None:
+    from textual.widgets import SelectionList
+
+    from tui.screens.bench import BenchScreen
+    from tui.widgets.bench_form import BenchForm
+
+    ctx = AppContext(
+        targets=[
+            Target(name="cpu-engine", base_url="http://127.0.0.1:9", model="g", kind=TargetKind.LLAMACPP),
+            Target(name="gpu-vllm", base_url="http://127.0.0.1:9", model="g", kind=TargetKind.VLLM),
+        ]
+    )
+    app = make_app(ctx, views=VIEWS)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await pilot.press("3")
+        await wait_until(pilot, lambda: isinstance(app.screen, BenchScreen))
+        form = app.screen.query_one(BenchForm)
+        targets = form.query_one("#bench-targets", SelectionList)
+        levels = form.query_one("#bench-levels", Input)
+        estimate = form.query_one("#bench-estimate", Static)
+        targets.select("cpu-engine")
+        await pilot.pause()
+        assert levels.value == "1,2,4"
+        assert form.query_one("#bench-prompts", Input).value == "16"
+        local_text = str(estimate.content)
+        assert "estimated duration: about" in local_text
+        targets.deselect("cpu-engine")
+        targets.select("gpu-vllm")
+        await pilot.pause()
+        assert levels.value == "1,4,16"
+        assert "estimated duration: about" in str(estimate.content)
+        levels.value = "2,8"
+        targets.select("cpu-engine")
+        await pilot.pause()
+        assert levels.value == "2,8"  # typed by the user: kept

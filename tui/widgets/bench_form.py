@@ -16,9 +16,17 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, Select, SelectionList, Static
 
-from backends.bench.models import Axis, Target
-from tui.widgets.bench_config import BenchFormValues, DatasetKind
+from backends.bench.models import Axis, Target, TargetKind
+from backends.errors import ServeDeckError
+from tui.widgets.bench_config import BenchFormValues, DatasetKind, _whole, parse_levels
 from tui.widgets.bench_cost import PRICE_SOURCE_LABELS, PriceSource
+from tui.widgets.bench_estimate import (
+    GPU_DEFAULTS,
+    LOCAL_DEFAULTS,
+    defaults_for,
+    format_estimate,
+    sweep_seconds,
+)
 
 DATASET_OPTIONS: list[tuple[str, DatasetKind]] = [
     ("ShareGPT (bundled, real chats)", "sharegpt"),
@@ -168,11 +176,17 @@ class BenchForm(VerticalScroll):
                 )
                 with Horizontal(id="bench-actions"):
                     yield Button("Run sweep (ctrl+r)", variant="success", id="bench-run")
+                yield Static("", id="bench-estimate")
         yield Static("", id="bench-form-message")
         yield Static(HELP, id="bench-help")
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._kinds: dict[str, TargetKind] = {}
+
     def on_mount(self) -> None:
         self._sync_visibility()
+        self._update_estimate()
 
     # -- reading and filling --------------------------------------------------------------------------
 
@@ -236,6 +250,46 @@ class BenchForm(VerticalScroll):
         widget.add_options(
             [(f"{t.name}  [dim]{t.kind.value} · {t.model}[/]", t.name, t.name in keep) for t in targets]
         )
+        self._kinds = {target.name: target.kind for target in targets}
+        self._targets_picked()
+
+    # -- defaults per target and the estimate --------------------------------------------------------
+
+    def _picked_kinds(self) -> list[TargetKind]:
+        picked = self.query_one("#bench-targets", SelectionList).selected
+        return [self._kinds[str(name)] for name in picked if str(name) in self._kinds]
+
+    @on(SelectionList.SelectedChanged, "#bench-targets")
+    def _targets_picked(self) -> None:
+        levels, prompts, out = (self._input(i) for i in ("bench-levels", "bench-prompts", "bench-output-len"))
+        shown = (levels.value, prompts.value, out.value)
+        # Only defaults the user has not changed follow the target.
+        if any(shown == (d.levels, d.num_prompts, d.output_len) for d in (GPU_DEFAULTS, LOCAL_DEFAULTS)):
+            wanted = defaults_for(self._picked_kinds())
+            levels.value, prompts.value, out.value = wanted.levels, wanted.num_prompts, wanted.output_len
+        self._update_estimate()
+
+    @on(Input.Changed)
+    def _update_estimate(self) -> None:
+        line = self.query_one("#bench-estimate", Static)
+        kinds = self._picked_kinds()
+        if not kinds:
+            line.update("")
+            return
+        try:
+            axis = Axis(self._select_value("bench-axis"))
+            levels = parse_levels(axis, self._input("bench-levels").value)
+            prompts = _whole("prompts per level", self._input("bench-prompts").value) or 1
+            out = _whole("output length", self._input("bench-output-len").value, blank_ok=True)
+        except ServeDeckError:
+            line.update("")
+            return
+        seconds = sweep_seconds(kinds, axis, levels, prompts, out)
+        line.update(f"estimated duration: {format_estimate(seconds)} (rough)")
+        line.tooltip = (
+            "every answer at the full output length, at a typical decode rate for the target's kind "
+            "(the local CPU engine: ~30 tokens/s a stream, ~60 in all)"
+        )
 
     def show_message(self, text: str, *, error: bool = False) -> None:
         message = self.query_one("#bench-form-message", Static)
@@ -247,6 +301,7 @@ class BenchForm(VerticalScroll):
     @on(Select.Changed)
     def _choice_changed(self) -> None:
         self._sync_visibility()
+        self._update_estimate()
 
     def _sync_visibility(self) -> None:
         dataset = self._select_value("bench-dataset")
