@@ -14,7 +14,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.bench.models import ServerSnapshot
+from backends.bench.results import PromptSampling
 from backends.errors import TargetError
 
 logger = logging.getLogger(__name__)
@@ -398,6 +399,45 @@ def snapshot_from_metrics(text: str, t: float, slots_json: Any = None) -> Server
             "check that the URL points at the model server"
         )
     return snapshot_from_exposition(exposition, t, slots_json)
+
+
+# --- per-level figures -----------------------------------------------------------------------------
+
+# A level whose prompts are not meant to share prefixes should find next to nothing in the prefix cache
+# (a chat template's few leading tokens); above this, repeated prompts flatter its TTFT.
+PREFIX_HIT_WARN = 0.20
+
+
+def prefix_cache_hit_rate(snapshots: Sequence[ServerSnapshot]) -> float | None:
+    """Prefix-cache hits / queries (tokens) over a level: the increase of both counters from its first to
+    its last scrape. None when the server has no such counters (or they did not move, or were reset)."""
+    pairs = [
+        (s.prefix_cache_hits_total, s.prefix_cache_queries_total)
+        for s in sorted(snapshots, key=lambda s: s.t)
+        if s.prefix_cache_hits_total is not None and s.prefix_cache_queries_total is not None
+    ]
+    if len(pairs) < 2:
+        return None
+    hits = pairs[-1][0] - pairs[0][0]
+    queries = pairs[-1][1] - pairs[0][1]
+    if queries <= 0 or hits < 0:
+        return None
+    return min(1.0, hits / queries)
+
+
+def prefix_cache_warning(rate: float | None, sampling: PromptSampling | None) -> str | None:
+    """A warning when a level whose prompts were not meant to repeat found them in the prefix cache."""
+    if rate is None or rate <= PREFIX_HIT_WARN or sampling is PromptSampling.SAME:
+        return None
+    why = (
+        "the dataset is too small for each level to get its own prompts"
+        if sampling is PromptSampling.OVERLAP
+        else "the prompts share prefixes or repeat"
+    )
+    return (
+        f"prefix cache answered {rate:.0%} of prompt tokens (> {PREFIX_HIT_WARN:.0%}): {why}, "
+        "so TTFT is lower than fresh prompts would see"
+    )
 
 
 # --- scraper ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from backends.bench.models import SampledRequest
-from backends.bench.results import DatasetSpec
+from backends.bench.results import DatasetSpec, PromptSampling
 from backends.bench.tokenizers import TokenCounter
 from backends.errors import ConfigError, DatasetError
 
@@ -46,11 +46,26 @@ _CUT_TAIL_CHARS = 16
 
 
 class SampledDataset(BaseModel):
-    """The prompts of one run, plus notes to show the user once (truncation, oversampling)."""
+    """The prompts of one run, plus notes to show the user once (truncation, oversampling).
+
+    ``requests`` is the first level's sample. With ``level_requests`` every level has its own; without,
+    every level sends ``requests``.
+    """
 
     requests: list[SampledRequest]
+    level_requests: list[list[SampledRequest]] = Field(default_factory=list)
+    sampling: PromptSampling = PromptSampling.SAME
     notes: list[str] = Field(default_factory=list)
     source: str = ""
+
+    def for_level(self, index: int) -> list[SampledRequest]:
+        if not self.level_requests:
+            return self.requests
+        if index >= len(self.level_requests):
+            raise ConfigError(
+                f"the prompts were sampled for {len(self.level_requests)} levels; level {index + 1} has none"
+            )
+        return self.level_requests[index]
 
 
 @dataclass(frozen=True)
@@ -270,14 +285,22 @@ def sample_requests(
     counter: TokenCounter,
     seed: int,
     output_len: int | None,
+    *,
+    levels: int | None = None,
 ) -> SampledDataset:
-    """Draw ``num_prompts`` requests from ``spec``; token counts come from ``counter``."""
+    """Draw ``num_prompts`` requests from ``spec``; token counts come from ``counter``.
+
+    ``levels``: that many samples, one per level, disjoint where the dataset allows (the first is the one
+    vLLM would draw); None: one sample for every level, as ``vllm bench serve`` sends.
+    """
     if num_prompts < 1:
         raise ConfigError(f"the number of prompts must be at least 1, not {num_prompts}")
     if output_len is not None and output_len < 1:
         raise ConfigError(f"the output length must be at least 1 token, not {output_len}")
+    if levels is not None and levels < 1:
+        raise ConfigError(f"the number of levels must be at least 1, not {levels}")
     if spec.kind == "random":
-        return sample_random(spec, num_prompts, counter, seed, output_len)
+        return sample_random(spec, num_prompts, counter, seed, output_len, levels=levels)
     if spec.kind == "sharegpt":
         parsed = bundled_sharegpt()
         source = f"ShareGPT (bundled, {parsed.complete_records:,} conversations)"
@@ -293,10 +316,17 @@ def sample_requests(
     if truncation is not None and _first_time(truncation):
         logger.warning(truncation)
         notes.append(truncation)
-    sampled = sample_sharegpt(parsed, num_prompts, counter, seed, output_len)
+    sampled = sample_sharegpt(parsed, num_prompts, counter, seed, output_len, levels=levels)
     sampled.notes[:0] = notes
     sampled.source = source
     return sampled
+
+
+def same_prompts_note(num_prompts: int) -> str:
+    return (
+        f"every level sends the same {num_prompts:,} prompts (--same-prompts, vLLM's behaviour): from the "
+        "second level on the server's prefix cache can answer them"
+    )
 
 
 _announced: set[str] = set()
@@ -325,17 +355,25 @@ def sample_sharegpt(
     counter: TokenCounter,
     seed: int,
     output_len: int | None,
+    *,
+    levels: int | None = None,
 ) -> SampledDataset:
-    """vLLM's ShareGPTDataset.sample + maybe_oversample_requests, tokenizing lazily in batches."""
+    """vLLM's ShareGPTDataset.sample + maybe_oversample_requests, tokenizing lazily in batches.
+
+    With ``levels`` the shuffled order goes on past the first sample: level i gets the i-th run of
+    ``num_prompts`` survivors. When too few survive for that, the levels share prompts (level i starts
+    ``i * num_prompts`` into the survivors, wrapping), with a note.
+    """
     order = list(range(len(parsed.pairs)))
     # Same permutation as vLLM's random.seed(seed); random.shuffle(data), without touching the
     # global generator.
     random.Random(seed).shuffle(order)
 
+    wanted = num_prompts * (levels or 1)
     samples: list[SampledRequest] = []
     next_candidate = 0
-    while len(samples) < num_prompts and next_candidate < len(order):
-        needed = num_prompts - len(samples)
+    while len(samples) < wanted and next_candidate < len(order):
+        needed = wanted - len(samples)
         # Most candidates pass the filters; a little slack avoids many tiny batches.
         batch = order[next_candidate : next_candidate + needed + needed // 4 + 8]
         next_candidate += len(batch)
@@ -346,7 +384,7 @@ def sample_sharegpt(
         else:
             prompt_lens, output_lens = counter.count_many(prompts), [output_len] * len(batch)
         for prompt, prompt_len, sample_output_len in zip(prompts, prompt_lens, output_lens, strict=True):
-            if len(samples) >= num_prompts:
+            if len(samples) >= wanted:
                 break
             if is_valid_sequence(
                 prompt_len, sample_output_len, skip_min_output_len_check=output_len is not None
@@ -363,8 +401,8 @@ def sample_sharegpt(
             f"all filtered by {FILTER_RULES}"
         )
     notes = []
-    if len(samples) < num_prompts:
-        survivors = len(samples)
+    survivors = len(samples)
+    if survivors < num_prompts:
         # vLLM's maybe_oversample_requests: random.seed(seed), then random.choice per missing one.
         chooser = random.Random(seed)
         samples.extend(chooser.choice(samples[:survivors]) for _ in range(num_prompts - survivors))
@@ -372,7 +410,28 @@ def sample_sharegpt(
             f"only {survivors:,} of {len(parsed.pairs):,} conversations pass {FILTER_RULES}; "
             f"duplicated {num_prompts - survivors:,} random ones to reach {num_prompts:,} prompts"
         )
-    return SampledDataset(requests=samples, notes=notes)
+    first = samples[:num_prompts]
+    if levels is None:
+        return SampledDataset(requests=first, notes=notes)
+    if survivors >= wanted:
+        per_level = [samples[i * num_prompts : (i + 1) * num_prompts] for i in range(levels)]
+        return SampledDataset(
+            requests=first, level_requests=per_level, sampling=PromptSampling.OWN, notes=notes
+        )
+    if levels > 1:
+        pool = samples[: max(survivors, num_prompts)]
+        per_level = [
+            [pool[(i * num_prompts + k) % len(pool)] for k in range(num_prompts)] for i in range(levels)
+        ]
+        notes.append(
+            f"{survivors:,} usable prompts are too few for {levels} levels of {num_prompts:,} different "
+            f"prompts ({wanted:,}): the levels share prompts, so the server's prefix cache can answer "
+            "part of them; lower --num-prompts or use a larger dataset"
+        )
+        return SampledDataset(
+            requests=first, level_requests=per_level, sampling=PromptSampling.OVERLAP, notes=notes
+        )
+    return SampledDataset(requests=first, level_requests=[first], sampling=PromptSampling.OWN, notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,12 +459,15 @@ def sample_random(
     counter: TokenCounter,
     seed: int,
     output_len: int | None,
+    *,
+    levels: int | None = None,
 ) -> SampledDataset:
     """Synthetic prompts whose lengths are drawn like vLLM's random dataset.
 
     Lengths are uniform integers in [floor(len*(1-r)), ceil(len*(1+r))] from
     ``numpy.random.default_rng(seed)``; each prompt is random words adjusted until ``counter``
     gives the drawn length (or the closest reachable one, which is what ``prompt_len`` reports).
+    With ``levels``, level i > 0 draws its own prompts from ``default_rng([seed, i])``.
     """
     ratio = spec.random_range_ratio
     mean_output = spec.random_output_len if output_len is None else output_len
@@ -426,29 +488,41 @@ def sample_random(
     output_low = max(1, math.floor(mean_output * (1 - ratio)))
     output_high = max(1, math.ceil(mean_output * (1 + ratio)))
 
-    rng = np.random.default_rng(seed)
-    input_lens = [int(n) for n in rng.integers(input_low, input_high + 1, size=num_prompts)]
-    output_lens = [int(n) for n in rng.integers(output_low, output_high + 1, size=num_prompts)]
-    prompts, prompt_lens = _prompts_of_lengths(input_lens, counter, rng)
-
-    requests = [
-        SampledRequest(prompt=prompt, prompt_len=prompt_len, expected_output_len=out_len)
-        for prompt, prompt_len, out_len in zip(prompts, prompt_lens, output_lens, strict=True)
-    ]
+    per_level: list[list[SampledRequest]] = []
+    off_target = drift = 0
+    for level in range(levels or 1):
+        rng = np.random.default_rng(seed if level == 0 else [seed, level])
+        input_lens = [int(n) for n in rng.integers(input_low, input_high + 1, size=num_prompts)]
+        output_lens = [int(n) for n in rng.integers(output_low, output_high + 1, size=num_prompts)]
+        prompts, prompt_lens = _prompts_of_lengths(input_lens, counter, rng)
+        per_level.append(
+            [
+                SampledRequest(prompt=prompt, prompt_len=prompt_len, expected_output_len=out_len)
+                for prompt, prompt_len, out_len in zip(prompts, prompt_lens, output_lens, strict=True)
+            ]
+        )
+        off_target += sum(1 for got, want in zip(prompt_lens, input_lens, strict=True) if got != want)
+        drift += sum(prompt_lens) - sum(input_lens)
     notes = []
-    off_target = sum(1 for got, want in zip(prompt_lens, input_lens, strict=True) if got != want)
     if off_target:
-        drift = sum(prompt_lens) - sum(input_lens)
         notes.append(
-            f"{off_target} of {num_prompts} random prompts could not hit their drawn length exactly "
-            f"with {counter.name}; {abs(drift)} tokens {'more' if drift > 0 else 'fewer'} in total"
+            f"{off_target} of {num_prompts * len(per_level)} random prompts could not hit their drawn length "
+            f"exactly with {counter.name}; {abs(drift)} tokens {'more' if drift > 0 else 'fewer'} in total"
         )
     source = (
         f"random (input {input_low}..{input_high}, output {output_low}..{output_high} tokens)"
         if ratio
         else f"random (input {spec.random_input_len}, output {mean_output} tokens)"
     )
-    return SampledDataset(requests=requests, notes=notes, source=source)
+    if levels is None:
+        return SampledDataset(requests=per_level[0], notes=notes, source=source)
+    return SampledDataset(
+        requests=per_level[0],
+        level_requests=per_level,
+        sampling=PromptSampling.OWN,
+        notes=notes,
+        source=source,
+    )
 
 
 def _prompts_of_lengths(

@@ -42,6 +42,7 @@ from backends.bench.metrics import (
 from backends.bench.models import Axis, RequestRecord, ServerSnapshot
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
+from backends.prometheus import prefix_cache_hit_rate, prefix_cache_warning
 
 SWEEP_FILE_FORMAT_VERSION = 1
 
@@ -138,8 +139,6 @@ def summarize_server(snapshots: Sequence[ServerSnapshot]) -> ServerSummary:
     running_max, running_mean = gauge([s.running for s in ordered])
     waiting_max, waiting_mean = gauge([s.waiting for s in ordered])
     kv_max, kv_mean = gauge([s.kv_cache_usage for s in ordered])
-    hits = increase([s.prefix_cache_hits_total for s in ordered])
-    queries = increase([s.prefix_cache_queries_total for s in ordered])
     return ServerSummary(
         samples=len(ordered),
         source=ordered[-1].source if ordered else None,
@@ -152,7 +151,7 @@ def summarize_server(snapshots: Sequence[ServerSnapshot]) -> ServerSummary:
         prompt_tokens=increase([s.prompt_tokens_total for s in ordered]),
         generation_tokens=increase([s.generation_tokens_total for s in ordered]),
         preemptions=increase([s.preemptions_total for s in ordered]),
-        prefix_cache_hit_rate=hits / queries if hits is not None and queries else None,
+        prefix_cache_hit_rate=prefix_cache_hit_rate(ordered),
     )
 
 
@@ -242,6 +241,13 @@ def to_vllm_result(
         "client_limited": level_result.client.client_limited,
         "client": level_result.client.model_dump(mode="json"),
         "server": summarize_server(level_result.server_snapshots).model_dump(mode="json"),
+        # "same": vLLM's behaviour (--same-prompts), "own": a disjoint sample per level, "overlap": the
+        # dataset was too small for disjoint samples.
+        "prompt_sampling": level_result.prompt_sampling.value if level_result.prompt_sampling else None,
+        "same_prompts": config.same_prompts,
+        "prefix_cache_warning": prefix_cache_warning(
+            prefix_cache_hit_rate(level_result.server_snapshots), level_result.prompt_sampling
+        ),
     }
     if metrics.ttft_minus_server_prompt is not None:
         result["servedeck"]["ttft_minus_server_prompt"] = distribution_keys(

@@ -155,7 +155,8 @@ class ClientStats(BaseModel):
     cpu_seconds: float = 0.0
     workers: int = 1
     client_limited: bool = False
-    reason: str | None = None
+    reason: str | None = Field(default=None, description="why the client distorted the numbers")
+    note: str | None = Field(default=None, description="host contention that did not distort them")
 
 
 class ServerSnapshot(BaseModel):

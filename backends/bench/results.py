@@ -25,6 +25,14 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class PromptSampling(StrEnum):
+    """How a level's prompts were drawn from the dataset."""
+
+    OWN = "own"  # its own sample, disjoint from the other levels'
+    SAME = "same"  # the same sample at every level (vLLM's and the article's behaviour)
+    OVERLAP = "overlap"  # the dataset is too small for disjoint samples: levels share prompts
+
+
 class DatasetSpec(BaseModel):
     """Which prompts to send: bundled ShareGPT, a user's ShareGPT-format file, or synthetic random."""
 
@@ -44,6 +52,10 @@ class SweepConfig(BaseModel):
     output_len: int | None = None
     ignore_eos: bool = False
     seed: int = 0
+    same_prompts: bool = Field(
+        default=False,
+        description="send the same prompts at every level (vLLM's behaviour); default: each level its own",
+    )
     burstiness: float = 1.0
     max_concurrency: int | None = None
     goodput_slos_ms: dict[str, float] = Field(default_factory=dict)
@@ -81,6 +93,7 @@ class LevelResult(BaseModel):
     records: list[RequestRecord]
     server_snapshots: list[ServerSnapshot] = Field(default_factory=list)
     message: str | None = None
+    prompt_sampling: PromptSampling | None = Field(default=None, description="None: not known")
 
 
 class SweepResult(BaseModel):

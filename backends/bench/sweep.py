@@ -1,4 +1,5 @@
-"""A sweep: the same sampled prompts sent at each concurrency level or request rate, in order.
+"""A sweep: each concurrency level or request rate in order, each with its own sampled prompts (or the
+same at every level with ``same_prompts``, as vLLM does).
 
 ``run_sweep`` emits typed events as it goes (``SweepEvent``); callers draw them (CLI, TUI) and
 persist them (sessions). Cancelling keeps every finished level and the finished requests of the
@@ -19,7 +20,13 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
-from backends.bench.datasets import MAX_TOTAL_LEN, MIN_SEQUENCE_LEN, SampledDataset, sample_requests
+from backends.bench.datasets import (
+    MAX_TOTAL_LEN,
+    MIN_SEQUENCE_LEN,
+    SampledDataset,
+    same_prompts_note,
+    sample_requests,
+)
 from backends.bench.loadgen.requests import (
     RequestOptions,
     parse_endpoint,
@@ -27,6 +34,7 @@ from backends.bench.loadgen.requests import (
     render_request,
 )
 from backends.bench.loadgen.runner import LevelOutcome, LevelPlan, LevelProgress, run_level
+from backends.bench.loadgen.selfmon import judge_client
 from backends.bench.metrics import compute_metrics, describe_failures, failure_causes, never_reached_server
 from backends.bench.models import (
     LoadLevel,
@@ -212,7 +220,7 @@ async def _run_one_level(
         continuous_usage=target.capabilities.continuous_usage,
         api_key=_api_key(config),
     )
-    samples = dataset.requests
+    samples = dataset.for_level(index)
     plan = LevelPlan(
         level=level,
         requests=[render_request(endpoint, render_body(s, options), options) for s in samples],
@@ -236,6 +244,11 @@ async def _run_one_level(
         background.append(asyncio.create_task(scraper.run(monitor.on_server, stop_scraper)))
     try:
         outcome: LevelOutcome = await run_level(plan, endpoint, monitor.on_progress, cancel)
+        if scraper is not None and not outcome.cancelled:
+            # The level's counters end here, not at the last ~1 s tick (prefix-cache hit rate per level).
+            final = await scraper.scrape(time.perf_counter() - monitor.started)
+            if final is not None:
+                monitor.on_server(final)
     finally:
         stop_scraper.set()
         for task in background:
@@ -287,10 +300,11 @@ async def _run_one_level(
         started_at=started_at,
         status=status,
         metrics=metrics,
-        client=outcome.client,
+        client=judge_client(outcome.client, metrics),
         records=outcome.records,
         server_snapshots=monitor.server_snapshots,
         message=redact(message),
+        prompt_sampling=dataset.sampling,
     )
     emit(LevelFinished(result=result))
     return result, outcome.cancelled
@@ -323,12 +337,22 @@ def sample_for(config: SweepConfig) -> SampledDataset:
         api_key=_api_key(config),
     )
     try:
-        dataset = sample_requests(config.dataset, config.num_prompts, counter, config.seed, config.output_len)
+        dataset = sample_requests(
+            config.dataset,
+            config.num_prompts,
+            counter,
+            config.seed,
+            config.output_len,
+            levels=None if config.same_prompts else len(config.levels),
+        )
     finally:
         close = getattr(counter, "close", None)
         if close is not None:
             close()
-    return dataset.model_copy(update={"notes": [*dataset.notes, f"token counts: {counter.name}"]})
+    notes = [*dataset.notes, f"token counts: {counter.name}"]
+    if config.same_prompts and len(config.levels) > 1:
+        notes.append(same_prompts_note(config.num_prompts))
+    return dataset.model_copy(update={"notes": notes})
 
 
 async def prepare_dataset(config: SweepConfig) -> SampledDataset:

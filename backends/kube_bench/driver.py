@@ -31,9 +31,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from backends.bench.datasets import SampledDataset
+from backends.bench.loadgen.selfmon import judge_client
 from backends.bench.metrics import compute_metrics
 from backends.bench.models import LoadLevel, ProgressSnapshot, RequestRecord
-from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
+from backends.bench.results import LevelResult, PromptSampling, RunStatus, SweepConfig, SweepResult
 from backends.bench.sweep import (
     LevelFinished,
     LevelStarted,
@@ -745,9 +746,10 @@ class InClusterSweep:
             started_at=started_at,
             status=status,
             metrics=metrics,
-            client=merged.client,
+            client=judge_client(merged.client, metrics),
             records=merged.records,
             message=message,
+            prompt_sampling=PromptSampling.SAME,  # one dataset ConfigMap serves every level
         )
         self.emit(LevelFinished(result=result))
         return result

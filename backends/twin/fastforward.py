@@ -1,8 +1,9 @@
 """Fast-forward: the twin's engine on a virtual clock, fed like the bench core feeds a live server.
 
-Same prompts (``backends.bench.datasets``), same arrival schedule (``loadgen.arrivals.arrival_times`` with
-the sweep's seed), same closed-loop concurrency cap, and the same result objects (``RequestRecord`` per
-request, ``compute_metrics``, ``LevelResult``/``SweepResult``), so a prediction reads like a measurement.
+Same prompts (``backends.bench.datasets``: each level its own unless ``same_prompts``), same arrival
+schedule (``loadgen.arrivals.arrival_times`` with the sweep's seed), same closed-loop concurrency cap,
+and the same result objects (``RequestRecord`` per request, ``compute_metrics``,
+``LevelResult``/``SweepResult``), so a prediction reads like a measurement.
 Times are what a client at zero network distance would see: a token is visible when its step ends.
 
 One engine serves the whole sweep, as one server would: the prefix cache carries over between levels.
@@ -17,7 +18,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from backends.bench.datasets import SampledDataset, bundled_sharegpt, load_sharegpt_file, sample_requests
+from backends.bench.datasets import (
+    SampledDataset,
+    bundled_sharegpt,
+    load_sharegpt_file,
+    same_prompts_note,
+    sample_requests,
+)
 from backends.bench.loadgen.arrivals import arrival_times
 from backends.bench.metrics import compute_metrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledRequest, ServerSnapshot
@@ -39,9 +46,9 @@ class OutputLengths(StrEnum):
 
 
 def completion_lengths(
-    dataset: SampledDataset, sweep: SweepConfig, counter: TokenCounter
+    dataset: SampledDataset, sweep: SweepConfig, counter: TokenCounter, level: int = 0
 ) -> list[int] | None:
-    """Token counts of each sampled prompt's dataset completion (ShareGPT only; None otherwise)."""
+    """Token counts of each of a level's prompts' dataset completion (ShareGPT only; None otherwise)."""
     spec = sweep.dataset
     if spec.kind == "sharegpt":
         parsed = bundled_sharegpt()
@@ -52,7 +59,7 @@ def completion_lengths(
     completions: dict[str, str] = {}
     for prompt, completion in parsed.pairs:
         completions.setdefault(prompt, completion)
-    texts = [completions.get(r.prompt, "") for r in dataset.requests]
+    texts = [completions.get(r.prompt, "") for r in dataset.for_level(level)]
     return [max(1, n) for n in counter.count_many(texts)]
 
 
@@ -249,8 +256,18 @@ def _snapshot(engine: TwinEngine, now: float) -> ServerSnapshot:
 def sample_dataset(sweep: SweepConfig, counter: TokenCounter | None = None) -> SampledDataset:
     """The sweep's prompts, counted with tiktoken (the twin has no tokenizer of its own to ask)."""
     counter = counter or TiktokenCounter()
-    dataset = sample_requests(sweep.dataset, sweep.num_prompts, counter, sweep.seed, sweep.output_len)
-    return dataset.model_copy(update={"notes": [*dataset.notes, f"token counts: {counter.name}"]})
+    dataset = sample_requests(
+        sweep.dataset,
+        sweep.num_prompts,
+        counter,
+        sweep.seed,
+        sweep.output_len,
+        levels=None if sweep.same_prompts else len(sweep.levels),
+    )
+    notes = [*dataset.notes, f"token counts: {counter.name}"]
+    if sweep.same_prompts and len(sweep.levels) > 1:
+        notes.append(same_prompts_note(sweep.num_prompts))
+    return dataset.model_copy(update={"notes": notes})
 
 
 def run_sweep(
@@ -265,27 +282,28 @@ def run_sweep(
     """Every level of ``sweep`` through one twin engine; returns what ``run_sweep`` of the bench returns."""
     counter = counter or TiktokenCounter()
     dataset = dataset or sample_dataset(sweep, counter)
-    eos_after: list[int] | None = None
-    if output_lengths is OutputLengths.DATASET and not sweep.ignore_eos and sweep.output_len is not None:
-        eos_after = completion_lengths(dataset, sweep, counter)
+    use_dataset_lengths = (
+        output_lengths is OutputLengths.DATASET and not sweep.ignore_eos and sweep.output_len is not None
+    )
     engine = engine or TwinEngine(config)
     result = SweepResult(
         run_id=uuid.uuid4().hex[:12], config=sweep, started_at=datetime.now(UTC), message=SIMULATED_NOTE
     )
     for index, level in enumerate(sweep.load_levels()):
-        result.levels.append(
-            run_level(
-                engine,
-                level,
-                dataset.requests,
-                index=index,
-                seed=sweep.seed,
-                ignore_eos=sweep.ignore_eos,
-                eos_after=eos_after,
-                percentiles=sweep.percentiles,
-                goodput_slos_ms=sweep.goodput_slos_ms,
-            )
+        eos_after = completion_lengths(dataset, sweep, counter, index) if use_dataset_lengths else None
+        level_result = run_level(
+            engine,
+            level,
+            dataset.for_level(index),
+            index=index,
+            seed=sweep.seed,
+            ignore_eos=sweep.ignore_eos,
+            eos_after=eos_after,
+            percentiles=sweep.percentiles,
+            goodput_slos_ms=sweep.goodput_slos_ms,
         )
+        level_result.prompt_sampling = dataset.sampling
+        result.levels.append(level_result)
     result.finished_at = datetime.now(UTC)
     result.status = RunStatus.COMPLETE
     return result

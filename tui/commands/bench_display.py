@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from backends.bench.models import Axis, ProgressSnapshot
-from backends.bench.results import LevelResult, RunStatus, SweepResult
+from backends.bench.results import LevelResult, PromptSampling, RunStatus, SweepResult
 from backends.bench.sweep import (
     LevelFinished,
     LevelStarted,
@@ -21,6 +21,7 @@ from backends.bench.sweep import (
     SweepFinished,
     SweepStarted,
 )
+from backends.prometheus import prefix_cache_hit_rate, prefix_cache_warning
 from backends.redaction import redact_url
 from manifests.cost import usd_per_million_tokens
 
@@ -43,9 +44,63 @@ def _server_line(snapshot: ProgressSnapshot) -> str:
     return "server: " + (", ".join(parts) or "-")
 
 
+def prompts_line(result: SweepResult) -> str:
+    """How the run's levels drew their prompts, for the table's caption."""
+    n = result.config.num_prompts
+    sampling = next((lvl.prompt_sampling for lvl in result.levels if lvl.prompt_sampling), None)
+    if sampling is None:
+        sampling = PromptSampling.SAME if result.config.same_prompts else None
+    if sampling is PromptSampling.SAME:
+        return (
+            f"prompts: the same {n} at every level (--same-prompts, vLLM's behaviour): the prefix cache "
+            "answers repeats from the second level on"
+        )
+    if sampling is PromptSampling.OVERLAP:
+        return f"prompts: {n} per level, shared between levels (too few in the dataset for disjoint samples)"
+    if sampling is PromptSampling.OWN:
+        return f"prompts: each level its own {n} (disjoint samples of the dataset)"
+    return f"prompts: {n} per level"
+
+
+def level_footnotes(level: LevelResult) -> list[str]:
+    """Why a level is marked: client-limited, host contention, prefix-cache hits on fresh prompts."""
+    notes = []
+    if level.client.client_limited and level.client.reason:
+        notes.append(f"client-limited: {level.client.reason}")
+    if level.client.note:
+        notes.append(level.client.note)
+    warning = prefix_cache_warning(prefix_cache_hit_rate(level.server_snapshots), level.prompt_sampling)
+    if warning:
+        notes.append(warning)
+    return notes
+
+
+def _hit_rate_cell(level: LevelResult) -> str:
+    rate = prefix_cache_hit_rate(level.server_snapshots)
+    if rate is None:
+        return "n/a"
+    text = f"{rate:.0%}"
+    if prefix_cache_warning(rate, level.prompt_sampling):
+        return f"[yellow]{text}[/]"
+    return text
+
+
 def results_table(result: SweepResult) -> Table:
     axis = "concurrency" if result.config.axis is Axis.CONCURRENCY else "req/s"
-    table = Table(title=f"{result.config.target.model} @ {redact_url(result.config.target.base_url)}")
+    footnotes: list[str] = []
+    rows: list[tuple[LevelResult, str]] = []
+    for level in result.levels:
+        marks = ""
+        for note in level_footnotes(level):
+            footnotes.append(f"({len(footnotes) + 1}) {level.level.label}: {note}")
+            marks += f"({len(footnotes)})"
+        rows.append((level, marks))
+    caption = "\n".join([prompts_line(result), *footnotes])
+    table = Table(
+        title=f"{result.config.target.model} @ {redact_url(result.config.target.base_url)}",
+        caption=caption,
+        caption_justify="left",
+    )
     for header in (
         axis,
         "status",
@@ -58,14 +113,15 @@ def results_table(result: SweepResult) -> Table:
         "TPOT p50",
         "ITL p99",
         "peak conc",
+        "prefix hit",
         "client",
     ):
         table.add_column(header, justify="right")
     price = result.config.usd_per_hour
     if price is not None:
         table.add_column(f"$/1M tok at ${price:g}/h", justify="right")
-    for level in result.levels:
-        row = _level_row(level)
+    for level, marks in rows:
+        row = _level_row(level, marks)
         if price is not None:
             cost = usd_per_million_tokens(price, level.metrics.total_token_throughput)
             row.append("-" if cost is None else f"{cost:.3f}")
@@ -73,10 +129,11 @@ def results_table(result: SweepResult) -> Table:
     return table
 
 
-def _level_row(level: LevelResult) -> list[str]:
+def _level_row(level: LevelResult, marks: str = "") -> list[str]:
     m = level.metrics
     status_style = {RunStatus.COMPLETE: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red"}
     status = f"[{status_style.get(level.status, 'white')}]{level.status.value}[/]"
+    client = "[red]client-limited[/]" if level.client.client_limited else "ok"
     return [
         f"{level.level.value:g}",
         status,
@@ -89,7 +146,8 @@ def _level_row(level: LevelResult) -> list[str]:
         _fmt(m.tpot.median),
         _fmt(m.itl.percentiles.get("99")),
         str(m.max_concurrent_requests),
-        "[red]client-limited[/]" if level.client.client_limited else "ok",
+        _hit_rate_cell(level),
+        client + (f" {marks}" if marks else ""),
     ]
 
 
@@ -165,11 +223,14 @@ class SweepDisplay:
             f"{level.level.label}: {level.status.value}, {m.completed} ok / {m.failed} failed, "
             f"{m.output_throughput:,.1f} out tok/s, TTFT p99 {_fmt(m.ttft.percentiles.get('99'))} ms"
         )
-        if level.client.client_limited:
-            line += f" [red]client-limited: {level.client.reason}[/]"
+        rate = prefix_cache_hit_rate(level.server_snapshots)
+        if rate is not None:
+            line += f", prefix cache {rate:.0%}"
         if level.message:
             line += f" ({level.message})"
         self.console.print(line, highlight=False)
+        for note in level_footnotes(level):
+            self.console.print(f"  [yellow]note:[/] {note}", highlight=False)
 
     def print_summary(self, result: SweepResult) -> None:
         wide = None if sys.stdout.isatty() else 160

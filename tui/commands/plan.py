@@ -18,6 +18,7 @@ from backends.bench.export import summarize_server, to_vllm_result
 from backends.bench.models import Axis, Target, TargetKind
 from backends.bench.results import LevelResult, SweepConfig, SweepResult
 from backends.errors import ConfigError
+from backends.prometheus import prefix_cache_warning
 from backends.twin.capacity import GIB, MemoryPlan
 from backends.twin.engine import TwinConfig, TwinEngine
 from backends.twin.fastforward import OutputLengths, run_sweep, sample_dataset
@@ -25,6 +26,7 @@ from manifests.catalog import Catalog, load_catalog
 from manifests.cost import estimate_cost
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
+from tui.commands.bench_display import prompts_line
 from tui.commands.sweep_args import (
     add_sweep_arguments,
     positive_float_list,
@@ -254,13 +256,16 @@ def print_plan(
         "Max running",
         "Peak KV %",
         "Preemptions",
+        "Prefix hit %",
         "$/1M tok",
     ]
     rows = []
+    warnings = []
     for level in result.levels:
         m = level.metrics
         extras = _level_extras(level, usd_per_hour)
         kv = extras["kv_cache_usage_max"]
+        hit_rate = extras["prefix_cache_hit_rate"]
         rows.append(
             [
                 f"{level.level.value:g}",
@@ -274,9 +279,16 @@ def print_plan(
                 _fmt(extras["running_max"], 0),
                 _fmt(None if kv is None else kv * 100),
                 _fmt(extras["preemptions"], 0),
+                "n/a" if hit_rate is None else f"{hit_rate * 100:.0f}",
                 _fmt(extras["usd_per_million_tokens"], 2),
             ]
         )
+        warning = prefix_cache_warning(hit_rate, level.prompt_sampling)
+        if warning:
+            warnings.append(f"warning: {level.level.label}: {warning}\n")
+    out(prompts_line(result) + "\n")
+    for warning in warnings:
+        out(warning)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     out("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)) + "\n")
     for row in rows:

@@ -122,6 +122,12 @@ def add_sweep_arguments(
     parser.add_argument("--random-output-len", type=int, default=128)
     parser.add_argument("--random-range-ratio", type=float, default=0.0)
     parser.add_argument("--output-len", type=int, help="fixed output length (overrides the dataset's)")
+    parser.add_argument(
+        "--same-prompts",
+        action="store_true",
+        help="send the same prompts at every level, as vllm bench serve does (from the second level on the "
+        "prefix cache answers them); default: each level draws its own",
+    )
 
 
 def axis_and_levels(args: argparse.Namespace) -> tuple[Axis, list[float]]:
@@ -142,6 +148,7 @@ def sweep_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "output_len": args.output_len,
         "ignore_eos": args.ignore_eos,
         "seed": args.seed,
+        "same_prompts": args.same_prompts,
         "burstiness": args.burstiness,
         "max_concurrency": args.max_concurrency,
         "percentiles": args.percentiles,

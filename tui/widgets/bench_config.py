@@ -37,6 +37,7 @@ class BenchFormValues(BaseModel):
     num_prompts: str = "100"
     output_len: str = "256"
     ignore_eos: bool = False
+    same_prompts: bool = False
     slos: str = ""
     price_source: PriceSource = PriceSource.CATALOG
     usd_per_hour: str = ""
@@ -163,6 +164,7 @@ def build_runs(
             "num_prompts": num_prompts,
             "output_len": output_len,
             "ignore_eos": values.ignore_eos,
+            "same_prompts": values.same_prompts,
             "goodput_slos_ms": slos,
             "label": label,
         }
@@ -213,6 +215,7 @@ def values_from_config(config: SweepConfig, available: Sequence[Target]) -> Benc
         num_prompts=str(config.num_prompts),
         output_len="" if config.output_len is None else str(config.output_len),
         ignore_eos=config.ignore_eos,
+        same_prompts=config.same_prompts,
         slos=slos,
         label=config.label or "",
     )

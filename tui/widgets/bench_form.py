@@ -40,7 +40,7 @@ AXIS_OPTIONS: list[tuple[str, Axis]] = [
 HELP = (
     "[b]concurrency[/b]: N requests kept in flight, the next sent as one finishes (vLLM --max-concurrency).\n"
     "[b]request rate[/b]: Poisson arrivals, N per second, however many are in flight (vLLM --request-rate).\n"
-    "The article's 'concurrency=1..500' were request rates. Every level sends the same sampled prompts.\n"
+    "The article's 'concurrency=1..500' were request rates. Each level sends its own sampled prompts.\n"
     "[b]SLOs[/b] give goodput: requests per second that meet every SLO (keys ttft, tpot, e2el in ms).\n"
     "[b]$ per 1M tokens[/b] = $/h / 3600 / total tokens per s x 1,000,000."
 )
@@ -155,6 +155,10 @@ class BenchForm(VerticalScroll):
                     "",
                     Checkbox("ignore EOS (full output length)", compact=True, id="bench-ignore-eos"),
                 )
+                yield _row(
+                    "",
+                    Checkbox("same prompts every level (vLLM)", compact=True, id="bench-same-prompts"),
+                )
                 yield Static("Goodput and cost", classes="bench-section")
                 yield _row(
                     "SLOs (ms)", Input(placeholder="e.g. ttft:500,tpot:50", compact=True, id="bench-slos")
@@ -209,6 +213,7 @@ class BenchForm(VerticalScroll):
             num_prompts=self._input("bench-prompts").value,
             output_len=self._input("bench-output-len").value,
             ignore_eos=self.query_one("#bench-ignore-eos", Checkbox).value,
+            same_prompts=self.query_one("#bench-same-prompts", Checkbox).value,
             slos=self._input("bench-slos").value,
             price_source=self._select_value("bench-price"),
             usd_per_hour=self._input("bench-usd-per-hour").value,
@@ -225,6 +230,7 @@ class BenchForm(VerticalScroll):
         self._input("bench-prompts").value = values.num_prompts
         self._input("bench-output-len").value = values.output_len
         self.query_one("#bench-ignore-eos", Checkbox).value = values.ignore_eos
+        self.query_one("#bench-same-prompts", Checkbox).value = values.same_prompts
         self._input("bench-slos").value = values.slos
         self.query_one("#bench-price", Select).value = values.price_source
         self._input("bench-usd-per-hour").value = values.usd_per_hour

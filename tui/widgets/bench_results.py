@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
@@ -30,6 +32,12 @@ class SweepResultsPanel(Vertical):
         padding: 0 1;
         color: $text-muted;
     }
+    SweepResultsPanel #results-notes {
+        height: auto;
+        max-height: 4;
+        padding: 0 1;
+        color: $warning;
+    }
     SweepResultsPanel LevelTable {
         height: 2fr;
     }
@@ -40,6 +48,9 @@ class SweepResultsPanel(Vertical):
             yield SweepChart(id="results-sweep-chart")
             yield CostChart(id="results-cost-chart")
         yield Static("", id="results-caption")
+        notes = Static("", id="results-notes")
+        notes.display = False
+        yield notes
         yield LevelTable(id="results-table")
 
     @property
@@ -52,6 +63,13 @@ class SweepResultsPanel(Vertical):
 
     def set_caption(self, text: str) -> None:
         self.query_one("#results-caption", Static).update(text)
+
+    @on(LevelTable.NotesChanged)
+    def _notes_changed(self, message: LevelTable.NotesChanged) -> None:
+        notes = self.query_one("#results-notes", Static)
+        # Markup off: the notes quote server and client text.
+        notes.update(Text("\n".join(message.notes)))
+        notes.display = bool(message.notes)
 
     def clear(self) -> None:
         self.set_series([])

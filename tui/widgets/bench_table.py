@@ -1,14 +1,21 @@
 """The per-level metrics table: a row appears when a level starts and is filled in place when it ends.
 
 A level where the load generator itself was the limit is marked ``*`` (its numbers understate the
-server)."""
+server). Why a level is marked (client-limited, host contention, prefix-cache hits on prompts that were
+not meant to repeat) is the tooltip of its cell and a line of ``notes``; ``NotesChanged`` tells the panel."""
 
 from __future__ import annotations
 
+from typing import Self
+
+from textual.coordinate import Coordinate
+from textual.message import Message
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist
 
 from backends.bench.models import LoadLevel
 from backends.bench.results import LevelResult, RunStatus
+from backends.prometheus import prefix_cache_hit_rate, prefix_cache_warning
 from manifests.cost import usd_per_million_tokens
 from tui.widgets.bench_config import format_level
 from tui.widgets.bench_cost import format_usd
@@ -28,6 +35,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("e2el_p99", "p99 E2E"),
     ("goodput", "goodput"),
     ("usd_per_m", "$/1M tok"),
+    ("prefix_hit", "prefix hit"),
 )
 
 
@@ -43,14 +51,20 @@ def _ms(value: float | None) -> str:
     )
 
 
+PREFIX_WARNING_MARK = "!"
+
+
 def level_cells(result: LevelResult, target_name: str, usd_per_hour: float | None) -> dict[str, str]:
     metrics = result.metrics
     completed = metrics.completed > 0
     status = result.status.value
+    hit_rate = prefix_cache_hit_rate(result.server_snapshots)
+    warned = prefix_cache_warning(hit_rate, result.prompt_sampling) is not None
     return {
         "target": target_name,
         "level": format_level(result.level.axis, result.level.value)
         + (CLIENT_LIMITED_MARK if result.client.client_limited else ""),
+        "prefix_hit": "n/a" if hit_rate is None else f"{hit_rate:.0%}{PREFIX_WARNING_MARK if warned else ''}",
         "status": status,
         "done": f"{metrics.completed}/{metrics.failed}",
         "req_s": f"{metrics.request_throughput:.2f}",
@@ -64,6 +78,41 @@ def level_cells(result: LevelResult, target_name: str, usd_per_hour: float | Non
     }
 
 
+def level_tooltips(result: LevelResult) -> dict[str, str]:
+    """Column key -> why that cell is marked."""
+    tips: dict[str, str] = {}
+    client = result.client
+    lines = []
+    if client.client_limited and client.reason:
+        lines.append(f"{CLIENT_LIMITED_MARK} client-limited: {client.reason}")
+    if client.note:
+        lines.append(client.note)
+    if lines:
+        tips["level"] = "\n".join(lines)
+    hit_rate = prefix_cache_hit_rate(result.server_snapshots)
+    if hit_rate is None:
+        tips["prefix_hit"] = "the server reports no prefix-cache counters"
+    else:
+        warning = prefix_cache_warning(hit_rate, result.prompt_sampling)
+        tips["prefix_hit"] = warning or f"prefix cache answered {hit_rate:.0%} of this level's prompt tokens"
+    return tips
+
+
+def level_notes(result: LevelResult, target_name: str) -> list[str]:
+    """One line for each reason the level is marked."""
+    label = f"{target_name} {format_level(result.level.axis, result.level.value)}"
+    notes = []
+    client = result.client
+    if client.client_limited and client.reason:
+        notes.append(f"{label}{CLIENT_LIMITED_MARK} client-limited: {client.reason}")
+    if client.note:
+        notes.append(f"{label}: {client.note}")
+    warning = prefix_cache_warning(prefix_cache_hit_rate(result.server_snapshots), result.prompt_sampling)
+    if warning:
+        notes.append(f"{label}{PREFIX_WARNING_MARK} {warning}")
+    return notes
+
+
 class LevelTable(DataTable[str]):
     DEFAULT_CSS = """
     LevelTable {
@@ -71,8 +120,50 @@ class LevelTable(DataTable[str]):
     }
     """
 
+    class NotesChanged(Message):
+        def __init__(self, notes: list[str]) -> None:
+            super().__init__()
+            self.notes = notes
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self._tooltips: dict[str, dict[str, str]] = {}
+        self._notes: dict[str, list[str]] = {}
+
+    @property
+    def notes(self) -> list[str]:
+        return [note for key in self.rows if key.value in self._notes for note in self._notes[key.value]]
+
+    def _set_notes(self, key: str, notes: list[str]) -> None:
+        if self._notes.get(key, []) == notes:
+            return
+        if notes:
+            self._notes[key] = notes
+        else:
+            self._notes.pop(key, None)
+        self.post_message(self.NotesChanged(self.notes))
+
+    def clear(self, columns: bool = False) -> Self:
+        had_notes = bool(self._notes)
+        self._tooltips.clear()
+        self._notes.clear()
+        super().clear(columns)
+        if had_notes:
+            self.post_message(self.NotesChanged([]))
+        return self
+
+    def tooltip_at(self, coordinate: Coordinate) -> str | None:
+        try:
+            row_key, column_key = self.coordinate_to_cell_key(coordinate)
+        except CellDoesNotExist:
+            return None
+        if row_key.value is None or column_key.value is None:
+            return None
+        return self._tooltips.get(row_key.value, {}).get(column_key.value)
+
+    def watch_hover_coordinate(self, old: Coordinate, value: Coordinate) -> None:
+        super().watch_hover_coordinate(old, value)
+        self.tooltip = self.tooltip_at(value)
 
     def on_mount(self) -> None:
         for key, title in COLUMNS:
@@ -90,6 +181,8 @@ class LevelTable(DataTable[str]):
         )
         if key in self.rows:
             self.remove_row(key)
+        self._tooltips.pop(key, None)
+        self._set_notes(key, [])
         self.add_row(*(cells[name] for name, _ in COLUMNS), key=key)
 
     def level_finished(
@@ -97,6 +190,8 @@ class LevelTable(DataTable[str]):
     ) -> None:
         key = self.row_key(run_index, result.index)
         cells = level_cells(result, target_name, usd_per_hour)
+        self._tooltips[key] = level_tooltips(result)
+        self._set_notes(key, level_notes(result, target_name))
         if key not in self.rows:
             self.add_row(*(cells[name] for name, _ in COLUMNS), key=key)
             return

@@ -51,8 +51,14 @@ def main() -> None:
     target = Target(
         name="twin", base_url="twin://calibration", model="google/gemma-3-27b-it", kind=TargetKind.TWIN
     )
+    # The article sent the same prompts at every level (vLLM's behaviour); CALIBRATION.md's "warm" rows too.
     sweep = SweepConfig(
-        target=target, axis=Axis.REQUEST_RATE, levels=levels, num_prompts=args.num_prompts, output_len=256
+        target=target,
+        axis=Axis.REQUEST_RATE,
+        levels=levels,
+        num_prompts=args.num_prompts,
+        output_len=256,
+        same_prompts=True,
     )
     dataset = sample_dataset(sweep)
     print(
