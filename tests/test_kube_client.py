@@ -69,11 +69,12 @@ def test_apply_is_server_side_apply_with_field_manager_servedeck(
         ("Deployment", ApplyAction.CREATED),
     ]
     patches = [r for r in kube_api.requests if r.method == "PATCH"]
-    assert len(patches) == 4
+    writes = [r for r in patches if "dryRun" not in r.query]
+    assert len(writes) == len(patches) == 4  # no dry run into a namespace this apply creates
     for request in patches:
         assert request.content_type == "application/apply-patch+yaml"
         assert request.query["fieldManager"] == "servedeck"
-        assert request.query["force"] == "true"
+        assert request.query["force"] == "false"
     deployment = kube_api.get("Deployment", "gemma-27b", NS)
     assert deployment is not None
     assert [entry["manager"] for entry in deployment["metadata"]["managedFields"]] == ["servedeck"]
@@ -214,7 +215,8 @@ def test_a_leaderworkerset_on_a_cluster_without_the_crd(tmp_path: Path) -> None:
                 kube.apply([lws])
             assert _one_line(caught.value) == (
                 "the cluster of context fake does not serve LeaderWorkerSet (leaderworkerset.x-k8s.io/v1); "
-                "install its controller first (LeaderWorkerSet: https://lws.sigs.k8s.io/docs/installation/)"
+                "install its controller first (LeaderWorkerSet: https://lws.sigs.k8s.io/docs/installation/); "
+                "nothing was applied"
             )
             assert kube.managed_objects(NS) == []  # listing skips the kind the cluster lacks
 
@@ -244,7 +246,7 @@ def test_rbac_denial_is_forbidden_verb_resource_namespace_and_server_message(
     assert _one_line(caught.value) == (
         'forbidden: patch deployments.apps in servedeck: deployments.apps "gemma-27b" is forbidden: '
         'User "system:serviceaccount:ci:servedeck" cannot patch resource "deployments" in API group "apps" '
-        'in the namespace "servedeck"'
+        'in the namespace "servedeck"; nothing was applied'
     )
 
 

@@ -20,7 +20,8 @@ import json
 import re
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -99,6 +100,63 @@ class AppliedObject(BaseModel):
 
     ref: ObjectRef
     action: ApplyAction
+    note: str | None = None
+    """What apply left as it was, e.g. replicas an autoscaler owns."""
+
+
+AUTOSCALER_MANAGERS = frozenset({"kube-controller-manager", "horizontal-pod-autoscaler", "keda-operator"})
+"""Field managers that scale Deployments on their own (through the scale subresource)."""
+
+
+@dataclass
+class _Planned:
+    """One object of an apply after the read-only checks."""
+
+    resource: ResourceKind
+    body: dict[str, Any]
+    ref: ObjectRef
+    existing: dict[str, Any] | None
+    action: ApplyAction | None = None  # set: nothing to write (a shared kind that exists, unreadable)
+    problem: KubeError | None = None
+    note: str | None = None
+
+
+class _FieldConflicts(Exception):
+    """A 409 apply conflict: (field, manager) pairs other managers own."""
+
+    def __init__(self, conflicts: list[tuple[str, str]]) -> None:
+        super().__init__(conflicts)
+        self.conflicts = conflicts
+
+    def error(self, ref: ObjectRef) -> KubeConflictError:
+        fields = ", ".join(f"{field} (owned by {manager})" for field, manager in self.conflicts)
+        return KubeConflictError(
+            f"{ref}: this apply would change fields other managers set: {fields}; run again with "
+            "--force-conflicts to take them over"
+        )
+
+
+def _field_conflicts(err: ApiException) -> list[tuple[str, str]]:
+    """(field, manager) of each FieldManagerConflict cause of a 409 apply answer."""
+    try:
+        body = json.loads(err.body or "")
+    except (TypeError, ValueError):
+        return []
+    causes = (body.get("details") or {}).get("causes") if isinstance(body, dict) else None
+    conflicts: list[tuple[str, str]] = []
+    for cause in causes or []:
+        if not isinstance(cause, dict) or cause.get("reason") != "FieldManagerConflict":
+            continue
+        manager = str(cause.get("message") or "").removeprefix("conflict with ")
+        manager = re.sub(r" using \S+( at \S+)?$", "", manager)
+        conflicts.append((str(cause.get("field") or "?"), manager or "another manager"))
+    return conflicts
+
+
+def _combined(problems: Sequence[KubeError], outcome: str) -> KubeError:
+    """One error for every problem found (the first one's class), ending with ``outcome``."""
+    text = "; ".join(str(problem) for problem in problems)
+    return type(problems[0])(f"{text}; {outcome}")
 
 
 class ScaleResult(BaseModel):
@@ -164,6 +222,7 @@ class KubeClient:
             ApiGroup.BATCH: k8s_client.BatchV1Api(api_client),
             ApiGroup.CUSTOM: k8s_client.CustomObjectsApi(api_client),
         }
+        self._autoscaling = k8s_client.AutoscalingV2Api(api_client)
 
     @classmethod
     def connect(
@@ -365,8 +424,15 @@ class KubeClient:
         *,
         namespace: str | None = None,
         secrets: Sequence[str] = (),
+        force_conflicts: bool = False,
     ) -> list[AppliedObject]:
         """Server-side apply each object (field manager ``servedeck``), shared kinds first.
+
+        Nothing is written until the whole set passed: ownership (our managed-by label), then a
+        server-side dry run of every object (kinds the cluster serves, validation, RBAC, fields other
+        managers own). A failure after that deletes what this apply created. Fields other managers own
+        (``kubectl scale``, ``kubectl edit``) are a ``KubeConflictError`` naming them unless
+        ``force_conflicts``; a Deployment's ``spec.replicas`` an autoscaler owns is never applied.
 
         Namespaced objects without ``metadata.namespace`` go to ``namespace`` (the context's by default).
         ``secrets`` are values to redact from any error text (the HF token inside a Secret).
@@ -380,7 +446,26 @@ class KubeClient:
         }
         for needed in sorted({ns for _, _, ns in prepared if ns is not None} - applied_namespaces):
             self.require_namespace(needed)
-        return [self._apply_one(resource, body, ns, secrets) for resource, body, ns in prepared]
+        plans = [self._plan(resource, body, ns) for resource, body, ns in prepared]
+        new_namespaces = {
+            plan.ref.name for plan in plans if plan.resource.kind == "Namespace" and plan.existing is None
+        }
+        problems: list[KubeError] = [plan.problem for plan in plans if plan.problem is not None]
+        for plan in plans:
+            if plan.problem is None and plan.action is None:
+                problem = self._dry_run(plan, new_namespaces, secrets, force_conflicts)
+                if problem is not None:
+                    problems.append(problem)
+        if problems:
+            raise _combined(problems, "nothing was applied")
+        done: list[AppliedObject] = []
+        for plan in plans:
+            try:
+                done.append(self._apply_planned(plan, secrets, force=force_conflicts))
+            except (KubeError, _FieldConflicts) as err:
+                failure = err.error(plan.ref) if isinstance(err, _FieldConflicts) else err
+                raise self._rolled_back(failure, done) from None
+        return done
 
     def _prepare(
         self, obj: Mapping[str, Any], namespace: str
@@ -403,9 +488,7 @@ class KubeClient:
         metadata.setdefault("namespace", namespace)
         return resource, body, str(metadata["namespace"])
 
-    def _apply_one(
-        self, resource: ResourceKind, body: dict[str, Any], namespace: str | None, secrets: Sequence[str]
-    ) -> AppliedObject:
+    def _plan(self, resource: ResourceKind, body: dict[str, Any], namespace: str | None) -> _Planned:
         name = str(body["metadata"]["name"])
         ref = ObjectRef(kind=resource.kind, name=name, namespace=namespace)
         try:
@@ -415,46 +498,152 @@ class KubeClient:
                 raise
             # Tenants often may not read Namespaces or StorageClasses (nor create them): go on, and a
             # namespace that is really missing is reported by the namespaced objects' apply.
-            return AppliedObject(ref=ref, action=ApplyAction.UNCHECKED)
+            return _Planned(resource, body, ref, None, action=ApplyAction.UNCHECKED)
         if existing is not None and resource.shared:
             # A StorageClass's parameters are immutable and a Namespace may hold other people's work:
             # an existing one (ours from an earlier apply, or not) is used as it is.
-            return AppliedObject(ref=ref, action=ApplyAction.KEPT)
+            return _Planned(resource, body, ref, existing, action=ApplyAction.KEPT)
         if existing is not None and not is_managed(existing):
-            raise KubeConflictError(
+            problem = KubeConflictError(
                 f"{ref} already exists and is not managed by servedeck (no {MANAGED_BY_LABEL}="
                 f"{MANAGED_BY_VALUE} label); delete it yourself or choose another deployment name"
             )
-        operation, fixed = self._operation(resource, "patch")
-        try:
+            return _Planned(resource, body, ref, existing, problem=problem)
+        note = None
+        if existing is not None and resource.kind == "Deployment" and namespace is not None:
+            autoscaler = self._replicas_autoscaler(existing, name, namespace)
+            if autoscaler is not None:
+                body["spec"].pop("replicas", None)
+                note = f"spec.replicas left to {autoscaler}"
+        return _Planned(resource, body, ref, existing, note=note)
+
+    def _replicas_autoscaler(self, existing: Mapping[str, Any], name: str, namespace: str) -> str | None:
+        """What scales this Deployment automatically: an HPA targeting it, or an autoscaler controller
+        that owns ``spec.replicas`` through the scale subresource (GKE's and upstream HPA, KEDA...)."""
+        with suppress(KubeForbiddenError, KubeNotFoundError):
             answer = self.call_json(
-                Request(verb="patch", resource=resource.resource, namespace=namespace, name=name),
-                operation,
-                secrets=secrets,
-                name=name,
-                body=body,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY_PATCH,
-                **fixed,
-                **self._scope(resource, namespace),
+                Request(verb="list", resource="horizontalpodautoscalers.autoscaling", namespace=namespace),
+                self._autoscaling.list_namespaced_horizontal_pod_autoscaler,
+                namespace=namespace,
             )
+            for hpa in answer.get("items") or []:
+                target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+                if target.get("kind") == "Deployment" and target.get("name") == name:
+                    return f"HorizontalPodAutoscaler {hpa.get('metadata', {}).get('name', '?')}"
+        for entry in existing.get("metadata", {}).get("managedFields") or []:
+            manager = str(entry.get("manager") or "")
+            owns = "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+            autoscaler = manager in AUTOSCALER_MANAGERS or "autoscaler" in manager
+            if owns and manager != FIELD_MANAGER and entry.get("subresource") == "scale" and autoscaler:
+                return f"the autoscaler {manager!r} (it owns spec.replicas)"
+        return None
+
+    def _patch_apply(
+        self, plan: _Planned, secrets: Sequence[str], *, force: bool, dry_run: bool = False
+    ) -> dict[str, Any]:
+        resource, ref = plan.resource, plan.ref
+        operation, fixed = self._operation(resource, "patch")
+        extra: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+        request = Request(verb="patch", resource=resource.resource, namespace=ref.namespace, name=ref.name)
+        with self.errors(request.verb, request.resource, ref.namespace, ref.name, secrets=secrets):
+            try:
+                response = operation(
+                    name=ref.name,
+                    body=plan.body,
+                    field_manager=FIELD_MANAGER,
+                    force=force,
+                    _content_type=APPLY_PATCH,
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
+                    **extra,
+                    **fixed,
+                    **self._scope(resource, ref.namespace),
+                )
+            except ApiException as err:
+                conflicts = _field_conflicts(err) if err.status == 409 else []
+                if conflicts:
+                    raise _FieldConflicts(conflicts) from None
+                raise
+            try:
+                data = response.data
+            finally:
+                response.release_conn()
+        parsed = json.loads(data) if data else {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    def _not_served(self, resource: ResourceKind) -> KubeError:
+        return KubeError(
+            f"the cluster of context {self.context.name} does not serve {resource.kind} "
+            f"({resource.api_version}); install its controller first "
+            "(LeaderWorkerSet: https://lws.sigs.k8s.io/docs/installation/)"
+        )
+
+    def _dry_run(
+        self, plan: _Planned, new_namespaces: set[str], secrets: Sequence[str], force: bool
+    ) -> KubeError | None:
+        """The problem a server-side dry run of ``plan`` finds, or None."""
+        resource, ref = plan.resource, plan.ref
+        if resource.shared:
+            return None
+        try:
+            if ref.namespace in new_namespaces:
+                # The namespace is created by this apply, so the server cannot dry-run into it yet:
+                # check at least that the kind is served.
+                if resource.api is ApiGroup.CUSTOM:
+                    self.list_objects(resource.kind, ref.namespace)
+                return None
+            self._patch_apply(plan, secrets, force=force, dry_run=True)
+        except _FieldConflicts as err:
+            return err.error(ref)
         except KubeNotFoundError as err:
+            if ref.namespace is not None and f'namespaces "{ref.namespace}" not found' in str(err):
+                return self.namespace_missing(ref.namespace)
+            if resource.api is ApiGroup.CUSTOM:
+                return self._not_served(resource)
+            return err
+        except KubeError as err:
+            return err
+        return None
+
+    def _apply_planned(self, plan: _Planned, secrets: Sequence[str], *, force: bool) -> AppliedObject:
+        if plan.action is not None:
+            return AppliedObject(ref=plan.ref, action=plan.action)
+        try:
+            answer = self._patch_apply(plan, secrets, force=force)
+        except KubeNotFoundError as err:
+            namespace = plan.ref.namespace
             if namespace is not None and f'namespaces "{namespace}" not found' in str(err):
                 raise self.namespace_missing(namespace) from None
-            if resource.api is ApiGroup.CUSTOM:
-                raise KubeError(
-                    f"the cluster of context {self.context.name} does not serve {resource.kind} "
-                    f"({resource.api_version}); install its controller first "
-                    "(LeaderWorkerSet: https://lws.sigs.k8s.io/docs/installation/)"
-                ) from None
+            if plan.resource.api is ApiGroup.CUSTOM:
+                raise self._not_served(plan.resource) from None
             raise
-        if existing is None:
-            return AppliedObject(ref=ref, action=ApplyAction.CREATED)
-        before = existing.get("metadata", {}).get("resourceVersion")
+        if plan.existing is None:
+            return AppliedObject(ref=plan.ref, action=ApplyAction.CREATED, note=plan.note)
+        before = plan.existing.get("metadata", {}).get("resourceVersion")
         after = answer.get("metadata", {}).get("resourceVersion")
         action = ApplyAction.UNCHANGED if before == after else ApplyAction.CONFIGURED
-        return AppliedObject(ref=ref, action=action)
+        return AppliedObject(ref=plan.ref, action=action, note=plan.note)
+
+    def _rolled_back(self, failure: KubeError, done: Sequence[AppliedObject]) -> KubeError:
+        """``failure`` after deleting what this apply created (shared kinds stay: others may use them)."""
+        created = [
+            item.ref
+            for item in done
+            if item.action is ApplyAction.CREATED and not resource_kind(item.ref.kind).shared
+        ]
+        if not created:
+            return failure
+        removed: list[ObjectRef] = []
+        left: list[ObjectRef] = []
+        for ref in reversed(created):
+            try:
+                removed.extend(self.delete([ref]))
+            except KubeError:
+                left.append(ref)
+        text = f"{failure}; rolled back what this apply created: {', '.join(map(str, removed)) or 'nothing'}"
+        if left:
+            text += f" (could not delete {', '.join(map(str, left))}: remove them with kubectl)"
+        return type(failure)(text)
 
     # --- scale -------------------------------------------------------------------------------
 

@@ -113,6 +113,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         apply.add_argument("--hf-token-file", type=Path, metavar="PATH")
     apply.add_argument("--skip-fit-check", action="store_true", help="apply even if the model does not fit")
     apply.add_argument(
+        "--force-conflicts",
+        action="store_true",
+        help="take over fields other managers changed (kubectl scale/edit); replicas an HPA owns stay",
+    )
+    apply.add_argument(
         "--watch", action=argparse.BooleanOptionalAction, default=True, help="watch the rollout"
     )
     apply.add_argument(
@@ -187,7 +192,8 @@ def _namespace(client: KubeClient, args: argparse.Namespace) -> str:
 
 def _print_applied(applied: Sequence[AppliedObject]) -> None:
     for item in applied:
-        print(f"{item.ref} {item.action.value}")
+        note = f" ({item.note})" if item.note else ""
+        print(f"{item.ref} {item.action.value}{note}")
 
 
 def _watch(client: KubeClient, name: str, namespace: str, timeout_s: float) -> int:
@@ -340,7 +346,9 @@ def _apply(args: argparse.Namespace) -> int:
             f"applying {len(objects)} objects to context {client.context.name} ({client.server}) ...",
             flush=True,
         )
-        applied = client.apply(objects, namespace=namespace, secrets=secrets)
+        applied = client.apply(
+            objects, namespace=namespace, secrets=secrets, force_conflicts=args.force_conflicts
+        )
         _print_applied(applied)
         workloads = [item.ref for item in applied if item.ref.kind == "Deployment"]
         if not args.watch or len(workloads) != 1:
