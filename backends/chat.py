@@ -25,6 +25,7 @@ from backends.bench.models import Target, TargetKind
 from backends.chat_stats import AnswerStats, StatsAccumulator
 from backends.engines.gemma_model import MODEL_ID as LOCAL_BASE_MODEL_ID
 from backends.errors import ConfigError, TargetError
+from backends.redaction import redact, remember_secret
 
 if TYPE_CHECKING:
     import openai
@@ -197,7 +198,7 @@ def resolve_api_key(target: Target) -> str:
     """The key from the target's environment variable, or ``EMPTY`` for servers without one."""
     if target.api_key_env is None:
         return NO_API_KEY
-    key = os.environ.get(target.api_key_env)
+    key = remember_secret(os.environ.get(target.api_key_env))
     if not key:
         raise ChatError(
             f"target {target.name!r} reads its API key from ${target.api_key_env}, which is not set; "
@@ -449,7 +450,8 @@ class ChatStream:
             AnswerEnd(
                 text="".join(pieces),
                 stats=stats.snapshot(partial=not finished),
-                error=error,
+                # Servers quote back the key they were sent.
+                error=redact(error, None if self._api_key == NO_API_KEY else self._api_key),
                 stopped=stopped,
             )
         )
