@@ -440,3 +440,37 @@ async def test_bench_form_picks_defaults_per_target_and_shows_an_estimate() -> N
         targets.select("cpu-engine")
         await pilot.pause()
         assert levels.value == "2,8"  # typed by the user: kept
+
+
+async def test_live_numbers_do_not_keep_a_finished_levels_server_counts() -> None:
+    from textual.app import App
+
+    from backends.bench.models import Axis, ProgressSnapshot, ServerSnapshot
+    from tests.test_tui_bench import fixed_sweep
+    from tui.widgets.bench_progress import SweepProgressPanel
+
+    class PanelApp(App[None]):
+        def compose(self) -> ComposeResult:
+            yield SweepProgressPanel(id="panel")
+
+    sweep = fixed_sweep("twin-1xH100", "cccc2222dddd", 1.0)
+    app = PanelApp()
+    async with app.run_test(size=SIZE) as pilot:
+        panel = app.query_one(SweepProgressPanel)
+        panel.begin_run("twin-1xH100", Axis.CONCURRENCY, [1.0, 4.0])
+        for result in sweep.levels:
+            panel.begin_level(result.index, 10)
+            panel.show_snapshot(
+                ProgressSnapshot(
+                    level_index=result.index, level_label="c", t=1.0, total=10, sent=10, completed=2,
+                    failed=0, in_flight=8, output_tokens_per_s=50.0,
+                    server=ServerSnapshot(t=1.0, running=8.0, waiting=0.0),
+                )
+            )  # fmt: skip
+            await pilot.pause()
+            assert "server 8 running" in str(panel.query_one("#progress-numbers", Static).content)
+            panel.finish_level(result)
+            await pilot.pause()
+            numbers = str(panel.query_one("#progress-numbers", Static).content)
+            assert "running" not in numbers and "in flight" not in numbers
+            assert f"{result.metrics.completed} done" in numbers

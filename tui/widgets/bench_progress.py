@@ -127,6 +127,14 @@ class SweepProgressPanel(Vertical):
         )
         mark.status = result.status
         mark.throughput = result.metrics.total_token_throughput if result.metrics.completed else None
+        # The last snapshot's live counts ("server 8 running") are stale once the level is over.
+        metrics = result.metrics
+        line = f"level {mark.label} {result.status.value}: {metrics.completed} done"
+        if metrics.failed:
+            line += f" · {metrics.failed} failed"
+        if mark.throughput is not None:
+            line += f" · {format_rate(mark.throughput)} tok/s"
+        self._static("progress-numbers").update(line)
         self._render_levels()
 
     def _render_levels(self) -> None:
