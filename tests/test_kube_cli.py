@@ -347,3 +347,32 @@ def test_render_resolves_a_known_short_model_name_and_refuses_a_bare_unknown_one
     code, _, err = run(["render", "--model", "llama-3-8b", "--gpu", "h100"], capsys)
     assert code == 1 and err.count("\n") == 1
     assert "org/name" in err and "google/gemma-3-27b-it" in err
+
+
+def test_reapply_after_kubectl_scale_is_one_line_and_force_conflicts_takes_the_field(
+    kube_api: FakeKubeApi, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["apply", *SPEC_FLAGS, "--no-watch"], capsys)[0] == 0
+    response = httpx.patch(
+        f"{kube_api.url}/apis/apps/v1/namespaces/{NS}/deployments/{NAME}/scale",
+        content=json.dumps({"spec": {"replicas": 3}}),
+        headers={
+            "Authorization": f"Bearer {kube_api.token}",
+            "Content-Type": "application/merge-patch+json",
+            "User-Agent": "kubectl/v1.28.7 (linux/amd64) kubernetes/c8dcb00",
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+
+    code, _, err = run(["apply", *SPEC_FLAGS, "--no-watch"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "spec.replicas" in err and "kubectl" in err and "--force-conflicts" in err
+    stored = kube_api.get("Deployment", NAME, NS)
+    assert stored is not None and stored["spec"]["replicas"] == 3
+
+    code, out, err = run(["apply", *SPEC_FLAGS, "--no-watch", "--force-conflicts"], capsys)
+    assert (code, err) == (0, "")
+    assert f"Deployment {NS}/{NAME} configured" in out
+    stored = kube_api.get("Deployment", NAME, NS)
+    assert stored is not None and stored["spec"]["replicas"] == 1
