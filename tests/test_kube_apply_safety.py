@@ -13,6 +13,7 @@ import pytest
 
 from backends.kube.client import ApplyAction, KubeClient
 from backends.kube.errors import KubeConflictError, KubeError
+from tests.cli_runner import kube_client
 from tests.fakes.kube_api import DEFAULT_TOKEN, FakeKubeApi
 from tests.fakes.kube_objects import servedeck_objects, vllm_deployment
 
@@ -37,8 +38,7 @@ def kube_api() -> Iterator[FakeKubeApi]:
 
 @pytest.fixture
 def client(kube_api: FakeKubeApi, tmp_path: Path) -> Iterator[KubeClient]:
-    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    with KubeClient.connect(str(kubeconfig)) as kube:
+    with kube_client(kube_api, tmp_path, NS) as kube:
         yield kube
 
 

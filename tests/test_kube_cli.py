@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import http.server
 import json
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.errors import ServeDeckError
+from tests.cli_runner import run_subcommand
 from tests.fakes.kube_api import FakeKubeApi, wait_until
 from tests.fakes.kube_objects import foreign_app, gke_tutorial_deployment
 from tests.fakes.kube_rollout import ScriptedRollout
@@ -47,17 +46,9 @@ def kubeconfig(kube_api: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="servedeck")
-    deploy.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["deploy", *argv])
-    try:
-        code = args.handler(args)
-    except ServeDeckError as err:
-        print(f"servedeck: error: {err}", file=sys.stderr)
-        code = 1
-    captured = capsys.readouterr()
-    assert TOKEN not in captured.out and TOKEN not in captured.err
-    return code, captured.out, captured.err
+    code, out, err = run_subcommand(deploy.add_parser, "deploy", argv, capsys)
+    assert TOKEN not in out and TOKEN not in err
+    return code, out, err
 
 
 def _rollout_when_applied(kube_api: FakeKubeApi, steps: list[str]) -> threading.Thread:

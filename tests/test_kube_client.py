@@ -23,6 +23,7 @@ from backends.kube.errors import (
     NamespaceMissingError,
 )
 from backends.kube.secrets import read_hf_token, with_hf_token
+from tests.cli_runner import kube_client
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.kube_objects import foreign_app, gke_tutorial_deployment, servedeck_objects, vllm_deployment
 
@@ -39,8 +40,7 @@ def kube_api() -> Iterator[FakeKubeApi]:
 
 @pytest.fixture
 def client(kube_api: FakeKubeApi, tmp_path: Path) -> Iterator[KubeClient]:
-    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    with KubeClient.connect(str(kubeconfig)) as kube:
+    with kube_client(kube_api, tmp_path, NS) as kube:
         yield kube
 
 

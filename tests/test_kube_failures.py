@@ -7,19 +7,17 @@ sign. Each runs against the fake API server over real HTTP(S).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from backends.errors import ServeDeckError
 from backends.kube.client import KubeClient
 from backends.kube.errors import KubeError, KubeUnreachableError
 from backends.kube.portforward import ForwardEvent, ForwardEventKind, PortForwarder
+from tests.cli_runner import run_subcommand
 from tests.fakes.kube_api import FakeKubeApi, make_certificate, wait_until
 from tests.fakes.kube_objects import vllm_deployment
 from tests.fakes.kube_rollout import ScriptedRollout
@@ -53,16 +51,7 @@ def client(kubeconfig: Path) -> Iterator[KubeClient]:
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="servedeck")
-    deploy.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["deploy", *argv])
-    try:
-        code = args.handler(args)
-    except ServeDeckError as err:
-        print(f"servedeck: error: {err}", file=sys.stderr)
-        code = 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_subcommand(deploy.add_parser, "deploy", argv, capsys)
 
 
 # --- 204 logs of a pod not scheduled yet --------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from backends.kube.client import KubeClient
 from backends.kube.errors import KubeError, KubeForbiddenError, KubeNotFoundError, KubeRequestError
 from backends.kube.logs import LogLine, LogStream, pick_pod
+from tests.cli_runner import kube_client
 from tests.fakes.kube_api import FakeKubeApi, wait_until
 from tests.fakes.kube_objects import vllm_deployment
 from tests.fakes.kube_rollout import ScriptedRollout
@@ -40,8 +41,7 @@ def kube_api() -> Iterator[FakeKubeApi]:
 
 @pytest.fixture
 def client(kube_api: FakeKubeApi, tmp_path: Path) -> Iterator[KubeClient]:
-    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    with KubeClient.connect(str(kubeconfig)) as kube:
+    with kube_client(kube_api, tmp_path, NS) as kube:
         yield kube
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from backends.errors import ServeDeckError
+from tests.cli_runner import run_subcommand
 from tui.commands import plan
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,18 +26,7 @@ SMALL = [
 
 
 def run(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Parse and run like ``servedeck``'s main: a ServeDeckError becomes one line on stderr and exit 1."""
-    parser = argparse.ArgumentParser(prog="servedeck")
-    subparsers = parser.add_subparsers()
-    plan.add_parser(subparsers)
-    args = parser.parse_args(["plan", *argv])
-    try:
-        code = args.handler(args)
-    except ServeDeckError as err:
-        print(f"servedeck: error: {err}", file=sys.stderr)
-        code = 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_subcommand(plan.add_parser, "plan", argv, capsys)
 
 
 def test_text_report_has_fit_capacity_cost_and_the_sweep(capsys: pytest.CaptureFixture[str]) -> None:

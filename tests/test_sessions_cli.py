@@ -13,6 +13,7 @@ import pytest
 
 from backends.bench.results import RunStatus
 from sessions import SessionStore
+from tests.cli_runner import run_main as run_cli
 from tests.test_sessions_helpers import make_config, make_level_result, make_records, make_target
 from tui.cli import main
 
@@ -59,12 +60,6 @@ def make_run(data_dir: Path, *, gpu: str, label: str, target_name: str = "gke-l4
             writer.finish_level(make_level_result(config, index, make_records(0, 6, seed=index, chunks=8)))
         writer.finish_run(RunStatus.COMPLETE)
     return run_id
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ from sessions import SessionStore, SessionStoreError
 from sessions.database import DB_FILENAME
 from sessions.journal import JOURNAL_DIRNAME
 from sessions.schema import SCHEMA_VERSION
+from tests.cli_runner import run_main as cli
 from tests.fakes.sse_server import FakeSSEServer
 from tests.test_sessions_helpers import make_config, make_level_result, make_records
-from tui.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 120.0
@@ -253,12 +253,6 @@ def corrupt_a_table_page(path: Path) -> None:
 
 def quarantined(folder: Path) -> list[Path]:
     return sorted(path for path in folder.glob(f"{DB_FILENAME}.corrupt-*") if not path.name.endswith("-wal"))
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("damage", ["page", "truncated"])
