@@ -33,6 +33,10 @@ class SecretSourceError(ManifestError):
     """The HF token cannot be read from the env var or file the spec names (the value is never shown)."""
 
 
+class ModelConfigError(ManifestError):
+    """A model config.json cannot be read, misses fields servedeck needs, or names an unknown model."""
+
+
 class DoesNotFitError(ManifestError):
     """The model does not fit the hardware; ``result`` has the numbers."""
 

@@ -26,7 +26,15 @@ from manifests.catalog import Catalog, default_catalog
 from manifests.errors import DoesNotFitError, SpecError
 from manifests.gpus import ACCELERATORS, GIB, GpuType, vllm_scheduler_defaults
 from manifests.model_profiles import ModelProfile
-from manifests.spec import DTYPE_BYTES, DTYPE_SHORT, DeploymentSpec, short_gpu_name
+from manifests.spec import (
+    DTYPE_BYTES,
+    DTYPE_SHORT,
+    DeploymentSpec,
+    build_spec,
+    default_deployment_name,
+    kv_cache_dtype_bytes,
+    short_gpu_name,
+)
 
 BLOCK_SIZE = 16
 RUNTIME_BYTES_PER_GPU = 2 * GIB  # CUDA graphs + NCCL + non-torch allocations (estimate, see CAPACITY.md)
@@ -188,11 +196,16 @@ def _group_layout(profile: ModelProfile, pp: int) -> tuple[KvAllocator, int, int
 
 
 def kv_layouts(
-    profile: ModelProfile, tensor_parallel_size: int, pipeline_parallel_size: int = 1, dtype: str = "bfloat16"
+    profile: ModelProfile,
+    tensor_parallel_size: int,
+    pipeline_parallel_size: int = 1,
+    dtype: str = "bfloat16",
+    kv_cache_dtype: str = "auto",
 ) -> tuple[KvLayout | None, KvLayout]:
     """(hybrid layout or None for models without sliding windows, naive layout) on one GPU."""
-    kv_heads_per_gpu = math.ceil(profile.num_kv_heads / tensor_parallel_size)
-    per_layer_token = int(2 * kv_heads_per_gpu * profile.head_dim * DTYPE_BYTES[dtype])
+    per_layer_token = profile.kv_bytes_per_token_layer_per_gpu(
+        tensor_parallel_size, kv_cache_dtype_bytes(kv_cache_dtype, dtype)
+    )
     layers_per_stage = math.ceil(profile.num_layers / pipeline_parallel_size)
     naive = KvLayout(
         allocator=KvAllocator.NAIVE,
@@ -227,6 +240,7 @@ def check_fit(
     max_num_seqs: int | None = None,
     max_num_batched_tokens: int | None = None,
     dtype: str = "bfloat16",
+    kv_cache_dtype: str = "auto",
     cpu_kv_cache_gib: int = 40,
     cpu_memory_gib: float | None = None,
 ) -> FitResult:
@@ -238,10 +252,9 @@ def check_fit(
     batched = max_num_batched_tokens or default_batched
     seqs = max_num_seqs or min(default_seqs, batched)
     context = max_model_len or profile.max_position_embeddings
-    weight_factor = DTYPE_BYTES[dtype] / 2  # profiles hold bf16 weight sizes
-    weights_total = int(profile.weight_bytes * weight_factor)
+    weights_total = profile.weight_bytes_as(DTYPE_BYTES[dtype])  # profiles hold bf16 (or quantized) sizes
     activation = int(
-        batched * (2 * profile.intermediate_size / tp + 4 * profile.hidden_size) * DTYPE_BYTES[dtype]
+        batched * (2 * profile.peak_intermediate_size / tp + 4 * profile.hidden_size) * DTYPE_BYTES[dtype]
     )
     sampler = seqs * profile.vocab_size * LOGIT_BYTES
 
@@ -275,7 +288,7 @@ def check_fit(
         )
         kv_per_rank = memory.kv_bytes
 
-    hybrid_layout, naive_layout = kv_layouts(profile, tp, pp, dtype)
+    hybrid_layout, naive_layout = kv_layouts(profile, tp, pp, dtype, kv_cache_dtype)
     blocks_room = max(kv_per_rank, 0)
     hybrid = (
         KvCapacity(layout=hybrid_layout, num_blocks=blocks_room // hybrid_layout.block_bytes)
@@ -286,10 +299,15 @@ def check_fit(
     allocator = KvAllocator.HYBRID if hybrid else KvAllocator.NAIVE
     used = hybrid or naive
 
-    label = f"{model_display_name(profile)} {DTYPE_SHORT[dtype]}"
+    weight_label = profile.weight_format if profile.is_quantized else DTYPE_SHORT[dtype]
+    kv_label = " + fp8 KV" if kv_cache_dtype.startswith("fp8") else ""
+    label = f"{model_display_name(profile)} {weight_label}{kv_label}"
     hardware = accelerator.display_name if accelerator.is_cpu else f"{gpu_count}x{short_gpu_name(gpu)}"
     smallest = _smallest_fitting_count(profile, gpu, gpu_count, gpu_memory_utilization, dtype)
     hint = f"; smallest that fits: {smallest}x{short_gpu_name(gpu)}" if smallest else ""
+    if not smallest and not accelerator.is_cpu:
+        too_large = too_large_for_one_node(profile, gpu_memory_utilization, dtype)
+        hint = f"; {too_large}" if too_large else hint
     verdict, message = _verdict(
         accelerator.is_cpu, memory, used, context, label, hardware, hint, gpu_memory_utilization
     )
@@ -366,7 +384,7 @@ def _smallest_fitting_count(
     if accelerator.is_cpu:
         return None
     budget = accelerator.usable_memory_bytes * utilization
-    weights = profile.weight_bytes * DTYPE_BYTES[dtype] / 2
+    weights = profile.weight_bytes_as(DTYPE_BYTES[dtype])
     for count in default_catalog().node_gpu_counts(gpu):
         if count <= current:
             continue
@@ -375,13 +393,33 @@ def _smallest_fitting_count(
     return None
 
 
+NODE_GPUS = 8  # the largest single-node GPU count of every accelerator here (multi-node needs LWS + PP)
+
+
+def too_large_for_one_node(
+    profile: ModelProfile, utilization: float = 0.9, dtype: str = "bfloat16"
+) -> str | None:
+    """One line when the weights alone exceed 8 GPUs of every type (so one node cannot serve the model)."""
+    weights = profile.weight_bytes_as(DTYPE_BYTES[dtype])
+    gpus = [a for a in ACCELERATORS.values() if not a.is_cpu]
+    largest = max(gpus, key=lambda a: a.usable_memory_bytes)
+    room = NODE_GPUS * (largest.usable_memory_bytes * utilization - RUNTIME_BYTES_PER_GPU - GIB)
+    if weights <= room:
+        return None
+    return (
+        f"{profile.name} has {_gib(weights)} of weights, more than {NODE_GPUS} GPUs of any type hold "
+        f"({NODE_GPUS}x{short_gpu_name(largest.gpu)}: {_gib(room)} after runtime at {utilization:.2f}); "
+        "use a quantized checkpoint or span nodes (gpu_count 16+, pipeline parallel)"
+    )
+
+
 def fit_spec(spec: DeploymentSpec, catalog: Catalog | None = None) -> FitResult:
     """Fit for a spec; ``SpecError`` when the model has no built-in profile (fit cannot be computed)."""
     profile = spec.profile
     if profile is None:
         raise SpecError(
-            f"no size profile for {spec.model}; fit and capacity are known for "
-            "google/gemma-3-{1b,4b,12b,27b}-it only (render still works: use --skip-fit-check)"
+            f"no size profile for {spec.model}; give its config.json with --model-config PATH (built-in "
+            "models: servedeck models list), or render anyway with --skip-fit-check"
         )
     cpu_memory = spec.pod_resources(catalog).memory_gib if spec.is_cpu else None
     return check_fit(
@@ -394,6 +432,63 @@ def fit_spec(spec: DeploymentSpec, catalog: Catalog | None = None) -> FitResult:
         max_num_seqs=spec.effective_max_num_seqs,
         max_num_batched_tokens=spec.effective_max_num_batched_tokens,
         dtype=spec.dtype,
+        kv_cache_dtype=spec.kv_cache_dtype,
         cpu_kv_cache_gib=spec.cpu_kv_cache_gib,
         cpu_memory_gib=cpu_memory,
     )
+
+
+# Below the largest context the fit model finds: our runtime allowance is an estimate, and vLLM refuses to
+# start when one max-model-len request does not fit its measured KV cache.
+AUTO_MAX_LEN_MARGIN = 0.95
+
+
+def _fitting_len(longest: int) -> int:
+    target = int(longest * AUTO_MAX_LEN_MARGIN)
+    return target // 1024 * 1024 if target >= 4096 else max(BLOCK_SIZE, target // BLOCK_SIZE * BLOCK_SIZE)
+
+
+def size_spec(
+    spec: DeploymentSpec, *, choose_count: bool = False, catalog: Catalog | None = None
+) -> tuple[DeploymentSpec, FitResult, list[str]]:
+    """The spec sized by the fit: with ``choose_count`` the fewest GPUs (TP, then nodes) the weights fit,
+    and without a max_model_len the longest context one request's KV cache holds (below the model's own
+    maximum). Returns the spec, its fit (which may still say "does not fit") and what was chosen."""
+    notes: list[str] = []
+    profile = spec.profile
+    if profile is None:
+        return spec, fit_spec(spec, catalog), notes
+    default_name = default_deployment_name(spec.model, spec.gpu, spec.gpu_count)
+    keep_name = spec.name != default_name
+    fields = spec.model_dump(exclude=set() if keep_name else {"name"})
+    fit = fit_spec(spec, catalog)
+    if choose_count:
+        sized = False
+        for count in default_catalog().allowed_gpu_counts(spec.gpu):
+            try:
+                trial = build_spec({**fields, "gpu_count": count})
+            except SpecError:
+                continue  # TP must divide the heads; the next count may
+            trial_fit = fit_spec(trial, catalog)
+            usable = trial_fit.fits or (
+                trial_fit.verdict == FitVerdict.CONTEXT_TOO_LONG and spec.max_model_len is None
+            )
+            if usable:
+                spec, fit, sized = trial, trial_fit, True
+                notes.append(f"gpu count {count}: the fewest {short_gpu_name(spec.gpu)} the weights fit")
+                break
+        if not sized:
+            return spec, fit, notes
+        fields = spec.model_dump(exclude=set() if keep_name else {"name"})
+    kv = fit.kv
+    if spec.max_model_len is None and fit.verdict == FitVerdict.CONTEXT_TOO_LONG and kv is not None:
+        longest = kv.longest_context()
+        if longest >= BLOCK_SIZE:
+            length = _fitting_len(longest)
+            spec = build_spec({**fields, "max_model_len": length})
+            fit = fit_spec(spec, catalog)
+            notes.append(
+                f"max-model-len {length:,}: one request's KV cache holds {longest:,} tokens on "
+                f"{spec.hardware_label} ({profile.max_position_embeddings:,} is the model's maximum)"
+            )
+    return spec, fit, notes

@@ -121,6 +121,10 @@ def vllm_args(spec: DeploymentSpec) -> list[str]:
     if spec.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if spec.enable_prefix_caching else "--no-enable-prefix-caching")
     args.append(f"--dtype={spec.dtype}")
+    if spec.quantization is not None:
+        args.append(f"--quantization={spec.quantization}")
+    if spec.kv_cache_dtype != "auto":
+        args.append(f"--kv-cache-dtype={spec.kv_cache_dtype}")
     args += list(spec.extra_args)
     return args
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from manifests.catalog import Catalog, MachineType, default_catalog
 from manifests.errors import SpecError
 from manifests.gpus import ACCELERATORS, AcceleratorProfile, GpuType, vllm_scheduler_defaults
+from manifests.model_catalog import find_profile
 from manifests.model_profiles import MODELS, ModelProfile
 from manifests.secrets import secret_in_arg
 
@@ -55,6 +56,9 @@ _SPEC_FLAGS: dict[str, str] = {
     "--enable-prefix-caching": "enable_prefix_caching",
     "--no-enable-prefix-caching": "enable_prefix_caching",
     "--dtype": "dtype",
+    "--quantization": "quantization",
+    "-q": "quantization",
+    "--kv-cache-dtype": "kv_cache_dtype",
     "--trust-remote-code": "trust_remote_code",
     "--hf-token": "hf_token_env / hf_token_file (tokens go in the Secret, never in args)",
 }
@@ -62,13 +66,43 @@ _SPEC_FLAGS: dict[str, str] = {
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 DTYPE_BYTES: dict[str, float] = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
 DTYPE_SHORT: dict[str, str] = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+# vLLM's --quantization methods a spec may name: fp8 quantizes a 16-bit checkpoint while loading; the
+# others are what a pre-quantized checkpoint's config declares (vLLM detects those without the flag).
+Quantization = Literal[
+    "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes"
+]
+# An fp8 KV cache needs fp8 support in the attention kernels: Ada (L4) and Hopper (H100) have it,
+# Ampere (A100) does not (NVIDIA: FP8 tensor cores from compute capability 8.9).
+FP8_KV_GPUS = frozenset({GpuType.L4, GpuType.H100, GpuType.H100_MEGA})
+
+
+def kv_cache_dtype_bytes(kv_cache_dtype: str, dtype: str) -> float:
+    """Bytes of one cached K or V element: 1 for fp8, else the model dtype's."""
+    return 1.0 if kv_cache_dtype.startswith("fp8") else DTYPE_BYTES[dtype]
+
+
+def fp8_kv_error(gpu: GpuType, kv_cache_dtype: str) -> str | None:
+    """Why ``kv_cache_dtype`` cannot run on ``gpu``, or None."""
+    if not kv_cache_dtype.startswith("fp8") or gpu in FP8_KV_GPUS:
+        return None
+    if ACCELERATORS[gpu].is_cpu:
+        # vLLM's CPU backend stores an FP8-E5M2 KV cache only (reference/vllm_k8s_facts.md §5d).
+        if kv_cache_dtype == "fp8_e5m2":
+            return None
+        return f"--kv-cache-dtype {kv_cache_dtype}: vLLM's CPU backend supports fp8_e5m2 only"
+    supported = ", ".join(sorted(g.value for g in FP8_KV_GPUS))
+    return (
+        f"--kv-cache-dtype {kv_cache_dtype} needs fp8 support, which {ACCELERATORS[gpu].display_name} lacks; "
+        f"use --kv-cache-dtype auto or a GPU with fp8 ({supported})"
+    )
 
 
 def known_profile(model: str) -> ModelProfile | None:
     """The built-in profile for an HF id such as ``google/gemma-3-27b-it``, or None for other models."""
-    for profile in MODELS.values():
-        if profile.hf_id.lower() == model.lower():
-            return profile
+    profile = find_profile(model)
+    if profile is not None and profile.hf_id.lower() == model.lower():
+        return profile
     return None
 
 
@@ -109,6 +143,11 @@ class DeploymentSpec(BaseModel):
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool | None = Field(default=None, description="None: vLLM's default (on in V1)")
     dtype: Dtype = "bfloat16"
+    quantization: Quantization | None = Field(default=None, description="None: what the checkpoint declares")
+    kv_cache_dtype: KvCacheDtype = "auto"
+    custom_profile: ModelProfile | None = Field(
+        default=None, description="the model's profile read from its config.json (--model-config)"
+    )
     trust_remote_code: bool = False
     spot: bool = False
     zone: str | None = Field(default=None, description="pin pods to one zone, e.g. us-central1-a")
@@ -133,6 +172,15 @@ class DeploymentSpec(BaseModel):
         # hf_token_env defaults to HF_TOKEN; naming a file (and no env var) means "use the file".
         if isinstance(data, dict) and data.get("hf_token_file") is not None and "hf_token_env" not in data:
             return {**data, "hf_token_env": None}
+        # A model known to be public (not gated) needs no token unless the caller names a source.
+        if isinstance(data, dict) and "hf_token_env" not in data and data.get("hf_token_file") is None:
+            profile = data.get("custom_profile")
+            if isinstance(profile, dict):
+                profile = ModelProfile.model_validate(profile)
+            if not isinstance(profile, ModelProfile) and isinstance(data.get("model"), str):
+                profile = find_profile(data["model"])
+            if isinstance(profile, ModelProfile) and not profile.gated:
+                return {**data, "hf_token_env": None}
         return data
 
     @field_validator("name")
@@ -160,11 +208,11 @@ class DeploymentSpec(BaseModel):
         if "/" not in value:
             # vLLM resolves a bare name as a local path or a legacy repo and cannot load it: a
             # built-in short name becomes its repo id, anything else must be org/name.
-            profile = MODELS.get(value.lower())
+            profile = MODELS.get(value.lower()) or find_profile(value)
             if profile is None:
                 raise ValueError(
                     "must be a Hugging Face repo id org/name like google/gemma-3-27b-it (a bare name is "
-                    f"accepted only for the built-in models: {', '.join(MODELS)})"
+                    f"accepted only for the built-in models: {', '.join(MODELS)}; servedeck models list)"
                 )
             return profile.hf_id
         return value
@@ -225,9 +273,28 @@ class DeploymentSpec(BaseModel):
                     f"machine type {self.machine_type} does not carry {self.gpus_per_node}x"
                     f"{self.accelerator.display_name}; choose {offered}"
                 )
+        fp8_error = fp8_kv_error(self.gpu, self.kv_cache_dtype)
+        if fp8_error is not None:
+            raise ValueError(fp8_error)
+        self._check_quantization()
         self._check_parallelism()
         self._check_batching()
         return self
+
+    def _check_quantization(self) -> None:
+        profile = self.profile
+        if self.quantization is None or profile is None:
+            return
+        if profile.quantization is None and self.quantization != "fp8":
+            raise ValueError(
+                f"quantization {self.quantization}: {profile.name} is a 16-bit checkpoint; only fp8 "
+                "quantizes one while loading (pre-quantized checkpoints declare their method)"
+            )
+        if profile.quantization is not None and not self.quantization.startswith(profile.quantization):
+            raise ValueError(
+                f"quantization {self.quantization}: {profile.name} is a {profile.quantization} checkpoint; "
+                "leave quantization unset (vLLM reads it from config.json)"
+            )
 
     def _check_parallelism(self) -> None:
         profile = self.profile
@@ -280,7 +347,11 @@ class DeploymentSpec(BaseModel):
 
     @property
     def profile(self) -> ModelProfile | None:
-        return known_profile(self.model)
+        """The model's size profile (weights as served, with --quantization fp8 applied), or None."""
+        profile = self.custom_profile or known_profile(self.model)
+        if profile is not None and self.quantization == "fp8" and profile.quantization is None:
+            return quantize_fp8(profile)
+        return profile
 
     @property
     def gpus_per_node(self) -> int:
@@ -370,6 +441,16 @@ class DeploymentSpec(BaseModel):
         if self.is_cpu:
             return self.accelerator.display_name
         return f"{self.gpu_count}x{_short_gpu(self.gpu)}"
+
+
+def quantize_fp8(profile: ModelProfile) -> ModelProfile:
+    """``--quantization fp8`` on a 16-bit checkpoint: decoder linear weights become 1 byte each; embeddings,
+    LM head and norms stay 16-bit (vLLM's Fp8LinearMethod quantizes linear layers only)."""
+    linear = profile.always_on_params + profile.routed_params
+    weight_bytes = int(profile.weight_bytes - linear * 2 + linear * 1)
+    return profile.model_copy(
+        update={"weight_bytes": weight_bytes, "weight_format": "fp8", "quantization": "fp8"}
+    )
 
 
 class PodResources(BaseModel):

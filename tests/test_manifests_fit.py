@@ -108,7 +108,7 @@ def test_fit_spec_follows_the_spec_settings() -> None:
     assert capped.max_model_len == 8192 and capped.max_num_seqs == 64
     assert capped.memory.kv_bytes > default.memory.kv_bytes  # fewer sampler rows leave more KV cache
     with pytest.raises(SpecError, match="no size profile"):
-        fit_spec(build_spec(model="meta-llama/Llama-3.1-8B-Instruct", gpu="l4"))
+        fit_spec(build_spec(model="meta-llama/Llama-3.1-405B-Instruct", gpu="l4"))
 
 
 def test_capacity_doc_matches_the_code() -> None:

@@ -28,9 +28,9 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _command_modules() -> list[_CommandModule]:
-    from tui.commands import app, bench, bench_worker, cost, deploy, local, plan, runs, twin
+    from tui.commands import app, bench, bench_worker, cost, deploy, local, models, plan, runs, twin
 
-    return [app, bench, bench_worker, cost, deploy, local, plan, runs, twin]
+    return [app, bench, bench_worker, cost, deploy, local, models, plan, runs, twin]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from backends.errors import ConfigError
 from backends.twin.engine_config import TwinConfig
+from manifests.fit import too_large_for_one_node
 from manifests.model_profiles import ModelProfile
 
 GIB = 1024**3
@@ -93,8 +94,7 @@ class MemoryPlan(BaseModel):
 def kv_layout(config: TwinConfig) -> KvLayout:
     model = config.model
     tp = config.tensor_parallel_size
-    kv_heads_per_gpu = max(1, model.num_kv_heads // tp)
-    bytes_per_token_layer = 2 * kv_heads_per_gpu * model.head_dim * 2  # K and V, bf16
+    bytes_per_token_layer = model.kv_bytes_per_token_layer_per_gpu(tp, config.kv_dtype_bytes)
     n_full, n_sliding = model.num_global_layers, model.num_sliding_layers
     window = model.sliding_window if n_sliding else None
     if config.hybrid_kv_cache and n_full and n_sliding:
@@ -128,11 +128,13 @@ def activation_peak_bytes(config: TwinConfig) -> int:
     tokens = config.resolved_max_num_batched_tokens
     per_token = (
         ACTIVATION_HIDDEN_BUFFERS * model.hidden_size
-        + 3 * model.intermediate_size // tp
+        + 3 * model.peak_intermediate_size // tp
         + (model.num_attention_heads + 2 * model.num_kv_heads) * model.head_dim // tp
     ) * ACTIVATION_BYTES
     logits = config.resolved_max_num_seqs * model.vocab_size * 4 * SAMPLER_LOGIT_COPIES
-    multimodal = MULTIMODAL_PROFILE_BYTES if model.hf_id in MULTIMODAL_MODELS else 0
+    multimodal = (
+        MULTIMODAL_PROFILE_BYTES if model.hf_id in MULTIMODAL_MODELS else model.multimodal_profile_bytes
+    )
     return tokens * per_token + logits + multimodal
 
 
@@ -155,6 +157,9 @@ def plan_memory(config: TwinConfig) -> MemoryPlan:
         kv_bytes = min(int(config.cpu_kv_cache_gib * GIB), kv_bytes)
     layout = kv_layout(config)
     where = f"{tp}x{acc.display_name}"
+    too_large = None if acc.is_cpu else too_large_for_one_node(model, config.gpu_memory_utilization)
+    if too_large and kv_bytes < layout.page_bytes_per_gpu:
+        raise ConfigError(too_large)
     if kv_bytes < layout.page_bytes_per_gpu:
         raise ConfigError(
             f"{model.name} does not fit {where}: per GPU {_gib(weights)} of weights + "

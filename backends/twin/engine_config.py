@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.errors import ConfigError
 from manifests.gpus import ACCELERATORS, AcceleratorProfile, GpuType, vllm_scheduler_defaults
-from manifests.model_profiles import MODELS, ModelProfile, model_profile
-from manifests.spec import DeploymentSpec
+from manifests.model_catalog import all_profiles
+from manifests.model_profiles import ModelProfile, model_profile
+from manifests.spec import DeploymentSpec, KvCacheDtype, fp8_kv_error, kv_cache_dtype_bytes
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_BLOCK_SIZE = 16
@@ -35,6 +36,7 @@ class TwinConfig(BaseModel):
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
     block_size: int = DEFAULT_BLOCK_SIZE
+    kv_cache_dtype: KvCacheDtype = Field(default="auto", description="vLLM --kv-cache-dtype (fp8 halves KV)")
     cpu_kv_cache_gib: float | None = Field(
         default=None,
         description="CPU backend: VLLM_CPU_KVCACHE_SPACE (GiB); None: memory x utilization, as on a GPU",
@@ -61,6 +63,9 @@ class TwinConfig(BaseModel):
                 f"tensor-parallel size {tp} does not divide {self.model.name}'s {kv_heads} KV heads "
                 f"({heads} attention heads); use a GPU count in {', '.join(map(str, fits))}"
             )
+        fp8_error = fp8_kv_error(self.gpu, self.kv_cache_dtype)
+        if fp8_error is not None:
+            raise ConfigError(fp8_error)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(
                 f"gpu-memory-utilization must be in (0, 1], not {self.gpu_memory_utilization:g} "
@@ -118,7 +123,8 @@ class TwinConfig(BaseModel):
             args["enable_prefix_caching"] = spec.enable_prefix_caching
         if ACCELERATORS[spec.gpu].is_cpu:
             args["cpu_kv_cache_gib"] = float(spec.cpu_kv_cache_gib)
-        return cls.build(spec.model, spec.gpu, spec.gpu_count, **args)
+        args["kv_cache_dtype"] = spec.kv_cache_dtype
+        return cls.build(spec.profile or spec.model, spec.gpu, spec.gpu_count, **args)
 
     # -- vLLM's defaults ------------------------------------------------------------------------------
 
@@ -129,6 +135,11 @@ class TwinConfig(BaseModel):
     @property
     def tensor_parallel_size(self) -> int:
         return self.gpu_count
+
+    @property
+    def kv_dtype_bytes(self) -> float:
+        """Bytes of one cached K/V element (the twin serves bf16 models; fp8 KV is 1)."""
+        return kv_cache_dtype_bytes(self.kv_cache_dtype, "bfloat16")
 
     @property
     def resolved_max_model_len(self) -> int:
@@ -161,7 +172,10 @@ def _model_or_error(name: str) -> ModelProfile:
     try:
         return model_profile(name)
     except ValueError:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+        raise ConfigError(
+            f"unknown model {name!r}; known: {', '.join(all_profiles())} (servedeck models list), or "
+            "give its config.json with --model-config PATH"
+        ) from None
 
 
 def _gpu_or_error(gpu: str | GpuType) -> GpuType:

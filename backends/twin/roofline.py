@@ -11,6 +11,14 @@ A step runs its scheduled tokens (decodes and prefill chunks) through every laye
 - with TP > 1, two all-reduces per layer of ``tokens x hidden`` bf16 values (latency + ring bandwidth);
 - a per-step host overhead (schedule, prepare inputs, sample, hand outputs over) and a per-sequence part.
 
+Mixture-of-experts layers read only the experts the step's tokens are routed to: with ``E`` experts,
+``k`` per token and ``T`` tokens routed independently and uniformly (what the load-balancing loss aims
+for), the expected number of distinct experts touched is ``E x (1 - (1 - k/E)^T)`` (the occupancy
+problem: Feller, *An Introduction to Probability Theory*, vol. 1, ch. II; the same estimate as
+MoE-Lightning, arXiv:2411.11217, and Huang et al., arXiv:2303.06182, for batched expert loads). FLOPs
+count ``k`` experts a token. Quantized weights stream at their stored size; their GEMMs dequantize in the
+main loop and reach a lower fraction of the bf16 peak (``GPU_QUANTIZED_MATMUL_EFFICIENCY``).
+
 Every efficiency factor is a named constant with where its value comes from. "Measured" means
 ``tests/benchmarks/twin_calibration/h100_layer_timing.py`` on an H200 (same SMs, clocks and tensor peak as
 the H100 SXM, more HBM bandwidth); the raw numbers are in ``h200_measurements.json`` beside it and the
@@ -41,6 +49,11 @@ GPU_MATMUL_EFFICIENCY = 0.66
 # 0.93-0.96 of peak bandwidth at batch >= 64; vLLM's paged kernels read through block tables, taken as
 # the lower end.
 GPU_ATTENTION_BANDWIDTH_EFFICIENCY = 0.93
+# Large-M GEMMs of quantized weights (int4/int8 weight-only through Marlin/Machete, fp8 block-scaled):
+# the weights are dequantized to bf16 in the main loop, so compute-bound steps reach less of the bf16
+# peak. Marlin (Frantar et al., arXiv:2408.11743) is near its ideal speed-up up to batch 16-32 and falls to
+# about bf16 speed by batch 128+; 0.50 of peak is taken for the compute-bound side (unmeasured estimate).
+GPU_QUANTIZED_MATMUL_EFFICIENCY = 0.50
 # Prefill (causal) attention FLOPs. Measured: 0.40 of peak for a 2048-token chunk at TP 1, 0.62 at 8192.
 GPU_ATTENTION_COMPUTE_EFFICIENCY = 0.40
 # The smallest attention kernel: measured 12 us per layer for batch 1-8 at short context.
@@ -138,18 +151,29 @@ class Roofline:
         self.linear_params = linear_params(config)
         bytes_per_param = model.weight_bytes / model.params
         lm_head = model.vocab_size * model.hidden_size
-        self.weight_bytes = (self.linear_params + lm_head) * bytes_per_param / tp
+        # Routed experts: all held, only the touched ones read (see moe_weight_read_s).
+        self.moe_layers = model.num_moe_layers if model.is_moe else 0
+        self.num_experts, self.experts_per_token = model.num_experts, model.experts_per_token
+        self.expert_bytes = model.expert_params * bytes_per_param / tp
+        streamed = model.always_on_params if model.is_moe else self.linear_params
+        self.weight_bytes = (streamed + lm_head) * bytes_per_param / tp
         self.linear_flops_per_token = 2.0 * self.linear_params / tp
         self.lm_head_flops_per_row = 2.0 * lm_head / tp
-        kv_heads_per_gpu = max(1, model.num_kv_heads // tp)
-        self.kv_bytes_per_token_layer = 2 * kv_heads_per_gpu * model.head_dim * BF16_BYTES
-        self.attn_flops_per_pair_layer = 4.0 * (model.num_attention_heads // tp) * model.head_dim
+        self.kv_bytes_per_token_layer = model.kv_bytes_per_token_layer_per_gpu(tp, config.kv_dtype_bytes)
+        if model.is_mla:
+            # vLLM's MLA decode absorbs W_UK/W_UV: each head scores the latent + rotary key and sums latents.
+            rank = model.kv_lora_rank or 0
+            self.attn_flops_per_pair_layer = (
+                2.0 * (model.num_attention_heads // tp) * (2 * rank + model.qk_rope_head_dim)
+            )
+        else:
+            self.attn_flops_per_pair_layer = 4.0 * (model.num_attention_heads // tp) * model.head_dim
         self.elementwise_bytes_per_token = (
             model.num_layers
             * BF16_BYTES
             * (
                 ELEMENTWISE_HIDDEN_VECTORS * model.hidden_size
-                + ELEMENTWISE_INTERMEDIATE_VECTORS * model.intermediate_size // tp
+                + ELEMENTWISE_INTERMEDIATE_VECTORS * model.peak_intermediate_size // tp
             )
         )
         if acc.is_cpu:
@@ -160,6 +184,8 @@ class Roofline:
             self.step_overhead_s, self.per_sequence_s = CPU_STEP_OVERHEAD_S, CPU_PER_SEQUENCE_OVERHEAD_S
         else:
             weight_eff, matmul_eff = GPU_WEIGHT_BANDWIDTH_EFFICIENCY, GPU_MATMUL_EFFICIENCY
+            if model.is_quantized:
+                matmul_eff = GPU_QUANTIZED_MATMUL_EFFICIENCY
             attn_bw_eff, attn_fl_eff = GPU_ATTENTION_BANDWIDTH_EFFICIENCY, GPU_ATTENTION_COMPUTE_EFFICIENCY
             self.attention_floor_s = GPU_ATTENTION_FLOOR_S
             layer_floor = GPU_SMALL_KERNELS_PER_LAYER * GPU_SMALL_KERNEL_S
@@ -191,7 +217,9 @@ class Roofline:
                 linear_s=0.0, attention_s=0.0, elementwise_s=0.0, allreduce_s=0.0, overhead_s=0.0
             )
         linear_flops = self.linear_flops_per_token * cost.tokens + self.lm_head_flops_per_row * cost.sampled
-        linear = max(self.weight_read_s, linear_flops / self.matmul_flops)
+        linear = max(
+            self.weight_read_s + self.moe_weight_read_s(cost.tokens), linear_flops / self.matmul_flops
+        )
         write = cost.tokens  # every new token's K/V is written once per layer
         attention = self._attention(
             self.global_layers, cost.kv_full_tokens + write, cost.attn_full_pairs
@@ -224,6 +252,13 @@ class Roofline:
         )
         return layers * per_layer
 
+    def moe_weight_read_s(self, tokens: int) -> float:
+        """Seconds to stream the routed experts ``tokens`` tokens touch, over all MoE layers."""
+        if not self.moe_layers:
+            return 0.0
+        touched = expected_unique_experts(self.num_experts, self.experts_per_token, tokens)
+        return self.moe_layers * touched * self.expert_bytes / self.weight_bw
+
     def step_seconds(self, cost: StepCost) -> float:
         if cost.tokens == 0:
             return 0.0
@@ -235,7 +270,7 @@ class Roofline:
         For a decode the attended pairs equal the context read, so one array per layer type suffices.
         """
         linear = max(
-            self.weight_read_s,
+            self.weight_read_s + self.moe_weight_read_s(batch),
             (self.linear_flops_per_token + self.lm_head_flops_per_row) * batch / self.matmul_flops,
         )
         fixed = linear + self.elementwise_floor_s + batch * self.elementwise_bytes_per_token / self.weight_bw
@@ -253,13 +288,25 @@ class Roofline:
         return total
 
 
+def expected_unique_experts(num_experts: int, experts_per_token: int, tokens: int) -> float:
+    """Distinct experts ``tokens`` tokens touch when each picks ``experts_per_token`` of ``num_experts``
+    uniformly: ``E (1 - (1 - k/E)^T)`` (occupancy; see the module docstring)."""
+    if tokens <= 0 or num_experts <= 0:
+        return 0.0
+    miss = 1.0 - min(experts_per_token, num_experts) / num_experts
+    return num_experts * (1.0 - miss**tokens)
+
+
 def linear_params(config: TwinConfig) -> float:
     """Parameters every token multiplies through (decoder layers), without embeddings or a vision tower.
 
     From the layer shapes (q/k/v/o projections and a gated MLP) when they account for the model's size;
-    otherwise (a generic dense profile whose shapes are guesses) params minus the embedding table.
+    otherwise (a generic dense profile whose shapes are guesses) params minus the embedding table. A MoE
+    token multiplies its ``experts_per_token`` routed experts plus the always-on layers.
     """
     model = config.model
+    if model.is_moe or model.is_mla:
+        return model.active_params - model.embedding_params
     per_layer = (
         model.hidden_size * (model.num_attention_heads + 2 * model.num_kv_heads) * model.head_dim
         + model.num_attention_heads * model.head_dim * model.hidden_size

@@ -296,6 +296,9 @@ _SPEC_ONLY_FLAGS = (
     "chunked_prefill",
     "prefix_caching",
     "dtype",
+    "model_config",
+    "quantization",
+    "kv_cache_dtype",
     "spot",
     "zone",
     "machine_type",
@@ -311,17 +314,14 @@ def _spec_given(args: argparse.Namespace) -> bool:
 
 def _objects_from_spec(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], str]:
     from manifests.errors import ManifestError
-    from manifests.fit import fit_spec
     from manifests.render import render_objects
     from manifests.secrets import read_hf_token as read_spec_token
 
     assert deploy_render is not None
-    spec = deploy_render.spec_from_args(args)
+    spec, fit, _ = deploy_render.sized_spec_from_args(args)
     with deploy_render.manifest_errors():
-        if spec.profile is not None:
-            fit = fit_spec(spec)
-            if not fit.fits and not args.skip_fit_check:
-                raise ConfigError(f"{fit.message} (--skip-fit-check applies anyway)")
+        if fit is not None and not fit.fits and not args.skip_fit_check:
+            raise ConfigError(f"{fit.message} (--skip-fit-check applies anyway)")
         try:
             token = read_spec_token(spec, os.environ) if spec.has_token_source else None
         except ManifestError as err:

@@ -19,8 +19,9 @@ import yaml
 from backends.errors import ConfigError
 from manifests.cost import cost_for_spec
 from manifests.errors import ManifestError
-from manifests.fit import fit_spec
+from manifests.fit import FitResult, size_spec
 from manifests.gpus import GpuType
+from manifests.model_catalog import load_custom_profile
 from manifests.render import render_json, render_yaml
 from manifests.spec import DeploymentSpec, build_spec
 
@@ -32,6 +33,42 @@ def manifest_errors() -> Iterator[None]:
         yield
     except ManifestError as err:
         raise ConfigError(str(err)) from None
+
+
+def add_model_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model-config PATH`` (and ``--generic-profile``): size any model from its Hugging Face config."""
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        metavar="PATH",
+        help="the model's Hugging Face config.json (or its directory, with model.safetensors.index.json)",
+    )
+    parser.add_argument(
+        "--generic-profile",
+        action="store_true",
+        default=None,
+        help="with --model-config: size an unknown architecture as a plain dense decoder",
+    )
+
+
+def custom_profile_from_args(args: argparse.Namespace, model: str | None) -> Any:
+    """The profile ``--model-config`` names, or None; a bad file is one ConfigError line."""
+    path = getattr(args, "model_config", None)
+    if path is None:
+        if getattr(args, "generic_profile", None):
+            raise ConfigError("--generic-profile needs --model-config PATH")
+        return None
+    with manifest_errors():
+        return load_custom_profile(path, model=model, allow_generic=bool(args.generic_profile))
+
+
+def _count(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--count must be a number or 'auto', got {text!r}") from None
 
 
 def _number(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
@@ -52,7 +89,9 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="Hugging Face model id, e.g. google/gemma-3-27b-it")
     parser.add_argument("--gpu", choices=[g.value for g in GpuType], help="accelerator (cpu-c4/cpu-c4d: CPU)")
     parser.add_argument(
-        "--count", type=_number(int, "--count"), help="GPUs per replica = tensor parallel size"
+        "--count",
+        type=_count,
+        help="GPUs per replica = tensor parallel size; 'auto': the fewest the model fits",
     )
     parser.add_argument("--name", help="Deployment/Service name (default: <model>-<count>x<gpu>)")
     parser.add_argument("--namespace", help="namespace (default vllm)")
@@ -73,6 +112,15 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="default bfloat16"
+    )
+    add_model_config_arguments(parser)
+    parser.add_argument(
+        "--quantization",
+        choices=["fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes"],
+        help="vLLM --quantization (fp8 quantizes a 16-bit checkpoint; default: what the checkpoint says)",
+    )
+    parser.add_argument(
+        "--kv-cache-dtype", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"], help="default auto (= dtype)"
     )
     parser.add_argument("--trust-remote-code", action="store_true", default=None)
     parser.add_argument("--spot", action="store_true", default=None, help="run on Spot VMs")
@@ -118,6 +166,8 @@ _FLAG_FIELDS = {
     "chunked_prefill": "enable_chunked_prefill",
     "prefix_caching": "enable_prefix_caching",
     "dtype": "dtype",
+    "quantization": "quantization",
+    "kv_cache_dtype": "kv_cache_dtype",
     "trust_remote_code": "trust_remote_code",
     "spot": "spot",
     "zone": "zone",
@@ -153,8 +203,12 @@ def spec_from_args(args: argparse.Namespace) -> DeploymentSpec:
     fields: dict[str, Any] = _read_spec_file(args.spec) if args.spec else {}
     for flag, field in _FLAG_FIELDS.items():
         value = getattr(args, flag, None)
-        if value is not None:
+        if value is not None and not (flag == "count" and value == "auto"):
             fields[field] = value
+    profile = custom_profile_from_args(args, fields.get("model"))
+    if profile is not None:
+        fields["custom_profile"] = profile
+        fields.setdefault("model", profile.hf_id)
     if args.hf_token_env is not None:
         fields.update(hf_token_env=args.hf_token_env, hf_token_file=None)
     if args.hf_token_file is not None:
@@ -197,17 +251,27 @@ def _cost_note(spec: DeploymentSpec) -> str:
     )
 
 
-def _render(args: argparse.Namespace) -> int:
+def sized_spec_from_args(args: argparse.Namespace) -> tuple[DeploymentSpec, FitResult | None, list[str]]:
+    """The spec, sized by the fit (``--count auto``; max-model-len when unset), its fit and notes."""
     spec = spec_from_args(args)
-    notes: list[str] = []
     with manifest_errors():
         if spec.profile is None:
-            notes.append(f"fit: not checked ({spec.model} has no built-in size profile)")
-        else:
-            fit = fit_spec(spec)
+            if args.count == "auto":
+                raise ConfigError(f"--count auto needs a size profile for {spec.model}: give --model-config")
+            return spec, None, [f"fit: not checked ({spec.model} has no size profile; see --model-config)"]
+        spec, fit, notes = size_spec(spec, choose_count=args.count == "auto")
+    return spec, fit, [f"sized: {note}" for note in notes]
+
+
+def _render(args: argparse.Namespace) -> int:
+    spec, fit, notes = sized_spec_from_args(args)
+    with manifest_errors():
+        if fit is not None:
             if not fit.fits and not args.skip_fit_check:
                 raise ConfigError(f"{fit.message} (--skip-fit-check renders anyway)")
             notes.append(f"fit: {fit.message}")
+            if fit.fits and spec.profile is not None and spec.profile.caveat:
+                notes.append(f"caveat: {spec.profile.caveat}")
         notes.append(_cost_note(spec))
         if args.output == "json":
             sys.stdout.write(render_json(spec))

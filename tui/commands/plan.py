@@ -27,6 +27,7 @@ from manifests.cost import estimate_cost
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from tui.commands.bench_display import prompts_line
+from tui.commands.deploy_render import add_model_config_arguments, custom_profile_from_args
 from tui.commands.sweep_args import (
     add_sweep_arguments,
     positive_float_list,
@@ -47,7 +48,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "or closed loop (--concurrency N: N requests in flight)."
         ),
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model profile (default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--model", help=f"built-in model (default {DEFAULT_MODEL}; servedeck models list) or the repo id"
+    )
+    add_model_config_arguments(parser)
+    parser.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+        default="auto",
+        help="default auto",
+    )
     parser.add_argument("--gpu", required=True, help=f"accelerator: {', '.join(g.value for g in GpuType)}")
     parser.add_argument("--count", type=int, default=1, help="GPUs per replica = tensor-parallel size")
     add_sweep_arguments(parser, positive_levels=True, num_prompts_default=1000)
@@ -92,8 +102,9 @@ def twin_config_from_args(args: argparse.Namespace) -> TwinConfig:
         raise ConfigError(f"--count must be at least 1 GPU, not {args.count}")
     if args.context_len < 1:
         raise ConfigError(f"--context-len must be at least 1 token, not {args.context_len}")
+    profile = custom_profile_from_args(args, args.model)
     return TwinConfig.build(
-        args.model,
+        profile or args.model or DEFAULT_MODEL,
         args.gpu,
         args.count,
         gpu_memory_utilization=args.gpu_memory_utilization,
@@ -103,6 +114,7 @@ def twin_config_from_args(args: argparse.Namespace) -> TwinConfig:
         enable_chunked_prefill=not args.no_chunked_prefill,
         enable_prefix_caching=not args.no_prefix_caching,
         hybrid_kv_cache=not args.no_hybrid_kv_cache,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
 
 

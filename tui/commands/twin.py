@@ -10,11 +10,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from backends.errors import ConfigError
 from backends.twin.engine_config import TwinConfig
 from backends.twin.logline import DEFAULT_INTERVAL_S
 from backends.twin.server import TwinServer
 from manifests.gpus import GpuType
-from manifests.model_profiles import MODELS
+from manifests.model_catalog import all_profiles
+from tui.commands.deploy_render import add_model_config_arguments, custom_profile_from_args
 from tui.commands.foreground import int_in_range, sigterm_as_ctrl_c
 
 DEFAULT_PORT = 8000
@@ -54,7 +56,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=1,
         help="GPUs (tensor-parallel size; default 1)",
     )
-    serve.add_argument("--model", required=True, help=f"model: {', '.join(MODELS)}")
+    serve.add_argument(
+        "--model", help=f"model: {', '.join(all_profiles())} (or the repo id with --model-config)"
+    )
+    add_model_config_arguments(serve)
+    serve.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+        default="auto",
+        help="default auto",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument(
         "--port",
@@ -101,12 +112,16 @@ def build_config(args: argparse.Namespace) -> TwinConfig:
     engine_args: dict[str, object] = {
         "enable_chunked_prefill": not args.no_chunked_prefill,
         "enable_prefix_caching": not args.no_prefix_caching,
+        "kv_cache_dtype": args.kv_cache_dtype,
     }
     for key in ("max_model_len", "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens"):
         value = getattr(args, key)
         if value is not None:
             engine_args[key] = value
-    return TwinConfig.build(args.model, args.gpu, args.count, **engine_args)
+    profile = custom_profile_from_args(args, args.model)
+    if profile is None and not args.model:
+        raise ConfigError("give --model NAME (servedeck models list) or --model-config PATH")
+    return TwinConfig.build(profile or args.model, args.gpu, args.count, **engine_args)
 
 
 def _announce(server: TwinServer) -> None:
