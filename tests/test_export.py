@@ -61,6 +61,7 @@ NON_DETAILED_KEYS = [
     "queue_times",
     "max_output_tokens_per_s",
     "max_concurrent_requests",
+    "rtfx",
     *LATENCY_KEYS,
     "servedeck",
 ]
@@ -189,7 +190,8 @@ def test_export_values_follow_vllm_conventions() -> None:
     assert result["max_concurrency"] == 8
     assert result["burstiness"] == 1.0
     assert (result["completed"], result["failed"]) == (2, 1)
-    assert result["total_input_tokens"] == 20  # 12 (usage) + 8 (prompt_len)
+    assert result["total_input_tokens"] == 18  # the dataset's prompt lengths, 10 + 8, as vLLM's client
+    assert result["servedeck"]["server_input_tokens"] is None  # the second request reported no usage
     assert result["total_output_tokens"] == 5  # 3 (usage) + 2 (chunks)
     assert result["request_goodput"] is None  # no SLOs
     # per request, sorted by index: e2el 0.9-0.1 = 0.8, 0.6-0.0 = 0.6, failed -> 0.0 (vLLM's default)
@@ -232,9 +234,11 @@ def test_detailed_export_adds_vllms_per_request_arrays() -> None:
         "ttfts",
         "itls",
         "start_times",
+        "generated_texts",
         "errors",
     }
-    assert detailed["input_lens"] == [12, 8, 7]
+    assert detailed["input_lens"] == [10, 8, 7]  # the dataset's prompt lengths (vLLM: output.prompt_len)
+    assert detailed["generated_texts"] == [None, None, None]  # the load generator keeps no text
     assert detailed["output_lens"] == [3, 2, 0]
     assert detailed["ttfts"] == pytest.approx([0.2, 0.4, 0.0])
     assert [pytest.approx(gaps) for gaps in detailed["itls"]] == [[0.2, 0.4], [0.2], []]

@@ -231,17 +231,18 @@ def test_output_len_resolution_order_matches_vllm_when_nothing_is_known() -> Non
     assert m.output_len_sources == {"tokenizer": 1}
 
 
-def test_usage_input_tokens_override_prompt_len_and_throughputs_use_duration() -> None:
+def test_input_tokens_are_the_prompt_lengths_not_usage_and_throughputs_use_duration() -> None:
     records = [
         record(0, 0.0, [0.1, 0.2], output_tokens=2, prompt_len=10, input_tokens=12),
         record(1, 0.0, [0.1, 0.2], output_tokens=6, prompt_len=20),
     ]
     m = compute_metrics(records, 2.0, goodput_slos_ms=None, percentiles=[99])
-    assert m.total_input_tokens == 32  # 12 (usage) + 20 (prompt_len)
+    assert m.total_input_tokens == 30  # 10 + 20 (the dataset's prompt_len, as vLLM's client counts)
+    assert m.server_input_tokens is None  # the second request has no usage.prompt_tokens
     assert m.total_output_tokens == 8
     assert m.request_throughput == pytest.approx(1.0)  # 2 / 2 s
     assert m.output_throughput == pytest.approx(4.0)  # 8 / 2 s
-    assert m.total_token_throughput == pytest.approx(20.0)  # (32 + 8) / 2 s
+    assert m.total_token_throughput == pytest.approx(19.0)  # (30 + 8) / 2 s
 
 
 def test_client_queue_time_is_send_minus_queue_over_completed_requests() -> None:

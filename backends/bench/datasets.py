@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -301,6 +301,10 @@ def sample_requests(
         raise ConfigError(f"the number of levels must be at least 1, not {levels}")
     if spec.kind == "random":
         return sample_random(spec, num_prompts, counter, seed, output_len, levels=levels)
+    if spec.kind == "prefix_repetition":
+        return sample_prefix_repetition(spec, num_prompts, counter, seed, output_len, levels=levels)
+    if spec.kind == "custom":
+        return sample_custom(spec, num_prompts, counter, seed, output_len, levels=levels)
     if spec.kind == "sharegpt":
         parsed = bundled_sharegpt()
         source = f"ShareGPT (bundled, {parsed.complete_records:,} conversations)"
@@ -310,7 +314,10 @@ def sample_requests(
         parsed = load_sharegpt_file(spec.path)
         source = f"ShareGPT-format file {parsed.path}"
     else:
-        raise DatasetError(f"unknown dataset kind {spec.kind!r}; use 'sharegpt', 'file' or 'random'")
+        raise DatasetError(
+            f"unknown dataset kind {spec.kind!r}; use 'sharegpt', 'file', 'random', 'prefix_repetition' "
+            "or 'custom'"
+        )
     notes = []
     truncation = parsed.truncation_note
     if truncation is not None and _first_time(truncation):
@@ -488,13 +495,22 @@ def sample_random(
     output_low = max(1, math.floor(mean_output * (1 - ratio)))
     output_high = max(1, math.ceil(mean_output * (1 + ratio)))
 
+    prefix_len = spec.random_prefix_len
+    if prefix_len < 0:
+        raise DatasetError(f"random prefix length must be >= 0 tokens, not {prefix_len}")
+    prefix = ""
+    if prefix_len:
+        # vLLM: one prefix for every request of the run, so the server's prefix cache can share it.
+        (prefix,), _ = _prompts_of_lengths(
+            [prefix_len], counter, _vocabulary_draw(np.random.default_rng(seed))
+        )
     per_level: list[list[SampledRequest]] = []
     off_target = drift = 0
     for level in range(levels or 1):
         rng = np.random.default_rng(seed if level == 0 else [seed, level])
-        input_lens = [int(n) for n in rng.integers(input_low, input_high + 1, size=num_prompts)]
+        input_lens = [prefix_len + int(n) for n in rng.integers(input_low, input_high + 1, size=num_prompts)]
         output_lens = [int(n) for n in rng.integers(output_low, output_high + 1, size=num_prompts)]
-        prompts, prompt_lens = _prompts_of_lengths(input_lens, counter, rng)
+        prompts, prompt_lens = _prompts_of_lengths(input_lens, counter, _vocabulary_draw(rng), head=prefix)
         per_level.append(
             [
                 SampledRequest(prompt=prompt, prompt_len=prompt_len, expected_output_len=out_len)
@@ -514,6 +530,8 @@ def sample_random(
         if ratio
         else f"random (input {spec.random_input_len}, output {mean_output} tokens)"
     )
+    if prefix_len:
+        source += f", a shared prefix of {prefix_len} tokens"
     if levels is None:
         return SampledDataset(requests=per_level[0], notes=notes, source=source)
     return SampledDataset(
@@ -525,19 +543,57 @@ def sample_random(
     )
 
 
+WordDraw = Callable[[int], list[str]]
+
+
+def _vocabulary_draw(rng: np.random.Generator) -> WordDraw:
+    """Random common words: vLLM's random dataset draws random token ids; we draw whole words, which
+    are real tokens of any vocabulary (no tokenizer vocabulary is needed offline)."""
+
+    def draw(n: int) -> list[str]:
+        return [str(word) for word in rng.choice(_VOCABULARY, size=n)]
+
+    return draw
+
+
+def _text_draw(words: Sequence[str], rng: np.random.Generator) -> Callable[[], WordDraw]:
+    """Each call starts a run of consecutive words of real text at a random place (wrapping)."""
+
+    def start() -> WordDraw:
+        position = int(rng.integers(0, len(words)))
+
+        def draw(n: int) -> list[str]:
+            nonlocal position
+            out = [words[(position + k) % len(words)] for k in range(n)]
+            position = (position + n) % len(words)
+            return out
+
+        return draw
+
+    return start
+
+
 def _prompts_of_lengths(
-    targets: Sequence[int], counter: TokenCounter, rng: np.random.Generator
+    targets: Sequence[int],
+    counter: TokenCounter,
+    draw: WordDraw | Sequence[WordDraw],
+    *,
+    head: str = "",
 ) -> tuple[list[str], list[int]]:
-    """Random-word prompts, each searched (all at once, a few count_many rounds) to its target."""
-    words: list[list[str]] = [list(rng.choice(_VOCABULARY, size=target + 16)) for target in targets]
-    word_counts = list(targets)
+    """Prompts of words from ``draw`` (one source for all, or one per prompt), each searched (all at
+    once, a few count_many rounds) to its target; ``head`` starts every prompt and counts toward it."""
+    draws = [draw] * len(targets) if callable(draw) else list(draw)
+    lead = head + " " if head else ""
+    head_tokens = counter.count(head) if head else 0
+    words: list[list[str]] = [d(max(1, t - head_tokens) + 16) for d, t in zip(draws, targets, strict=True)]
+    word_counts = [max(1, t - head_tokens) for t in targets]
     best_counts = [-1] * len(targets)
-    best_word_counts = list(targets)
+    best_word_counts = list(word_counts)
     pending = list(range(len(targets)))
     for _ in range(_MAX_LENGTH_ROUNDS):
         if not pending:
             break
-        counts = counter.count_many([" ".join(words[i][: word_counts[i]]) for i in pending])
+        counts = counter.count_many([lead + " ".join(words[i][: word_counts[i]]) for i in pending])
         still_pending = []
         for i, got in zip(pending, counts, strict=True):
             if best_counts[i] < 0 or abs(got - targets[i]) < abs(best_counts[i] - targets[i]):
@@ -548,9 +604,155 @@ def _prompts_of_lengths(
             if next_words == word_counts[i]:
                 continue  # one word already; the counter adds fixed tokens we cannot remove
             if next_words > len(words[i]):
-                words[i].extend(rng.choice(_VOCABULARY, size=next_words - len(words[i]) + 16))
+                words[i].extend(draws[i](next_words - len(words[i]) + 16))
             word_counts[i] = next_words
             still_pending.append(i)
         pending = still_pending
-    prompts = [" ".join(words[i][: best_word_counts[i]]) for i in range(len(targets))]
+    prompts = [lead + " ".join(words[i][: best_word_counts[i]]) for i in range(len(targets))]
     return prompts, best_counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared prefixes (vLLM's prefix_repetition) from real text, and a user's prompts (vLLM's custom)
+
+_TEXT_CONVERSATIONS = 2000
+
+
+def sharegpt_words(seed: int) -> list[str]:
+    """The words of real ShareGPT text: the first turns of up to 2,000 conversations, seed-shuffled."""
+    parsed = bundled_sharegpt()
+    order = list(range(len(parsed.pairs)))
+    random.Random(seed).shuffle(order)
+    words: list[str] = []
+    for i in order[:_TEXT_CONVERSATIONS]:
+        words.extend(parsed.pairs[i][0].split())
+    return words
+
+
+def sample_prefix_repetition(
+    spec: DatasetSpec,
+    num_prompts: int,
+    counter: TokenCounter,
+    seed: int,
+    output_len: int | None,
+    *,
+    levels: int | None = None,
+) -> SampledDataset:
+    """vLLM's prefix_repetition: ``num_prefixes`` prefixes of ``prefix_len`` tokens, each followed by
+    suffixes of ``suffix_len`` tokens (requests split evenly over the prefixes, then shuffled), a fixed
+    output length. vLLM draws random token ids; these prefixes and suffixes are runs of real ShareGPT
+    text, so the server sees prose (and its prefix cache sees exactly the shared prefixes).
+    """
+    prefix_len, suffix_len, num_prefixes = spec.prefix_len, spec.suffix_len, spec.num_prefixes
+    out_len = spec.prefix_output_len if output_len is None else output_len
+    if prefix_len < 1 or suffix_len < 1 or num_prefixes < 1 or out_len < 1:
+        raise DatasetError(
+            "prefix_repetition needs prefix and suffix lengths, a number of prefixes and an output length "
+            f">= 1 (got prefix {prefix_len}, suffix {suffix_len}, prefixes {num_prefixes}, output {out_len})"
+        )
+    if num_prompts < num_prefixes:
+        raise DatasetError(
+            f"{num_prompts} prompts cannot cover {num_prefixes} prefixes: give --num-prompts >= the number "
+            "of prefixes"
+        )
+    rng = np.random.default_rng(seed)
+    words = sharegpt_words(seed)
+    start = _text_draw(words, rng)
+    prefixes, _ = _prompts_of_lengths(
+        [prefix_len] * num_prefixes, counter, [start() for _ in range(num_prefixes)]
+    )
+    per_prefix = num_prompts // num_prefixes
+    per_level: list[list[SampledRequest]] = []
+    for level in range(levels or 1):
+        level_rng = rng if level == 0 else np.random.default_rng([seed, level])
+        level_start = start if level == 0 else _text_draw(words, level_rng)
+        requests: list[SampledRequest] = []
+        for prefix in prefixes:
+            targets = [prefix_len + suffix_len] * per_prefix
+            prompts, lens = _prompts_of_lengths(
+                targets, counter, [level_start() for _ in targets], head=prefix
+            )
+            requests += [
+                SampledRequest(prompt=text, prompt_len=n, expected_output_len=out_len)
+                for text, n in zip(prompts, lens, strict=True)
+            ]
+        random.Random(seed + level).shuffle(requests)
+        while len(requests) < num_prompts:  # vLLM's oversampling when num_prompts % num_prefixes != 0
+            requests.append(requests[len(requests) % (per_prefix * num_prefixes)])
+        per_level.append(requests)
+    source = (
+        f"prefix repetition ({num_prefixes} prefixes x {prefix_len} + {suffix_len} tokens of ShareGPT "
+        f"text, output {out_len} tokens)"
+    )
+    if levels is None:
+        return SampledDataset(requests=per_level[0], source=source)
+    return SampledDataset(
+        requests=per_level[0], level_requests=per_level, sampling=PromptSampling.OWN, source=source
+    )
+
+
+def load_custom_prompts(path: str | Path) -> list[str]:
+    """vLLM's custom dataset: JSON Lines, one ``{"prompt": "..."}`` object a line."""
+    file = Path(path).expanduser()
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DatasetError(f"dataset file not found: {file}; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read dataset file {file}: {exc}") from None
+    prompts: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(
+                f"{file} line {number} is not JSON ({err.msg}): the custom dataset is JSON Lines of "
+                '{"prompt": ...}'
+            ) from None
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt:
+            raise DatasetError(
+                f'{file} line {number} has no "prompt" text (custom dataset: {{"prompt": ...}} a line)'
+            )
+        prompts.append(prompt)
+    if not prompts:
+        raise DatasetError(f'{file} holds no prompts (custom dataset: JSON Lines of {{"prompt": ...}})')
+    return prompts
+
+
+def sample_custom(
+    spec: DatasetSpec,
+    num_prompts: int,
+    counter: TokenCounter,
+    seed: int,
+    output_len: int | None,
+    *,
+    levels: int | None = None,
+) -> SampledDataset:
+    """vLLM's CustomDataset: shuffled with ``random.seed(seed)``, the first ``num_prompts``, a fixed
+    output length, oversampled by duplication when the file has fewer."""
+    if not spec.path:
+        raise DatasetError('the custom dataset needs --dataset-path to a JSON Lines file of {"prompt": ...}')
+    prompts = load_custom_prompts(spec.path)
+    random.Random(seed).shuffle(prompts)
+    out_len = spec.custom_output_len if output_len is None else output_len
+    wanted = num_prompts * (levels or 1)
+    chosen = [prompts[k % len(prompts)] for k in range(wanted)]
+    lens = counter.count_many(chosen)
+    requests = [
+        SampledRequest(prompt=text, prompt_len=n, expected_output_len=out_len)
+        for text, n in zip(chosen, lens, strict=True)
+    ]
+    notes = []
+    if len(prompts) < wanted:
+        notes.append(f"{spec.path} has {len(prompts):,} prompts; repeated them to send {wanted:,}")
+    source = f"custom prompts {spec.path}"
+    if levels is None:
+        return SampledDataset(requests=requests[:num_prompts], notes=notes, source=source)
+    per_level = [requests[i * num_prompts : (i + 1) * num_prompts] for i in range(levels)]
+    sampling = PromptSampling.OWN if len(prompts) >= wanted else PromptSampling.OVERLAP
+    return SampledDataset(
+        requests=per_level[0], level_requests=per_level, sampling=sampling, notes=notes, source=source
+    )

@@ -5,7 +5,10 @@ The per-level dict uses vLLM's own key names and order (``vllm/benchmarks/serve.
 single key ``"servedeck"``. Differences from a vLLM file, all deliberate:
 
 - ``date`` is when the level started (vLLM stamps when it saves).
-- No ``generated_texts`` (the load generator does not keep response text) and no ``rtfx`` (ASR only).
+- ``generated_texts`` (``--save-detailed`` only, as in vLLM) holds ``null`` per request: the load
+  generator does not keep response text. ``rtfx`` is 0.0, what vLLM writes for text (it is ASR only).
+- ``total_input_tokens`` sums the dataset's prompt lengths as vLLM's client does; the server's own count
+  (chat template included) is ``servedeck.server_input_tokens``.
 - ``start_times`` are seconds from the level start (vLLM: raw ``perf_counter`` values); only differences
   between them mean anything in either tool.
 - ``client_queue_time`` statistics go under ``servedeck`` (vLLM only prints them when asked for).
@@ -32,11 +35,13 @@ from pydantic import BaseModel, ValidationError
 
 from backends.bench.metrics import (
     LATENCY_METRICS,
+    BenchmarkMetrics,
     Distribution,
     is_completed,
     percentile_key,
     request_latency,
     resolve_output_len,
+    summarize,
     validate_percentiles,
 )
 from backends.bench.models import Axis, RequestRecord, ServerSnapshot
@@ -47,7 +52,11 @@ from backends.prometheus import prefix_cache_hit_rate, prefix_cache_warning
 SWEEP_FILE_FORMAT_VERSION = 1
 
 ENDPOINT_BACKENDS = {"chat": "openai-chat", "completions": "openai"}
-DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "start_times", "errors")
+DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "start_times", "generated_texts", "errors")
+# vLLM's --percentile-metrics: the default and every name it takes.
+DEFAULT_PERCENTILE_METRICS = ("ttft", "tpot", "itl")
+PERCENTILE_METRICS = (*LATENCY_METRICS, "client_queue_time", "e2el_including_client_queue")
+VLLM_BACKENDS = ("openai", "openai-chat", "vllm")
 NO_CHUNK_ERROR = "Never received a valid chunk to calculate TTFT."
 
 CSV_COLUMNS_HEAD = (
@@ -171,26 +180,75 @@ def _error_text(record: RequestRecord) -> str:
     return record.error or NO_CHUNK_ERROR
 
 
+def check_percentile_metrics(names: Sequence[str]) -> list[str]:
+    """vLLM's --percentile-metrics names, order kept; anything else is a ConfigError."""
+    chosen: list[str] = []
+    for name in names:
+        if name not in PERCENTILE_METRICS:
+            raise ConfigError(
+                f"unknown percentile metric {name!r}: use a comma list of {', '.join(PERCENTILE_METRICS)}"
+            )
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise ConfigError(f"--percentile-metrics needs at least one of {', '.join(PERCENTILE_METRICS)}")
+    return chosen
+
+
+def _queue_inclusive_e2els(records: Sequence[RequestRecord]) -> list[float]:
+    return [latency + (r.queue_time or 0.0) for r in records if (latency := request_latency(r)) is not None]
+
+
+def _metric_distribution(
+    metric: str, metrics: BenchmarkMetrics, records: Sequence[RequestRecord], percentiles: Sequence[float]
+) -> Distribution:
+    if metric == "client_queue_time":
+        return metrics.client_queue_time
+    if metric == "e2el_including_client_queue":
+        return summarize(_queue_inclusive_e2els(records), percentiles)
+    dist: Distribution = getattr(metrics, metric)
+    return dist
+
+
 def to_vllm_result(
-    level_result: LevelResult, config: SweepConfig, *, detailed: bool = False
+    level_result: LevelResult,
+    config: SweepConfig,
+    *,
+    detailed: bool = False,
+    backend: str | None = None,
+    tokenizer_id: str | None = None,
+    percentile_metrics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """One level as vLLM's ``--save-result`` JSON (``--save-detailed`` when ``detailed``)."""
+    """One level as vLLM's ``--save-result`` JSON (``--save-detailed`` when ``detailed``).
+
+    ``backend``: vLLM's --backend name to write (default: the one the endpoint implies);
+    ``tokenizer_id``: the --tokenizer asked for; ``percentile_metrics``: vLLM's --percentile-metrics
+    (default: all four of ttft, tpot, itl, e2el).
+    """
     level = level_result.level
     metrics = level_result.metrics
     records = sorted(level_result.records, key=lambda r: r.index)
     rate = level.request_rate
+    backend = backend or backend_name(config.endpoint)
 
     result: dict[str, Any] = {
         "date": _local_date(level_result.started_at),
-        "endpoint_type": backend_name(config.endpoint),
-        "backend": backend_name(config.endpoint),
+        "endpoint_type": backend,
+        "backend": backend,
         "label": config.label,
         "model_id": config.target.model,
-        "tokenizer_id": _tokenizer_id(config),
+        "tokenizer_id": tokenizer_id or _tokenizer_id(config),
         "num_prompts": config.num_prompts,
-        "request_rate": rate if rate < float("inf") else "inf",
+        "request_rate": rate if rate < float("inf") and level.ramp_up is None else "inf",
         "burstiness": level.burstiness,
         "max_concurrency": level.concurrency_cap,
+    }
+    if level.ramp_up is not None:
+        strategy, start_rps, end_rps = level.ramp_up
+        result["ramp_up_strategy"] = strategy
+        result["ramp_up_start_rps"] = start_rps
+        result["ramp_up_end_rps"] = end_rps
+    result |= {
         "duration": metrics.duration,
         "completed": metrics.completed,
         "failed": metrics.failed,
@@ -202,9 +260,7 @@ def to_vllm_result(
         "total_token_throughput": metrics.total_token_throughput,
     }
     if detailed:
-        result["input_lens"] = [
-            r.input_tokens if r.input_tokens is not None else r.prompt_len for r in records
-        ]
+        result["input_lens"] = [r.prompt_len for r in records]
         result["output_lens"] = [resolve_output_len(r)[0] if is_completed(r) else 0 for r in records]
         result["ttfts"] = [r.ttft if r.ttft is not None else 0.0 for r in records]
         result["itls"] = [r.itls for r in records]
@@ -213,11 +269,16 @@ def to_vllm_result(
         result["start_times"] = [r.sent_at if r.sent_at is not None else r.queued_at for r in records]
     result["queue_times"] = [r.queue_time if r.queue_time is not None else 0.0 for r in records]
     if detailed:
+        result["generated_texts"] = [None for _ in records]
         result["errors"] = [_error_text(r) for r in records]
     result["max_output_tokens_per_s"] = metrics.max_output_tokens_per_s
     result["max_concurrent_requests"] = metrics.max_concurrent_requests
-    for metric in LATENCY_METRICS:
-        result.update(distribution_keys(metric, getattr(metrics, metric)))
+    result["rtfx"] = 0.0
+    chosen = LATENCY_METRICS if percentile_metrics is None else check_percentile_metrics(percentile_metrics)
+    for metric in chosen:
+        result.update(
+            distribution_keys(metric, _metric_distribution(metric, metrics, records, config.percentiles))
+        )
 
     result["servedeck"] = {
         "level_index": level_result.index,
@@ -235,6 +296,7 @@ def to_vllm_result(
         "percentiles": config.percentiles,
         "goodput_slos_ms": config.goodput_slos_ms,
         "good_completed": metrics.good_completed,
+        "server_input_tokens": metrics.server_input_tokens,
         "client_queue_time": distribution_keys("client_queue_time", metrics.client_queue_time),
         "output_len_sources": metrics.output_len_sources,
         "notes": metrics.notes,
@@ -318,8 +380,43 @@ def sweep_file_content(sweep: SweepResult, *, detailed: bool = False) -> dict[st
 
 def write_level_results(sweep: SweepResult, out_path: Path | str, *, detailed: bool = False) -> Path:
     """Write the ``--out`` JSON atomically (a crash never leaves half a file); returns the path."""
+    return write_json_atomically(sweep_file_content(sweep, detailed=detailed), out_path)
+
+
+def vllm_result_filename(
+    *,
+    label: str | None,
+    backend: str,
+    request_rate: float,
+    max_concurrency: int | None,
+    model_id: str,
+    date: str,
+    ramp_up: tuple[str, float, float] | None = None,
+) -> str:
+    """vLLM's ``compute_result_filename``: ``{label or backend}-{rate}qps[-concurrency{N}]-{model}-{date}``.
+
+    The rate is written as Python writes vLLM's float argument (``500.0``, ``inf``); a ramp-up's as
+    ``ramp-up-{strategy}-{start}qps-{end}qps``.
+    """
+    concurrency = f"-concurrency{max_concurrency}" if max_concurrency is not None else ""
+    base_model = model_id.split("/")[-1]
+    head = label or backend
+    if ramp_up is not None:
+        strategy, start, end = ramp_up
+        rates = f"ramp-up-{strategy}-{_rps_word(start)}qps-{_rps_word(end)}qps"
+        return f"{head}-{rates}{concurrency}-{base_model}-{date}.json"
+    return f"{head}-{float(request_rate)}qps{concurrency}-{base_model}-{date}.json"
+
+
+def _rps_word(value: float) -> str:
+    # vLLM's ramp-up rates are ints on its command line.
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def write_json_atomically(data: Any, out_path: Path | str) -> Path:
+    """Write ``data`` as indented JSON; a crash never leaves half a file. Returns the path."""
     path = Path(out_path).expanduser()
-    text = json.dumps(sweep_file_content(sweep, detailed=detailed), indent=2)
+    text = json.dumps(data, indent=2)
     directory = path.parent
     if not directory.is_dir():
         raise ConfigError(

@@ -9,6 +9,8 @@
   longer than one token for TPOT) gives 0 for mean, median, std and every percentile.
 - Output lengths not reported by the server are estimated and the estimate is named in
   ``BenchmarkMetrics.notes`` and ``output_len_sources``.
+- ``total_input_tokens`` sums the dataset's prompt lengths, as vLLM's client does; what the server counted
+  (``usage.prompt_tokens``, chat template included) is kept as ``server_input_tokens``.
 - One deliberate refinement: the per-second token peak counts each chunk's real token count when the
   stream reports it (vLLM counts one token per chunk; both agree for one-token chunks).
 """
@@ -46,7 +48,7 @@ class BenchmarkMetrics(BaseModel):
     completed: int
     failed: int
     duration: float
-    total_input_tokens: int
+    total_input_tokens: int = Field(description="sum of the dataset's prompt lengths (vLLM's client)")
     total_output_tokens: int
     request_throughput: float
     request_goodput: float | None
@@ -64,6 +66,11 @@ class BenchmarkMetrics(BaseModel):
         default_factory=dict, description="completed requests per output-length source (usage, chunks, ...)"
     )
     notes: list[str] = Field(default_factory=list, description="where a number is estimated, and how")
+    server_input_tokens: int | None = Field(
+        default=None,
+        description="prompt tokens the server counted (usage.prompt_tokens, chat template included) over "
+        "the completed requests; None when any of them did not report it",
+    )
     ttft_minus_server_prompt: Distribution | None = Field(
         default=None,
         description=(
@@ -222,6 +229,7 @@ def compute_metrics(
     queue_times: list[float] = []
     intervals: list[tuple[float, float]] = []
     total_input = 0
+    server_input: int | None = 0
     total_output = 0
     sources: dict[str, int] = {}
 
@@ -233,7 +241,11 @@ def compute_metrics(
         output_len, source = resolve_output_len(record, tokenizer_fallback)
         sources[source] = sources.get(source, 0) + 1
         total_output += output_len
-        total_input += record.input_tokens if record.input_tokens is not None else record.prompt_len
+        total_input += record.prompt_len
+        if record.input_tokens is None:
+            server_input = None
+        elif server_input is not None:
+            server_input += record.input_tokens
 
         ttft = record.first_token_at - record.sent_at
         e2el = _end_to_end(record, record.sent_at, record.first_token_at)
@@ -286,6 +298,7 @@ def compute_metrics(
         good_completed=good_completed,
         output_len_sources=sources,
         notes=_notes(completed, sources),
+        server_input_tokens=server_input if completed else None,
         ttft_minus_server_prompt=summarize(server_gaps, selected) if server_gaps else None,
     )
 

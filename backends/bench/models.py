@@ -79,10 +79,21 @@ class LoadLevel(BaseModel):
     value: float
     burstiness: float = 1.0
     max_concurrency: int | None = None
+    ramp_up_strategy: str | None = Field(
+        default=None, description="linear | exponential: the rate ramps within the level (vLLM's ramp-up)"
+    )
+    ramp_up_start_rps: float | None = None
+    ramp_up_end_rps: float | None = None
 
     @property
     def request_rate(self) -> float:
         return self.value if self.axis is Axis.REQUEST_RATE else math.inf
+
+    @property
+    def ramp_up(self) -> tuple[str, float, float] | None:
+        if self.ramp_up_strategy is None or self.ramp_up_start_rps is None or self.ramp_up_end_rps is None:
+            return None
+        return self.ramp_up_strategy, self.ramp_up_start_rps, self.ramp_up_end_rps
 
     @property
     def concurrency_cap(self) -> int | None:
@@ -94,6 +105,9 @@ class LoadLevel(BaseModel):
     def label(self) -> str:
         if self.axis is Axis.CONCURRENCY:
             return f"concurrency {int(self.value)}"
+        if self.ramp_up is not None:
+            strategy, start, end = self.ramp_up
+            return f"{start:g}->{end:g} req/s {strategy}"
         return f"{self.value:g} req/s"
 
 

@@ -36,11 +36,18 @@ class PromptSampling(StrEnum):
 class DatasetSpec(BaseModel):
     """Which prompts to send: bundled ShareGPT, a user's ShareGPT-format file, or synthetic random."""
 
-    kind: str = "sharegpt"  # "sharegpt" | "file" | "random"
+    kind: str = "sharegpt"  # "sharegpt" | "file" | "random" | "prefix_repetition" | "custom"
     path: str | None = None
     random_input_len: int = 1024
     random_output_len: int = 128
     random_range_ratio: float = 0.0
+    random_prefix_len: int = 0
+    # vLLM's prefix_repetition dataset: num_prefixes shared prefixes, each followed by its own suffixes.
+    prefix_len: int = 256
+    suffix_len: int = 256
+    num_prefixes: int = 10
+    prefix_output_len: int = 128
+    custom_output_len: int = 256  # vLLM's custom (JSONL {"prompt": ...}) dataset
 
 
 class SweepConfig(BaseModel):
@@ -58,6 +65,9 @@ class SweepConfig(BaseModel):
     )
     burstiness: float = 1.0
     max_concurrency: int | None = None
+    ramp_up_strategy: str | None = Field(default=None, description="linear | exponential (vLLM's ramp-up)")
+    ramp_up_start_rps: float | None = None
+    ramp_up_end_rps: float | None = None
     goodput_slos_ms: dict[str, float] = Field(default_factory=dict)
     percentiles: list[float] = Field(default_factory=lambda: [99.0])
     endpoint: str = "chat"  # "chat" -> /v1/chat/completions, "completions" -> /v1/completions
@@ -78,6 +88,9 @@ class SweepConfig(BaseModel):
                 value=value,
                 burstiness=self.burstiness,
                 max_concurrency=self.max_concurrency,
+                ramp_up_strategy=self.ramp_up_strategy,
+                ramp_up_start_rps=self.ramp_up_start_rps,
+                ramp_up_end_rps=self.ramp_up_end_rps,
             )
             for value in self.levels
         ]

@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from backends.bench.models import Target
-from backends.bench.results import RunStatus, SweepConfig
+from backends.bench.results import RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
 from tui.commands.bench_foreground import report_interrupted, run_in_foreground
+from tui.commands.bench_vllm import add_vllm_arguments, endpoint_value
+from tui.commands.bench_vllm import dataset_fields as vllm_dataset_fields
+from tui.commands.bench_vllm import normalize as normalize_vllm_args
 from tui.commands.sweep_args import (
     add_sweep_arguments,
     dataset_from_args,
@@ -53,12 +56,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--target", help="base URL (http://host:port) or 'local'")
     parser.add_argument("--model", help="model id (default: the first one /v1/models lists)")
     parser.add_argument("--api-key-env", help="name of the environment variable holding the API key")
-    add_sweep_arguments(parser, positive_levels=False, num_prompts_default=100)
+    add_sweep_arguments(parser, positive_levels=False, num_prompts_default=100, vllm_rates=True)
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--goodput", help="SLOs in ms, e.g. ttft:500,tpot:50")
-    parser.add_argument("--percentiles", type=float_list, default=[99.0], help="e.g. 50,90,99")
-    parser.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    parser.add_argument(
+        "--goodput", nargs="+", help="SLOs in ms: ttft:500 tpot:50 (vLLM's form) or ttft:500,tpot:50"
+    )
+    parser.add_argument(
+        "--percentiles", "--metric-percentiles", type=float_list, default=[99.0], help="e.g. 50,90,99"
+    )
+    parser.add_argument(
+        "--endpoint",
+        type=endpoint_value,
+        help="chat (/v1/chat/completions, the default) or completions (/v1/completions); vLLM's paths too",
+    )
     parser.add_argument("--temperature", type=non_negative_number, default=0.0)
     parser.add_argument("--workers", type=int, default=1, help="load-generator processes (default 1)")
     parser.add_argument("--request-timeout", type=positive_number, default=600.0, help="seconds per request")
@@ -85,6 +96,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     from tui.commands.bench_incluster import add_incluster_arguments
 
     add_incluster_arguments(parser)
+    add_vllm_arguments(parser)
     parser.set_defaults(handler=run_bench)
 
 
@@ -101,6 +113,9 @@ def config_from_args(args: argparse.Namespace, target: Target) -> SweepConfig:
         workers=args.workers,
         request_timeout_s=args.request_timeout,
         idle_timeout_s=args.idle_timeout,
+        ramp_up_strategy=args.ramp_up_strategy,
+        ramp_up_start_rps=args.ramp_up_start_rps,
+        ramp_up_end_rps=args.ramp_up_end_rps,
     )
 
 
@@ -119,6 +134,8 @@ def _target_for(args: argparse.Namespace) -> Iterator[str]:
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
+    if args.result_dir is not None and args.result_dir.exists() and not args.result_dir.is_dir():
+        raise ConfigError(f"--result-dir {args.result_dir} is a file, not a folder")
     for path in (args.out, args.csv):
         if path is None:
             continue
@@ -148,10 +165,14 @@ def _validate_args(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    normalize_vllm_args(args)
+    args.dataset_extra = vllm_dataset_fields(args)
     _validate_args(args)
     from tui.commands.bench_incluster import check_local_run, run_in_cluster
 
     if args.in_cluster:
+        if args.ramp_up_strategy is not None or args.save_result:
+            raise ConfigError("--in-cluster does not take --ramp-up-strategy or --save-result yet; use --out")
         return run_in_cluster(args)
     check_local_run(args)
     if not args.target:
@@ -162,12 +183,100 @@ def run_bench(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, base_url: str) -> int:
     from backends.bench.sweep import run_sweep
-    from backends.targets import discover_target
 
-    target = await discover_target(base_url, model=args.model, api_key_env=args.api_key_env)
+    target = await _discover(base_url, args)
     config = config_from_args(args, target)
+    _check_fits(config)
+    if args.tokenizer is not None:
+        counted = "the server's /tokenize" if target.capabilities.tokenize else "tiktoken cl100k_base"
+        print(
+            f"note: --tokenizer {args.tokenizer}: token counts come from {counted} "
+            "(ServeDeck downloads no tokenizer)",
+            file=sys.stderr,
+        )
     outcome = await run_in_foreground(args, lambda _, emit, cancel: run_sweep(config, emit, cancel))
+    if args.save_result:
+        for path in save_vllm_results(args, outcome.result):
+            print(f"vLLM result written to {path}", file=sys.stderr)
     outcome.display.print_summary(outcome.result)
     if outcome.interrupted:
         return report_interrupted(outcome.interrupted)
     return 0 if outcome.result.status is RunStatus.COMPLETE else 1
+
+
+async def _discover(base_url: str, args: argparse.Namespace) -> Target:
+    """The target; a vLLM model name a twin serves as ``<name>-twin`` (``google/gemma-3-27b-it`` ->
+    ``gemma-3-27b-it-twin``) picks the twin's model, so a vLLM command runs against a twin unchanged."""
+    from backends.errors import TargetError
+    from backends.targets import discover_target
+    from backends.twin.server import TWIN_SUFFIX
+
+    try:
+        return await discover_target(base_url, model=args.model, api_key_env=args.api_key_env)
+    except TargetError as err:
+        if args.model is None or "is not served" not in str(err) or args.model.endswith(TWIN_SUFFIX):
+            raise
+        for candidate in (args.model.split("/")[-1] + TWIN_SUFFIX, args.model + TWIN_SUFFIX):
+            try:
+                target = await discover_target(base_url, model=candidate, api_key_env=args.api_key_env)
+            except TargetError:
+                continue
+            print(
+                f"note: {base_url} is a twin of {args.model}; sending to its model {candidate}",
+                file=sys.stderr,
+            )
+            return target
+        raise
+
+
+def _check_fits(config: SweepConfig) -> None:
+    """A shared prefix (with its suffix and output) longer than the target's context is one clear line."""
+    limit = config.target.max_model_len
+    dataset = config.dataset
+    if limit is None:
+        return
+    if dataset.kind == "prefix_repetition":
+        output = config.output_len if config.output_len is not None else dataset.prefix_output_len
+        wanted, what = dataset.prefix_len + dataset.suffix_len + output, "prefix + suffix + output"
+    elif dataset.kind == "random" and dataset.random_prefix_len:
+        output = config.output_len if config.output_len is not None else dataset.random_output_len
+        wanted = dataset.random_prefix_len + dataset.random_input_len + output
+        what = "--random-prefix-len + --random-input-len + output"
+    else:
+        return
+    if wanted > limit:
+        raise ConfigError(
+            f"{what} is {wanted} tokens, longer than {config.target.model}'s max-model-len {limit}; "
+            "ask for fewer tokens"
+        )
+
+
+def save_vllm_results(args: argparse.Namespace, result: SweepResult) -> list[Path]:
+    """vLLM's --save-result: one file per finished level, named as vLLM names it (or --result-filename),
+    in --result-dir (made if missing, as vLLM does) or the current folder."""
+    from backends.bench.export import to_vllm_result, vllm_result_filename, write_json_atomically
+
+    folder = args.result_dir or Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    backend = args.backend or ("openai-chat" if result.config.endpoint == "chat" else "openai")
+    written = []
+    for level_result in result.levels:
+        data = to_vllm_result(
+            level_result,
+            result.config,
+            detailed=args.save_detailed,
+            backend=backend,
+            tokenizer_id=args.tokenizer if result.config.target.capabilities.tokenize else None,
+            percentile_metrics=args.percentile_metrics or ("ttft", "tpot", "itl", "e2el"),
+        )
+        name = args.result_filename or vllm_result_filename(
+            label=result.config.label,
+            backend=backend,
+            request_rate=level_result.level.request_rate,
+            max_concurrency=level_result.level.concurrency_cap,
+            model_id=args.model or result.config.target.model,
+            date=data["date"],
+            ramp_up=level_result.level.ramp_up,
+        )
+        written.append(write_json_atomically(data, folder / name))
+    return written

@@ -72,7 +72,23 @@ def level_footnotes(level: LevelResult) -> list[str]:
     warning = prefix_cache_warning(prefix_cache_hit_rate(level.server_snapshots), level.prompt_sampling)
     if warning:
         notes.append(warning)
+    tokens_note = input_tokens_note(level)
+    if tokens_note:
+        notes.append(tokens_note)
     return notes
+
+
+def input_tokens_note(level: LevelResult) -> str | None:
+    """Where the server counted other prompt tokens than the dataset's (vLLM's client) count."""
+    m = level.metrics
+    server = m.server_input_tokens
+    if server is None or server == m.total_input_tokens or not m.total_input_tokens:
+        return None
+    change = (server - m.total_input_tokens) / m.total_input_tokens
+    return (
+        f"input tokens: {m.total_input_tokens:,} by the dataset's prompt lengths (vLLM's count, in total "
+        f"tok/s); the server counted {server:,} ({change:+.1%}, chat template included)"
+    )
 
 
 def _hit_rate_cell(level: LevelResult) -> str:

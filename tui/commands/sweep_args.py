@@ -12,7 +12,7 @@ from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec
 from backends.errors import ConfigError
 
-BUILTIN_DATASETS = ("sharegpt", "random")
+BUILTIN_DATASETS = ("sharegpt", "random", "prefix_repetition")
 
 
 def _numbers(text: str) -> list[float]:
@@ -71,6 +71,19 @@ def whole_number_at_least_1(text: str) -> int:
     return value
 
 
+def rate_list(text: str) -> list[float]:
+    """An argparse type: a comma list of req/s, each finite or ``inf`` (vLLM's: every request at t = 0)."""
+    values: list[float] = []
+    for part in (piece.strip() for piece in text.split(",")):
+        if part.lower() in ("inf", "+inf", "infinity"):
+            values.append(math.inf)
+        elif part:
+            values.extend(_numbers(part))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def _whole_levels(values: list[float], text: str) -> list[float]:
     if any(v != int(v) or v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"concurrency levels must be whole numbers >= 1, got {text!r}")
@@ -88,13 +101,19 @@ def positive_concurrency_list(text: str) -> list[float]:
 
 
 def add_sweep_arguments(
-    parser: argparse.ArgumentParser, *, positive_levels: bool, num_prompts_default: int
+    parser: argparse.ArgumentParser,
+    *,
+    positive_levels: bool,
+    num_prompts_default: int,
+    vllm_rates: bool = False,
 ) -> None:
     """--concurrency | --request-rate (one required), arrivals, prompts per level, dataset, output length.
 
-    With ``positive_levels`` a level <= 0 is refused by the parser ("expected numbers > 0").
+    With ``positive_levels`` a level <= 0 is refused by the parser ("expected numbers > 0"). With
+    ``vllm_rates`` a rate may be ``inf`` and neither flag is required (the caller defaults to vLLM's
+    ``--request-rate inf``).
     """
-    axis = parser.add_mutually_exclusive_group(required=True)
+    axis = parser.add_mutually_exclusive_group(required=not vllm_rates)
     axis.add_argument(
         "--concurrency",
         type=positive_concurrency_list if positive_levels else concurrency_list,
@@ -102,8 +121,9 @@ def add_sweep_arguments(
     )
     axis.add_argument(
         "--request-rate",
-        type=positive_float_list if positive_levels else float_list,
-        help="open loop: comma list of req/s",
+        type=rate_list if vllm_rates else positive_float_list if positive_levels else float_list,
+        help="open loop: comma list of req/s"
+        + (" (inf: every request at once, vllm bench serve's default)" if vllm_rates else ""),
     )
     parser.add_argument(
         "--burstiness", type=float, default=1.0, help="gamma shape for arrivals (1 = Poisson)"
@@ -160,6 +180,8 @@ def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:
     name: str = args.dataset
     if name in BUILTIN_DATASETS:
         dataset = DatasetSpec(kind=name)
+    elif name == "custom" and getattr(args, "dataset_name", None) == "custom":
+        dataset = DatasetSpec(kind="custom")
     else:
         path = Path(name)
         if not path.is_file():
@@ -168,4 +190,7 @@ def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:
     dataset.random_input_len = args.random_input_len
     dataset.random_output_len = args.random_output_len
     dataset.random_range_ratio = args.random_range_ratio
+    # bench's vLLM dataset flags (tui/commands/bench_vllm.py), when the command has them
+    for field, value in getattr(args, "dataset_extra", {}).items():
+        setattr(dataset, field, value)
     return dataset

@@ -85,7 +85,7 @@ def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
     level = plan.level
     total = len(plan.requests)
     workers = max(1, min(plan.workers, total or 1))
-    arrivals = arrival_times(total, level.request_rate, level.burstiness, plan.seed)
+    arrivals = arrival_times(total, level.request_rate, level.burstiness, plan.seed, ramp_up=level.ramp_up)
     cap = level.concurrency_cap
     cpus = _worker_cpus(workers)
     jobs = []
@@ -95,7 +95,9 @@ def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
         if worker_cap is not None:
             preopen = min(worker_cap, len(positions))
         else:
-            preopen = min(len(positions), max(8, math.ceil(level.request_rate * 2)))
+            # Two seconds of arrivals (all of them at rate inf, all at once).
+            rate = level.ramp_up[2] if level.ramp_up is not None else level.request_rate
+            preopen = len(positions) if math.isinf(rate) else min(len(positions), max(8, math.ceil(rate * 2)))
         jobs.append(
             WorkerJob(
                 worker_index=w,
