@@ -19,6 +19,7 @@ import pytest
 from backends.bench.loadgen.arrivals import arrival_times
 from backends.bench.metrics import compute_metrics
 from backends.bench.models import RequestRecord
+from backends.engines.local import LocalEngine
 from backends.twin.engine_config import TwinConfig
 from backends.twin.process import TwinProcess, start_twin_process
 
@@ -248,3 +249,54 @@ def test_linear_and_exponential_ramp_up_follow_vllms_per_request_rates() -> None
     assert [b - a for a, b in itertools.pairwise(exponential)] == pytest.approx([0.5, 0.25])
     poisson = arrival_times(2000, float("inf"), 1.0, 3, ramp_up=("linear", 10.0, 10.0))
     assert poisson[-1] == pytest.approx(200.0, rel=0.1)  # no rescaling with ramp-up, as vLLM
+
+
+# --- the real local engine ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(400)
+def test_the_articles_command_runs_verbatim_against_the_local_engine(
+    local_engine: LocalEngine, tmp_path: Path
+) -> None:
+    args = [
+        arg if arg != "--num-prompts=50" else "--num-prompts=8" for arg in article_command(local_engine.port)
+    ]
+    done = _bench(args, tmp_path, timeout=380)
+    assert done.returncode == 0, done.stderr
+    assert "llama.cpp serves one model" in done.stderr
+    (saved,) = list(tmp_path.glob("*.json"))
+    assert saved.name.startswith("openai-500.0qps-gemma-3-27b-it-"), saved.name
+    result = json.loads(saved.read_text())
+    assert not [key for key in VLLM_RESULT_KEYS if key not in result]
+    assert result["completed"] == 8 and result["total_output_tokens"] > 0
+
+
+@pytest.mark.timeout(400)
+def test_chat_prompt_tokens_the_server_counts_are_kept_beside_vllms_count(
+    local_engine: LocalEngine, tmp_path: Path
+) -> None:
+    done = _bench(
+        [
+            f"--base-url={local_engine.base_url}",
+            "--backend=openai-chat",
+            "--dataset-name=sharegpt",
+            "--num-prompts=8",
+            "--sharegpt-output-len=4",
+            "--max-concurrency=4",
+            "--save-result",
+            "--save-detailed",
+            "--result-filename=chat.json",
+        ],
+        tmp_path,
+        timeout=380,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "chat.json").read_text())
+    assert result["total_input_tokens"] == sum(result["input_lens"])  # the dataset's prompt lengths
+    server = result["servedeck"]["server_input_tokens"]
+    assert server is not None and server > result["total_input_tokens"]  # the chat template's tokens
+    duration = result["duration"]
+    assert result["total_token_throughput"] == pytest.approx(
+        (result["total_input_tokens"] + result["total_output_tokens"]) / duration
+    )
+    assert f"the server counted {server:,}" in done.stdout + done.stderr

@@ -205,8 +205,10 @@ async def _run(args: argparse.Namespace, base_url: str) -> int:
 
 
 async def _discover(base_url: str, args: argparse.Namespace) -> Target:
-    """The target; a vLLM model name a twin serves as ``<name>-twin`` (``google/gemma-3-27b-it`` ->
-    ``gemma-3-27b-it-twin``) picks the twin's model, so a vLLM command runs against a twin unchanged."""
+    """The target. A vLLM command names the real model; where the server is a twin of it (serving
+    ``google/gemma-3-27b-it`` as ``gemma-3-27b-it-twin``) or llama.cpp (one model, whatever a request
+    names, as vLLM's client finds it), its own model is used with a note, so the command runs unchanged."""
+    from backends.bench.models import TargetKind
     from backends.errors import TargetError
     from backends.targets import discover_target
     from backends.twin.server import TWIN_SUFFIX
@@ -214,19 +216,18 @@ async def _discover(base_url: str, args: argparse.Namespace) -> Target:
     try:
         return await discover_target(base_url, model=args.model, api_key_env=args.api_key_env)
     except TargetError as err:
-        if args.model is None or "is not served" not in str(err) or args.model.endswith(TWIN_SUFFIX):
+        if args.model is None or "is not served" not in str(err):
             raise
-        for candidate in (args.model.split("/")[-1] + TWIN_SUFFIX, args.model + TWIN_SUFFIX):
-            try:
-                target = await discover_target(base_url, model=candidate, api_key_env=args.api_key_env)
-            except TargetError:
-                continue
-            print(
-                f"note: {base_url} is a twin of {args.model}; sending to its model {candidate}",
-                file=sys.stderr,
-            )
-            return target
-        raise
+        served = await discover_target(base_url, api_key_env=args.api_key_env)
+        twins = (args.model.split("/")[-1] + TWIN_SUFFIX, args.model + TWIN_SUFFIX)
+        if served.kind is TargetKind.LLAMACPP:
+            why = "llama.cpp serves one model whatever a request names"
+        elif served.model in twins:
+            why = f"it is a twin of {args.model}"
+        else:
+            raise
+        print(f"note: {base_url}: {why}; sending to its model {served.model}", file=sys.stderr)
+        return served
 
 
 def _check_fits(config: SweepConfig) -> None:
