@@ -404,7 +404,17 @@ async def test_start_a_twin_use_it_and_stop_it() -> None:
         await pilot.pause()
         assert app.ctx.selected_target == "twin-27b-1xh100"
         assert "target: twin-27b-1xh100" in app.sub_title
+        for cancel in ("n", "escape"):  # t on a running twin asks first; n and esc keep it running
+            await pilot.press("t")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert "Stop twin-27b-1xh100?" in str(app.screen.query_one("#confirm-question", Static).content)
+            await pilot.press(cancel)
+            await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            await app.workers.wait_for_complete()
+            assert status_of(app, key) is TargetStatus.READY
         await pilot.press("t")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("enter")
         await wait_until(pilot, lambda: status_of(app, key) is TargetStatus.AVAILABLE)
         assert app.ctx.selected_target is None
         with pytest.raises(httpx.HTTPError):

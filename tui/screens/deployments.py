@@ -249,23 +249,34 @@ class DeploymentsScreen(Screen[None]):
         row = self.highlighted_row()
         if row is None:
             return
-        if row.source is TargetSource.LOCAL:
-            if row.status in (TargetStatus.READY, TargetStatus.STARTING):
-                self.deck.stop_local_engine()
-                self.notify("stopping the local engine ...", timeout=3)
-            else:
-                self.deck.start_local_engine()
-                self.notify("starting the local engine (Gemma 3 270M on llama.cpp) ...", timeout=3)
+        running = row.status in (TargetStatus.READY, TargetStatus.STARTING)
+        if row.source in (TargetSource.LOCAL, TargetSource.TWIN) and running:
+            self._confirm_stop(row)
+        elif row.source is TargetSource.LOCAL:
+            self.deck.start_local_engine()
+            self.notify("starting the local engine (Gemma 3 270M on llama.cpp) ...", timeout=3)
         elif row.source is TargetSource.TWIN:
-            if row.status in (TargetStatus.READY, TargetStatus.STARTING):
-                self.deck.stop_twin(row.key)
-            else:
-                self.deck.start_twin(row.key)
+            self.deck.start_twin(row.key)
         else:
             self.notify(
                 f"{row.name} is not started by ServeDeck; use s to scale a Kubernetes deployment",
                 severity="warning",
             )
+
+    def _confirm_stop(self, row: DeploymentRow) -> None:
+        """``t`` on a running engine or twin asks first: a stray key must not end a demo's target."""
+
+        def confirmed(answer: bool | None) -> None:
+            if not answer:
+                return
+            if row.source is TargetSource.LOCAL:
+                self.deck.stop_local_engine()
+                self.notify("stopping the local engine ...", timeout=3)
+            else:
+                self.deck.stop_twin(row.key)
+
+        question = f"Stop {row.name}? Chats and runs against it are kept; t starts it again."
+        self.app.push_screen(ConfirmScreen(question, confirm_label="Stop"), confirmed)
 
     def action_new_deployment(self) -> None:
         self._install_form()

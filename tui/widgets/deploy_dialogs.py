@@ -89,10 +89,11 @@ class AddUrlScreen(ModalScreen[DeploymentRow | None]):
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """A yes/no question; ``y`` confirms, ``n`` or ``esc`` cancels."""
+    """A yes/no question; ``y`` or ``enter`` confirms, ``n`` or ``esc`` cancels."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "answer(True)", "yes"),
+        Binding("enter", "answer(True)", "yes", show=False),
         Binding("n", "answer(False)", "no"),
         Binding("escape", "answer(False)", "cancel", show=False),
     ]
