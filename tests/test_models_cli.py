@@ -230,3 +230,17 @@ def test_twin_serve_cli_serves_a_moe_from_its_config() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_plan_sizes_an_unknown_architecture_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = json.loads((CONFIGS / "llama-3.1-8b-instruct" / "config.json").read_text())
+    data["architectures"] = ["FancyNewForCausalLM"]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    argv = ["plan", "--model-config", str(tmp_path), "--gpu", "h100", "--max-model-len", "4096"]
+    code, _, err = run_main(capsys, *argv, "--concurrency", "2", *SMALL)
+    assert code == 1 and "architecture FancyNewForCausalLM is not one servedeck knows" in err
+    code, out, err = run_main(capsys, *argv, "--generic-profile", "--concurrency", "2", *SMALL)
+    assert code == 0, err
+    assert "note: model profile: FancyNewForCausalLM sized as a generic dense decoder" in out

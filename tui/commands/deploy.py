@@ -318,7 +318,10 @@ def _objects_from_spec(args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
     from manifests.secrets import read_hf_token as read_spec_token
 
     assert deploy_render is not None
-    spec, fit, _ = deploy_render.sized_spec_from_args(args)
+    spec, fit, notes = deploy_render.sized_spec_from_args(args)
+    for note in notes:
+        if note.startswith("sized:"):
+            print(note)
     with deploy_render.manifest_errors():
         if fit is not None and not fit.fits and not args.skip_fit_check:
             raise ConfigError(f"{fit.message} (--skip-fit-check applies anyway)")

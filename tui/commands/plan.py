@@ -314,6 +314,8 @@ def run_plan(args: argparse.Namespace) -> int:
     sweep = sweep_config_from_args(args, config)
     dataset = sample_dataset(sweep)
     notes = list(dataset.notes)
+    if config.model.caveat:
+        notes.append(f"model profile: {config.model.caveat}")
     output_lengths = OutputLengths(args.eos)
     if sweep.output_len is not None and not sweep.ignore_eos:
         if output_lengths is OutputLengths.MAX_TOKENS:

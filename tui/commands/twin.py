@@ -132,6 +132,8 @@ def _announce(server: TwinServer) -> None:
         f"(max-model-len {plan.max_model_len:,}, max-num-seqs {config.resolved_max_num_seqs}, "
         f"max-num-batched-tokens {config.resolved_max_num_batched_tokens})"
     )
+    if config.model.caveat:
+        print(f"model profile: {config.model.caveat}")
     print(f"GPU KV cache size: {plan.kv_cache_tokens:,} tokens")
     print(f"Maximum concurrency for {plan.max_model_len:,} tokens per request: {plan.max_concurrency:.2f}x")
     print(f"twin ready at {server.base_url}/v1  (OpenAI API; /metrics, /tokenize, /health)")
