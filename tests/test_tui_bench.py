@@ -675,3 +675,51 @@ async def test_a_late_event_loop_does_not_break_chart_redraws(tmp_path: Path) ->
             time.sleep(0.05)  # and this turn of the loop overruns the redraw timer it just set
             await wait_until(pilot, lambda: not chart.dirty, 10)
         assert len(chart.buffers["output tok/s"]) == 3
+
+
+# -- issue 10 item 9: the target list keeps its cursor across refreshes and toggles ------------------
+
+
+def _targets(*names: str) -> list[Target]:
+    return [
+        Target(name=name, base_url=f"http://127.0.0.1:{9 + i}", model="m", kind=TargetKind.VLLM)
+        for i, name in enumerate(names)
+    ]
+
+
+@pytest.mark.parametrize("size", [(160, 45), (100, 30)], ids=["160x45", "100x30"])
+async def test_the_target_list_keeps_its_cursor_across_refreshes(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    from textual.widgets import SelectionList
+
+    from tui.messages import TargetsChanged
+
+    targets = _targets("alpha", "beta", "gamma")
+    app = BenchHarness(AppContext(data_dir=tmp_path, targets=targets))
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        screen = bench(app)
+        picker = screen.query_one("#bench-targets", SelectionList)
+        picker.focus()
+        await pilot.press("down", "down")
+        await pilot.pause()
+        assert picker.highlighted is not None
+        assert picker.get_option_at_index(picker.highlighted).value == "beta"
+        screen.post_message(TargetsChanged(targets, None))  # a health check refreshed the list
+        await pilot.pause()
+        await pilot.press("space")
+        await pilot.pause()
+        assert picker.selected == ["beta"]
+        await pilot.press("down")  # gamma; a refresh after a toggle keeps the cursor there too
+        screen.post_message(TargetsChanged(targets, None))
+        await pilot.pause()
+        await pilot.press("space")
+        await pilot.pause()
+        assert picker.selected == ["beta", "gamma"]
+        # A new target listed first: the cursor stays on the target it was on, ticks are kept.
+        screen.post_message(TargetsChanged(_targets("new", "alpha", "beta", "gamma"), None))
+        await pilot.pause()
+        await pilot.press("up", "space")
+        await pilot.pause()
+        assert sorted(picker.selected) == ["gamma"]

@@ -187,6 +187,7 @@ class BenchForm(VerticalScroll):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._kinds: dict[str, TargetKind] = {}
+        self._prompts: list[str] = []
 
     def on_mount(self) -> None:
         self._sync_visibility()
@@ -252,10 +253,27 @@ class BenchForm(VerticalScroll):
         keep = [name for name in picked if name in names]
         if not keep and selected in names:
             keep = [selected] if selected is not None else []
-        widget.clear_options()
-        widget.add_options(
-            [(f"{t.name}  [dim]{t.kind.value} · {t.model}[/]", t.name, t.name in keep) for t in targets]
-        )
+        prompts = [f"{t.name}  [dim]{t.kind.value} · {t.model}[/]" for t in targets]
+        listed = [str(widget.get_option_at_index(i).value) for i in range(widget.option_count)]
+        index = widget.highlighted
+        cursor = listed[index] if index is not None and 0 <= index < len(listed) else None
+        if names == listed:
+            # Refilling the list (every health check) put the cursor back on the first row, so
+            # Down+Space ticked the wrong target: the same targets are updated in place.
+            if self._prompts != prompts:
+                for i, prompt in enumerate(prompts):
+                    widget.replace_option_prompt_at_index(i, prompt)
+            for name in names:
+                if (name in keep) != (name in picked):
+                    widget.toggle(name)
+        else:
+            widget.clear_options()
+            widget.add_options(
+                [(prompt, t.name, t.name in keep) for prompt, t in zip(prompts, targets, strict=True)]
+            )
+            if cursor in names:
+                widget.highlighted = names.index(cursor)
+        self._prompts = prompts
         self._kinds = {target.name: target.kind for target in targets}
         self._targets_picked()
 
