@@ -356,3 +356,46 @@ async def test_enter_on_a_chat_opens_it_in_the_chat_view(
         chat = app.screen
         assert isinstance(chat, ChatScreen)
         await wait_until(pilot, lambda: wanted_id in chat._open_session_ids())
+
+
+# -- issue 10 item 12: the runs table fits its columns, or says which are hidden ---------------------
+
+
+def _seed_wide_runs(tmp_path: Path) -> None:
+    seed(
+        tmp_path,
+        (fixed_sweep("gemma-3-270m @ 127.0.0.1:41234", "aaaa1111bbbb", 3.0), "4xL4 vs 1xH100 baseline"),
+        (fixed_sweep("twin-27b-2xh100-8k-s64", "cccc2222dddd", 1.0), None),
+    )
+
+
+@pytest.mark.parametrize("size", [(160, 45), (100, 30)], ids=["160x45", "100x30"])
+async def test_the_runs_table_fits_or_names_the_hidden_columns(tmp_path: Path, size: tuple[int, int]) -> None:
+    from textual.widgets import Static
+
+    _seed_wide_runs(tmp_path)
+    app = HistoryHarness(AppContext(data_dir=tmp_path))
+    async with app.run_test(size=size) as pilot:
+        screen = await loaded(pilot, 2)
+        table = screen.query_one(RunsTable)
+        await pilot.pause()
+        assert table.virtual_size.width <= table.scrollable_content_region.width  # nothing cut off
+        shown = [column.key.value for column in table.columns.values()]
+        for key in ("id", "target", "levels", "status"):
+            assert key in shown, key
+        note = screen.query_one("#history-columns-note", Static)
+        if size[0] >= 160:
+            assert len(shown) == 10 and not note.display
+            return
+        hidden = [key for key in ("started", "label", "hardware", "axis", "requests") if key not in shown]
+        assert hidden and note.display
+        text = str(note.content)
+        assert f"{len(hidden)} column{'s' if len(hidden) > 1 else ''} hidden" in text and "widen" in text
+        assert "press w" in text
+        await pilot.press("w")  # every column, scrolled sideways
+        await pilot.pause()
+        assert len(table.columns) == 10 and table.virtual_size.width > table.scrollable_content_region.width
+        assert "scroll" in str(note.content)
+        await pilot.press("w")
+        await pilot.pause()
+        assert table.virtual_size.width <= table.scrollable_content_region.width

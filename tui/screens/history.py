@@ -14,7 +14,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import DataTable, Header, Input, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Input, Static, TabbedContent, TabPane
 
 from backends.bench.results import SweepConfig
 from backends.errors import ServeDeckError
@@ -54,6 +54,12 @@ class HistoryScreen(Screen[None]):
     HistoryScreen #history-runs-table {
         height: 2fr;
     }
+    HistoryScreen #history-columns-note {
+        height: 1;
+        padding: 0 1;
+        color: $text-muted;
+        display: none;
+    }
     HistoryScreen OverlayPanel {
         height: 3fr;
     }
@@ -69,6 +75,14 @@ class HistoryScreen(Screen[None]):
         Binding("escape", "clear_filter", "clear filter", show=False, id="history.clear_filter"),
         Binding("f5", "reload", "reload", show=False, id="history.reload"),
         Binding("ctrl+t", "next_tab", "runs/chats", id="history.next_tab"),
+        Binding(
+            "w",
+            "all_columns",
+            "all columns",
+            show=False,
+            tooltip="every column of the runs table, scrolled sideways (w again fits them)",
+            id="history.all_columns",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -83,6 +97,7 @@ class HistoryScreen(Screen[None]):
         yield Input(placeholder="filter (! inverts); enter keeps it, esc clears it", id="history-filter")
         with TabbedContent(id="history-tabs", initial=RUNS_TAB):
             with TabPane("Runs", id=RUNS_TAB):
+                yield Static("", id="history-columns-note")
                 yield RunsTable(id="history-runs-table")
                 yield OverlayPanel(id="history-overlay")
             with TabPane("Chats", id=CHATS_TAB):
@@ -123,13 +138,30 @@ class HistoryScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "clear_filter":
             return bool(self._filter) or self.query_one("#history-filter").display
-        if action in ("mark", "overlay", "unmark", "rerun"):
+        if action in ("mark", "overlay", "unmark", "rerun", "all_columns"):
             return self._on_runs_tab()
         return True
 
     def action_next_tab(self) -> None:
         tabs = self.query_one(TabbedContent)
         tabs.active = CHATS_TAB if tabs.active == RUNS_TAB else RUNS_TAB
+
+    def action_all_columns(self) -> None:
+        self.runs_table.show_all = not self.runs_table.show_all
+
+    @on(RunsTable.ColumnsChanged)
+    def _columns_changed(self, message: RunsTable.ColumnsChanged) -> None:
+        note = self.query_one("#history-columns-note", Static)
+        if message.show_all:
+            note.update("all columns: left/right scroll sideways · press w to fit them to the window")
+        elif message.hidden:
+            count = len(message.hidden)
+            names = ", ".join(message.hidden)
+            note.update(
+                f"{count} column{'s' if count > 1 else ''} hidden ({names}): widen the window, "
+                "or press w for all columns"
+            )
+        note.display = message.show_all or bool(message.hidden)
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:
