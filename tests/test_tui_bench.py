@@ -723,3 +723,72 @@ async def test_the_target_list_keeps_its_cursor_across_refreshes(
         await pilot.press("up", "space")
         await pilot.pause()
         assert sorted(picker.selected) == ["gamma"]
+
+
+# -- issue 10 item 5: a run deleted in History leaves the Bench view --------------------------------
+
+
+async def test_a_run_deleted_in_history_leaves_the_bench_view_and_its_export(tmp_path: Path) -> None:
+    from tui.widgets.deploy_dialogs import ConfirmScreen
+
+    app = BenchHarness(AppContext(data_dir=tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = bench(app)
+        kept, doomed = fixed_sweep("4xL4", "run4xl4", 3.0), fixed_sweep("1xH100", "runh100", 1.0)
+        seed(tmp_path, (kept, None), (doomed, None))
+        inject_finished_sweep(screen, [(kept, 4.0), (doomed, None)])
+        await wait_until(pilot, lambda: not screen.running, 10)
+        assert [s.name for s in screen.query_one(SweepChart).series] == ["4xL4", "1xH100"]
+
+        async def delete_in_history(run_id: str) -> None:
+            app.switch_mode("history")
+            await wait_until(pilot, lambda: bool(app.screen.query(RunsTable)), 10)
+            runs = app.screen.query_one(RunsTable)
+            await wait_until(pilot, lambda: run_id in runs.summaries, 10)
+            runs.focus()
+            runs.move_cursor(row=runs.get_row_index(run_id))
+            await pilot.press("ctrl+d")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10)
+            await pilot.press("y")
+            await wait_until(pilot, lambda: run_id not in runs.summaries, 10)
+            app.switch_mode("bench")
+            await wait_until(pilot, lambda: app.screen is screen, 10)
+
+        await delete_in_history("runh100")
+        chart = screen.query_one(SweepChart)
+        await wait_until(pilot, lambda: [s.name for s in chart.series] == ["4xL4"], 10)
+        assert screen.saved_run_ids == ["run4xl4"]
+        assert "deleted in History: 1xH100" in static_text(screen, "#results-caption")
+        assert screen.results.table.row_count == len(kept.levels)
+
+        await delete_in_history("run4xl4")
+        await wait_until(pilot, lambda: chart.series == [], 10)
+        assert screen.results.table.row_count == 0
+        app.messages.clear()
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not isinstance(app.screen, ExportDialog)
+        (warning,) = [text for sev, text in app.messages if sev == "warning"]
+        assert "deleted in History" in warning and "servedeck runs" not in warning
+
+
+async def test_export_of_a_run_deleted_meanwhile_says_so_without_a_cli_hint(tmp_path: Path) -> None:
+    app = BenchHarness(AppContext(data_dir=tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = bench(app)
+        sweep = fixed_sweep("4xL4", "run4xl4", 3.0)
+        seed(tmp_path, (sweep, None))
+        inject_finished_sweep(screen, [(sweep, 4.0)])
+        await wait_until(pilot, lambda: not screen.running, 10)
+        with SessionStore.open(tmp_path) as store:  # deleted while the Bench view stayed open
+            store.runs.delete_run("run4xl4")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, ExportDialog), 10)
+        app.screen.query_one("#export-folder", Input).value = str(tmp_path / "out")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any("deleted in History" in text for _, text in app.messages), 20)
+        assert not any("servedeck runs" in text for _, text in app.messages)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+        await wait_until(pilot, lambda: screen.query_one(SweepChart).series == [], 10)

@@ -26,6 +26,8 @@ from textual.worker import Worker, WorkerState
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.config import data_dir
 from backends.errors import ConfigError, ServeDeckError
+from sessions.run_models import RunFilter
+from sessions.store import SessionStore
 from tui.context import AppContext
 from tui.messages import TargetsChanged
 from tui.widgets.bench_config import PlannedRun, build_runs, values_from_config
@@ -105,6 +107,7 @@ class BenchScreen(Screen[None]):
         self._x_end = 0.0
         self._run_offset = 0.0
         self._base_config: SweepConfig | None = None
+        self._deleted_note = ""
 
     # -- layout ---------------------------------------------------------------------------------------
 
@@ -155,6 +158,39 @@ class BenchScreen(Screen[None]):
     def on_unmount(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
+
+    def on_screen_resume(self) -> None:
+        # History (or `servedeck runs delete`) may have deleted a run this view still shows.
+        run_ids = self.saved_run_ids
+        if run_ids and not self._sweeping:
+            self._check_saved_runs(run_ids)
+
+    @work(thread=True, exclusive=True, group="bench-saved", exit_on_error=False, name="bench saved runs")
+    def _check_saved_runs(self, run_ids: list[str]) -> None:
+        try:
+            with open_store(self.ctx) as store:
+                missing = _missing_runs(store, run_ids)
+        except ServeDeckError as err:
+            self.log.warning(f"bench: cannot check the saved runs: {err}")
+            return
+        if missing:
+            self.app.call_from_thread(self._forget_runs, missing)
+
+    def _forget_runs(self, run_ids: list[str]) -> None:
+        """Take runs deleted from History out of the charts, the table and the export."""
+        gone = [run for run in self._runs if run.run_id in run_ids]
+        if not gone or self._sweeping:
+            return
+        self._runs = [run for run in self._runs if run.run_id not in run_ids]
+        self.results.clear()
+        for index, run in enumerate(self._runs):  # row keys carry the run's index: rebuilt
+            for result in sorted(run.levels.values(), key=lambda level: level.index):
+                self.results.table.level_finished(index, run.name, result, run.planned.usd_per_hour)
+        self.results.set_series(self.series())
+        note = "deleted in History: " + ", ".join(f"{run.name} ({run.run_id})" for run in gone)
+        caption = self._caption()
+        self.results.set_caption(f"{caption} · {note}" if caption else f"{note}; ctrl+r runs a new sweep")
+        self._deleted_note = note
 
     @on(TargetsChanged)
     def _targets_changed(self, message: TargetsChanged) -> None:
@@ -213,6 +249,7 @@ class BenchScreen(Screen[None]):
 
     def _start(self, planned: list[PlannedRun], data: Path | None) -> None:
         self._runs = [_RunState(planned=p) for p in planned]
+        self._deleted_note = ""
         self._sweeping = True
         self._x_end = self._run_offset = 0.0
         self.live.clear()
@@ -378,7 +415,9 @@ class BenchScreen(Screen[None]):
     def action_export(self) -> None:
         run_ids = self.saved_run_ids
         if not run_ids:
-            if any(run.result is not None for run in self._runs):
+            if self._deleted_note and not any(run.result is not None for run in self._runs):
+                text = f"nothing to export: {self._deleted_note}"
+            elif any(run.result is not None for run in self._runs):
                 text = "this sweep was not saved to History, so there is nothing to export (see the warning)"
             else:
                 text = "nothing to export yet: run a sweep first (ctrl+r)"
@@ -400,10 +439,27 @@ class BenchScreen(Screen[None]):
     def _write_exports(self, folder: Path, run_ids: list[str], svg: str) -> None:
         try:
             with open_store(self.ctx) as store:
-                sweeps = store.runs.load_sweeps(run_ids, with_records=True, with_snapshots=True)
-            written = write_exports(folder, sweeps, svg)
+                missing = _missing_runs(store, run_ids)
+                present = [run_id for run_id in run_ids if run_id not in missing]
+                sweeps = store.runs.load_sweeps(present, with_records=True, with_snapshots=True)
+            written = write_exports(folder, sweeps, svg) if sweeps else []
         except ServeDeckError as err:
             self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10)
             return
+        deleted = f"run {', '.join(missing)} was deleted in History" if missing else ""
+        if missing:
+            self.app.call_from_thread(self._forget_runs, missing)
+        if not written:
+            self.app.call_from_thread(
+                self.notify, f"nothing exported: {deleted}", severity="warning", timeout=10
+            )
+            return
         names = ", ".join(path.name for path in written)
-        self.app.call_from_thread(self.notify, f"exported to {folder}: {names}", timeout=10)
+        text = f"exported to {folder}: {names}" + (f" ({deleted}, so it is not included)" if deleted else "")
+        self.app.call_from_thread(self.notify, text, timeout=10)
+
+
+def _missing_runs(store: SessionStore, run_ids: list[str]) -> list[str]:
+    """Those of ``run_ids`` that are no longer in the store."""
+    listed = {summary.id for summary in store.runs.list_runs(RunFilter())}
+    return [run_id for run_id in run_ids if run_id not in listed]
