@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -36,6 +36,10 @@ from backends.twin.engine import TwinConfig, TwinEngine
 SIMULATED_NOTE = "fast-forward prediction of the vLLM twin (simulated, no HTTP)"
 _SNAPSHOT_INTERVAL_S = 1.0
 _NO_LIMIT = 1 << 30
+
+# Called about once a virtual second with (now, sent_at, requests admitted so far, first_token); a reason
+# string ends the level there (PARTIAL, the reason as its message): an SLO search's early stop.
+EarlyStop = Callable[[float, Sequence[float], int, Sequence[float | None]], str | None]
 
 
 class OutputLengths(StrEnum):
@@ -75,6 +79,7 @@ def run_level(
     percentiles: Sequence[float] = (99.0,),
     goodput_slos_ms: dict[str, float] | None = None,
     bursts: bool = True,
+    early_stop: EarlyStop | None = None,
 ) -> LevelResult:
     """Play one level through ``engine`` on a virtual clock; the clock starts at 0 like a live level's.
 
@@ -106,6 +111,7 @@ def run_level(
     # A request sent because a slot freed at a step end reaches the server after the next step has
     # begun (the client needs the finishing chunk first), so it joins the step after that one.
     deferred: list[int] = []
+    stopped: str | None = None
     while done < total:
         # Admit what has arrived. Slots free up only at step ends, so an arrival since the previous pass
         # was sent on arrival if a slot was free then, else it waited for this step end.
@@ -176,6 +182,10 @@ def run_level(
         if now >= next_snapshot:
             snapshots.append(_snapshot(engine, now))
             next_snapshot = math.floor(now / _SNAPSHOT_INTERVAL_S + 1) * _SNAPSHOT_INTERVAL_S
+            if early_stop is not None:
+                stopped = early_stop(now, sent_at, next_arrival, first_token)
+                if stopped is not None:
+                    break
 
     records = []
     for i, sample in enumerate(requests):
@@ -200,6 +210,8 @@ def run_level(
             )
         )
     duration = max((c[-1] for c in chunks if c), default=0.0)
+    if stopped is not None:
+        duration = now
     metrics = compute_metrics(
         records, duration, goodput_slos_ms=goodput_slos_ms or None, percentiles=list(percentiles)
     )
@@ -208,12 +220,12 @@ def run_level(
         index=index,
         level=level,
         started_at=started_at,
-        status=RunStatus.COMPLETE if metrics.completed == total else RunStatus.PARTIAL,
+        status=RunStatus.COMPLETE if metrics.completed == total and stopped is None else RunStatus.PARTIAL,
         metrics=metrics,
         client=ClientStats(),
         records=records,
         server_snapshots=snapshots,
-        message=SIMULATED_NOTE,
+        message=SIMULATED_NOTE if stopped is None else f"{SIMULATED_NOTE}; stopped early: {stopped}",
     )
 
 

@@ -26,6 +26,7 @@ from manifests.catalog import Catalog, load_catalog
 from manifests.cost import estimate_cost
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
+from tui.commands.advise import add_advise_arguments, require_plan_arguments, run_advise
 from tui.commands.bench_display import prompts_line
 from tui.commands.deploy_render import add_model_config_arguments, custom_profile_from_args
 from tui.commands.sweep_args import (
@@ -94,6 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--price-file", type=Path, help="YAML/JSON prices that override the built-in catalog")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--out", type=Path, help="also write the JSON document here")
+    add_advise_arguments(parser)
     parser.set_defaults(handler=run_plan)
 
 
@@ -308,6 +310,9 @@ def print_plan(
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    if args.advise:
+        return run_advise(args)
+    require_plan_arguments(args)
     config = twin_config_from_args(args)
     catalog = load_prices(args.price_file)
     engine = TwinEngine(config)  # sizes the KV cache; a model that does not fit stops here
