@@ -1,4 +1,4 @@
-"""Pictures of the Bench and History views at 120x40 (pytest-textual-snapshot).
+"""Pictures of the Bench and History views at 120x40, the charts also at 160x45 and 100x30.
 
 Deterministic by construction: fixed targets and fixed results (built from fixed request records,
 posted as the sweep runner's own messages, so no live timing), times shown in UTC, cursors that do
@@ -177,3 +177,61 @@ def test_history_overlay_of_three_runs(snap_compare: Any, tmp_path: Path) -> Non
         await pilot.press("space", "down", "space", "down", "space")
 
     assert snap_compare(history_app(tmp_path), terminal_size=SIZE, run_before=steps(overlay))
+
+
+# The chart views at the sizes a demo runs in: a wide terminal and a small one.
+DEMO_SIZES = [pytest.param((160, 45), id="160x45"), pytest.param((100, 30), id="100x30")]
+
+
+@pytest.mark.parametrize("size", DEMO_SIZES)
+def test_bench_finished_sweep_at_demo_sizes(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -> None:
+    async def finished(pilot: Pilot[Any]) -> None:
+        screen = pilot.app.screen
+        assert isinstance(screen, BenchScreen)
+        inject_finished_sweep(
+            screen,
+            [
+                (fixed_sweep("twin-4xL4", "run4xl4", 3.0), 8.0),
+                (fixed_sweep("twin-1xH100", "runh100", 1.0), 11.0),
+            ],
+        )
+        await pilot.pause()
+
+    assert snap_compare(bench_app(tmp_path), terminal_size=size, run_before=steps(finished))
+
+
+@pytest.mark.parametrize("size", DEMO_SIZES)
+def test_bench_live_level_at_demo_sizes(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -> None:
+    async def running(pilot: Pilot[Any]) -> None:
+        screen = pilot.app.screen
+        assert isinstance(screen, BenchScreen)
+        sweep = fixed_sweep("twin-1xH100", "runh100", 1.0)
+        from tui.screens.bench import _RunState
+        from tui.widgets.bench_config import PlannedRun
+        from tui.widgets.bench_runner import LevelDone
+
+        screen._runs = [_RunState(planned=PlannedRun(config=sweep.config))]
+        screen.show_tab("bench-live")
+        screen.post_message(RunStarted(0, sweep.run_id, sweep.config, []))
+        screen.post_message(LevelBegan(0, 0, sweep.levels[0].level, 10, 0.0))
+        for i in range(12):  # a short first level, then a long second one: each gets half the width
+            screen.post_message(
+                LiveSample(0, float(i), live_snapshot(float(i)), [(float(i), 40.0 + 5 * (i % 4))])
+            )
+        screen.post_message(LevelDone(0, sweep.levels[0]))
+        screen.post_message(LevelBegan(0, 1, sweep.levels[1].level, 10, 12.0))
+        for i in range(12, 120):
+            screen.post_message(
+                LiveSample(0, float(i), live_snapshot(float(i)), [(float(i), 120.0 + 9 * (i % 5))])
+            )
+        await pilot.pause()
+
+    assert snap_compare(bench_app(tmp_path), terminal_size=size, run_before=steps(running))
+
+
+@pytest.mark.parametrize("size", DEMO_SIZES)
+def test_history_overlay_at_demo_sizes(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -> None:
+    async def overlay(pilot: Pilot[Any]) -> None:
+        await pilot.press("space", "down", "space", "down", "space")
+
+    assert snap_compare(history_app(tmp_path), terminal_size=size, run_before=steps(overlay))

@@ -30,7 +30,7 @@ from sessions.run_models import RunFilter
 from sessions.store import SessionStore
 from tui.context import AppContext
 from tui.messages import TargetsChanged
-from tui.widgets.bench_config import PlannedRun, build_runs, values_from_config
+from tui.widgets.bench_config import PlannedRun, build_runs, format_level, values_from_config
 from tui.widgets.bench_cost import catalog_price_per_hour
 from tui.widgets.bench_export import ExportDialog, write_exports
 from tui.widgets.bench_form import BenchForm
@@ -316,7 +316,8 @@ class BenchScreen(Screen[None]):
         if run is None:
             return
         self.progress.begin_level(message.level_index, message.total)
-        self.live.mark_level(self._run_offset + message.x)
+        label = format_level(message.level.axis, message.level.value)
+        self.live.mark_level(self._run_offset + message.x, label)
         self.results.table.level_started(message.run_index, run.name, message.level_index, message.level)
 
     @on(LiveSample)
@@ -427,22 +428,18 @@ class BenchScreen(Screen[None]):
 
         def chosen(path: Path | None) -> None:
             if path is not None:
-                self.call_after_refresh(self._export_to, path, run_ids)
+                self._write_exports(path, run_ids)
 
         self.app.push_screen(ExportDialog(folder, len(run_ids)), chosen)
 
-    def _export_to(self, folder: Path, run_ids: list[str]) -> None:
-        svg = self.app.export_screenshot(title="ServeDeck bench")
-        self._write_exports(folder, run_ids, svg)
-
     @work(thread=True, group="bench-export", exit_on_error=False, name="bench export")
-    def _write_exports(self, folder: Path, run_ids: list[str], svg: str) -> None:
+    def _write_exports(self, folder: Path, run_ids: list[str]) -> None:
         try:
             with open_store(self.ctx) as store:
                 missing = _missing_runs(store, run_ids)
                 present = [run_id for run_id in run_ids if run_id not in missing]
                 sweeps = store.runs.load_sweeps(present, with_records=True, with_snapshots=True)
-            written = write_exports(folder, sweeps, svg) if sweeps else []
+            written = write_exports(folder, sweeps) if sweeps else []
         except ServeDeckError as err:
             self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10)
             return

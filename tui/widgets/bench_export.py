@@ -1,9 +1,11 @@
-"""Export a finished (or cancelled) sweep: vLLM-compatible JSON and CSV per target, and an SVG
-picture of the screen. ``ExportDialog`` asks for the folder; ``write_exports`` does the I/O (call it
-from a worker thread)."""
+"""Export a finished (or cancelled) sweep: vLLM-compatible JSON and CSV per target, and the sweep
+chart as a clean SVG (title, axes with units, legend; no UI chrome) drawn from the results by
+backends/bench/chart_svg.py. ``ExportDialog`` asks for the folder; ``write_exports`` does the I/O
+(call it from a worker thread)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,6 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from backends.bench.chart_svg import sweep_svg_for_results
 from backends.bench.export import sweep_to_csv, write_level_results
 from backends.bench.results import SweepResult
 from backends.errors import ConfigError
@@ -24,8 +27,12 @@ def export_stem(result: SweepResult) -> str:
     return f"servedeck-{result.run_id}-{safe}"
 
 
-def write_exports(folder: Path, results: list[SweepResult], svg: str | None) -> list[Path]:
-    """Write ``<stem>.json`` (vLLM result keys per level) and ``<stem>.csv`` per result, plus the SVG."""
+def write_exports(
+    folder: Path, results: Sequence[SweepResult], *, names: Sequence[str] | None = None
+) -> list[Path]:
+    """Write ``<stem>.json`` (vLLM result keys per level) and ``<stem>.csv`` per result, and one
+    ``<stem of the first>.svg``: the sweep chart of all results (``names`` label the runs; default
+    their target names). Returns the paths written; ConfigError when the folder is not writable."""
     folder = folder.expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -41,9 +48,9 @@ def write_exports(folder: Path, results: list[SweepResult], svg: str | None) -> 
             csv_path = folder / f"{stem}.csv"
             csv_path.write_text(sweep_to_csv(result), encoding="utf-8")
             written.append(csv_path)
-        if svg is not None and results:
+        if results:
             svg_path = folder / f"{export_stem(results[0])}.svg"
-            svg_path.write_text(svg, encoding="utf-8")
+            svg_path.write_text(sweep_svg_for_results(results, names), encoding="utf-8")
             written.append(svg_path)
     except OSError as err:
         raise ConfigError(
@@ -91,7 +98,7 @@ class ExportDialog(ModalScreen[Path | None]):
         with Vertical(id="export-box") as box:
             box.border_title = "Export sweep"
             yield Static(
-                f"Writes vLLM-compatible JSON and CSV for {self._runs} run(s) and an SVG of the screen."
+                f"Writes vLLM-compatible JSON and CSV for {self._runs} run(s) and an SVG of the sweep chart."
             )
             yield Label("folder")
             yield Input(str(self._default_folder), id="export-folder")

@@ -1,8 +1,10 @@
 """Live time series of a running sweep, from the coalesced progress snapshots (about 1 Hz).
 
 Four charts: output tokens/s (client), requests (client in flight; server running and waiting),
-KV-cache use (server) and TTFT of each finished request. The x axis is seconds since the sweep
-began; a grey line marks where each level started. Server series need the target's /metrics.
+KV-cache use (server) and TTFT of each finished request. Each level takes an equal share of the x
+axis, drawn over the time within it (labelled with the level under the axis), so a short first level
+is not squeezed by a long last one; a dotted line separates levels. Server series need the target's
+/metrics.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class LiveCharts(Grid):
             [
                 SeriesStyle("in flight", "cyan"),
                 SeriesStyle("running", "green"),
-                SeriesStyle("waiting", "yellow"),
+                SeriesStyle("waiting", "orange"),  # plotext's name for ANSI yellow
             ],
             capacity=SERIES_CAPACITY,
             id="live-requests",
@@ -69,9 +71,10 @@ class LiveCharts(Grid):
         for chart in self.charts:
             chart.clear()
 
-    def mark_level(self, x: float) -> None:
+    def mark_level(self, x: float, label: str = "") -> None:
+        """A level starts at ``x`` seconds; from here it takes its own equal share of each chart."""
         for chart in self.charts:
-            chart.add_marker(x)
+            chart.add_marker(x, label)
 
     def add_sample(
         self, x: float, snapshot: ProgressSnapshot, ttft_points: list[tuple[float, float]]

@@ -8,6 +8,7 @@ once when it is shown again). Each redraw re-plots a series downsampled to the p
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from rich.text import Text
 from textual import events
 from textual.app import RenderResult
 from textual.dom import DOMNode, NoScreen
@@ -101,6 +103,9 @@ class SeriesBuffer:
         if kind == "scatter":
             return downsample_envelope(list(self._xs), list(self._ys), max(1, max_points // 2))
         return downsample_mean(list(self._xs), list(self._ys), max_points)
+
+    def raw(self) -> tuple[list[float], list[float]]:
+        return list(self._xs), list(self._ys)
 
     def max_y(self) -> float | None:
         return max(self._ys) if self._ys else None
@@ -220,11 +225,7 @@ class LiveChart(PlotextPlot):
         started = time.perf_counter()
         self._dirty = False
         self._last_redraw = time.monotonic()
-        plt = self.plt
-        plt.clear_figure()
-        plt.title(self.chart_title)
-        self.draw(plt, max(self.size.width, 10), max(self.size.height, 4))
-        self._picture = (self._picture_key(), super().render())
+        self._picture = (self._picture_key(), self.build_picture())
         self.stats.record((time.perf_counter() - started) * 1000.0, self._last_redraw)
         self.refresh()
 
@@ -237,12 +238,45 @@ class LiveChart(PlotextPlot):
         if self._picture is not None and self._picture[0] == key:
             return self._picture[1]
         started = time.perf_counter()
-        result = super().render()
+        result = self.build_picture()
         self._picture = (key, result)
         self.stats.record((time.perf_counter() - started) * 1000.0, time.monotonic())
-        if self.stats.redraws > 1:
-            self.call_later(self.mark_dirty)  # resized: re-plot with the new width's downsampling
         return result
+
+    def build_picture(self) -> RenderResult:
+        """The title and legend as lines of their own above the plot (never drawn over data), then
+        the plotext figure from ``draw`` at the size that is left."""
+        width, height = max(self.size.width, 10), max(self.size.height, 4)
+        header = self.header_lines(width)
+        plot_height = max(height - len(header), 3)
+        plt = self.plt
+        plt.clear_figure()
+        self.draw(plt, width, plot_height)
+        plt.plotsize(width, plot_height)
+        plt._set_size(width, plot_height)  # see PlotextPlot.render: plotsize alone does not stick
+        plt.theme(self._get_plotext_theme_name(self.app.theme))
+        return Text("\n").join([*header, Text.from_ansi(plt.build())])
+
+    def legend(self) -> list[tuple[str, str]]:
+        """(name, Rich colour) of each series to name above the plot; none by default."""
+        return []
+
+    def header_lines(self, width: int) -> list[Text]:
+        title = Text(self.chart_title, style="bold")
+        entries = self.legend()
+        if not entries:
+            return [_centred(title, width)]
+        legend = Text()
+        for i, (name, color) in enumerate(entries):
+            if i:
+                legend.append("   ")
+            legend.append("━━ ", style=color)
+            legend.append(name)
+        one_line = title + Text("   ") + legend
+        if one_line.cell_len <= width:
+            return [_centred(one_line, width)]
+        legend.truncate(width)
+        return [_centred(title, width), _centred(legend, width)]
 
     def draw(self, plt: Plot, width: int, height: int) -> None:
         raise NotImplementedError
@@ -257,6 +291,39 @@ class LiveChart(PlotextPlot):
         plt.text(message, 0.5, 0.5, alignment="center", color="gray+", background="default")
 
 
+def _centred(text: Text, width: int) -> Text:
+    text.truncate(width)
+    return Text(" " * max(0, (width - text.cell_len) // 2)) + text
+
+
+# plotext's colour names and the ANSI colour each one prints (plotext's own table), so a legend
+# above the plot shows the very colour of its line under any Textual theme.
+PLOTEXT_ANSI = {
+    "black": 0,
+    "red": 1,
+    "green": 2,
+    "orange": 3,
+    "blue": 4,
+    "magenta": 5,
+    "cyan": 6,
+    "gray+": 7,
+    "gray": 8,
+    "red+": 9,
+    "green+": 10,
+    "orange+": 11,
+    "blue+": 12,
+    "magenta+": 13,
+    "cyan+": 14,
+    "white": 15,
+}
+
+
+def rich_color(plotext_color: str) -> str:
+    """The Rich colour of a plotext colour name ("default" for a name plotext does not know)."""
+    code = PLOTEXT_ANSI.get(plotext_color)
+    return f"color({code})" if code is not None else "default"
+
+
 @dataclass(frozen=True)
 class SeriesStyle:
     name: str
@@ -265,7 +332,9 @@ class SeriesStyle:
 
 
 class TimeSeriesChart(LiveChart):
-    """Named series over time (seconds), each bounded; vertical markers where a level starts."""
+    """Named series over time, each bounded. With level markers, every level gets an equal share
+    of the width and is drawn over the time within it, so a short level is as readable as a long one
+    (wall time would squeeze it to a sliver); a grey line inside the frame separates the levels."""
 
     def __init__(
         self,
@@ -281,7 +350,7 @@ class TimeSeriesChart(LiveChart):
         super().__init__(title, id=id, classes=classes)
         self.styles_by_name = {style.name: style for style in series}
         self.buffers = {style.name: SeriesBuffer(capacity) for style in series}
-        self.markers: deque[float] = deque(maxlen=32)
+        self.markers: deque[tuple[float, str]] = deque(maxlen=MAX_LEVEL_MARKERS)
         self.y_label = y_label
         self.empty_message = empty_message
         self.note: str | None = None
@@ -295,8 +364,9 @@ class TimeSeriesChart(LiveChart):
         self.buffers[name].extend(points)
         self.mark_dirty()
 
-    def add_marker(self, x: float) -> None:
-        self.markers.append(x)
+    def add_marker(self, x: float, label: str = "") -> None:
+        """A level starts at ``x`` (seconds); ``label`` names it under the x axis."""
+        self.markers.append((x, label))
         self.mark_dirty()
 
     def set_note(self, note: str | None) -> None:
@@ -312,29 +382,102 @@ class TimeSeriesChart(LiveChart):
         self.note = None
         self.mark_dirty()
 
+    def legend(self) -> list[tuple[str, str]]:
+        if len(self.buffers) < 2:
+            return []
+        return [
+            (name, rich_color(self.styles_by_name[name].color))
+            for name, buffer in self.buffers.items()
+            if len(buffer)
+        ]
+
     def draw(self, plt: Plot, width: int, height: int) -> None:
         if not any(len(buffer) for buffer in self.buffers.values()):
             self.draw_message(plt, self.note or self.empty_message)
             return
         max_points = max(8, width - 8)
+        raw = {name: buffer.raw() for name, buffer in self.buffers.items() if len(buffer)}
+        last_x = max(xs[-1] for xs, _ in raw.values())
+        markers = sorted(self.markers)
+        segments = level_segments([x for x, _ in markers], last_x)
         top = 0.0
-        first_x = math.inf
-        for name, buffer in self.buffers.items():
-            if not len(buffer):
-                continue
+        for name, (xs, ys) in raw.items():
             style = self.styles_by_name[name]
-            xs, ys = buffer.points(max_points, style.kind)
-            first_x = min(first_x, xs[0])
-            label = name if len(self.buffers) > 1 else None
+            px, py = segment_points(xs, ys, segments, max_points, style.kind)
+            if not px:
+                continue
             if style.kind == "scatter":
-                plt.scatter(xs, ys, marker="dot", color=style.color, label=label)
+                plt.scatter(px, py, marker="dot", color=style.color)
             else:
-                plt.plot(xs, ys, marker="braille", color=style.color, label=label)
-            top = max(top, buffer.max_y() or 0.0)
-        for x in self.markers:
-            if x > first_x:
-                plt.vline(x, "gray")
-        plt.ylim(0, top * 1.1 if top > 0 else 1.0)
-        plt.xlabel("s")
+                plt.plot(px, py, marker="braille", color=style.color)
+            top = max(top, max(ys))
+        y_top = top * 1.1 if top > 0 else 1.0
+        plt.ylim(0, y_top)
+        if segments:
+            for i in range(1, len(segments)):
+                plt.plot([float(i), float(i)], [0.0, y_top], marker="┊", color="gray")
+            plt.xlim(0.0, float(len(segments)))
+            labels = [label or f"L{i + 1}" for i, (_, label) in enumerate(markers)]
+            shown = _fit_labels(labels, width - 8)
+            plt.xticks([i + 0.5 for i in shown], [labels[i] for i in shown])
+            plt.xlabel("level · time within each level")
+        else:
+            first_x = min(xs[0] for xs, _ in raw.values())
+            plt.xlim(first_x, max(last_x, first_x + 1e-6))
+            plt.xlabel("s")
         if self.y_label:
             plt.ylabel(self.y_label)
+
+
+MAX_LEVEL_MARKERS = 256
+
+
+def level_segments(starts: Sequence[float], last_x: float) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each level; the running level ends at the newest point."""
+    ordered = sorted(starts)
+    ends = [*ordered[1:], max(last_x, ordered[-1])] if ordered else []
+    return [(start, max(end, start + 1e-6)) for start, end in zip(ordered, ends, strict=True)]
+
+
+def segment_points(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    segments: Sequence[tuple[float, float]],
+    max_points: int,
+    kind: SeriesKind,
+) -> tuple[list[float], list[float]]:
+    """Points mapped to level-relative x (level ``i`` spans ``[i, i + 1]``), each level downsampled to
+    its share of ``max_points``; without segments, the points downsampled as they are."""
+    if not segments:
+        if kind == "scatter":
+            return downsample_envelope(xs, ys, max(1, max_points // 2))
+        return downsample_mean(xs, ys, max_points)
+    per_segment = max(2, max_points // len(segments))
+    out_x: list[float] = []
+    out_y: list[float] = []
+    starts = [start for start, _ in segments]
+    chunks: list[tuple[list[float], list[float]]] = [([], []) for _ in segments]
+    for x, y in zip(xs, ys, strict=True):
+        i = max(0, bisect.bisect_right(starts, x) - 1)
+        start, end = segments[i]
+        chunks[i][0].append(i + min(max((x - start) / (end - start), 0.0), 1.0))
+        chunks[i][1].append(y)
+    for cx, cy in chunks:
+        if kind == "scatter":
+            dx, dy = downsample_envelope(cx, cy, max(1, per_segment // 2))
+        else:
+            dx, dy = downsample_mean(cx, cy, per_segment)
+        out_x.extend(dx)
+        out_y.extend(dy)
+    return out_x, out_y
+
+
+def _fit_labels(labels: Sequence[str], width: int) -> list[int]:
+    """Indices of the level labels that fit under the axis without touching (every n-th one)."""
+    if not labels:
+        return []
+    widest = max(len(label) for label in labels) + 1
+    step = 1
+    while len(labels) // step * widest > width and step < len(labels):
+        step += 1
+    return list(range(0, len(labels), step))
