@@ -457,7 +457,7 @@ _WORDS = (
     "against go came right used take three"
 )
 _VOCABULARY = tuple(_WORDS.split())
-_MAX_LENGTH_ROUNDS = 8
+_MAX_LENGTH_ROUNDS = 12
 
 
 def sample_random(
@@ -589,6 +589,10 @@ def _prompts_of_lengths(
     word_counts = [max(1, t - head_tokens) for t in targets]
     best_counts = [-1] * len(targets)
     best_word_counts = list(word_counts)
+    # Word counts known to give too few (low) and too many (high) tokens: the next guess stays between
+    # them, so text of several tokens a word converges instead of overshooting back and forth.
+    low = [0] * len(targets)
+    high: list[int | None] = [None] * len(targets)
     pending = list(range(len(targets)))
     for _ in range(_MAX_LENGTH_ROUNDS):
         if not pending:
@@ -600,9 +604,18 @@ def _prompts_of_lengths(
                 best_counts[i], best_word_counts[i] = got, word_counts[i]
             if got == targets[i]:
                 continue
-            next_words = max(1, word_counts[i] + targets[i] - got)
-            if next_words == word_counts[i]:
-                continue  # one word already; the counter adds fixed tokens we cannot remove
+            if got < targets[i]:
+                low[i] = max(low[i], word_counts[i])
+            else:
+                current = high[i]
+                high[i] = word_counts[i] if current is None else min(current, word_counts[i])
+            per_word = max(1.0, (got - head_tokens) / word_counts[i])
+            next_words = max(1, word_counts[i] + round((targets[i] - got) / per_word))
+            top = high[i]
+            if next_words <= low[i] or (top is not None and next_words >= top):
+                next_words = (low[i] + top) // 2 if top is not None else low[i] + 1
+            if next_words == word_counts[i] or next_words <= low[i] or next_words < 1:
+                continue  # no word count left between the bounds (or the counter's fixed tokens)
             if next_words > len(words[i]):
                 words[i].extend(draws[i](next_words - len(words[i]) + 16))
             word_counts[i] = next_words
@@ -616,6 +629,7 @@ def _prompts_of_lengths(
 # Shared prefixes (vLLM's prefix_repetition) from real text, and a user's prompts (vLLM's custom)
 
 _TEXT_CONVERSATIONS = 2000
+_MAX_WORD_CHARS = 16
 
 
 def sharegpt_words(seed: int) -> list[str]:
@@ -625,7 +639,9 @@ def sharegpt_words(seed: int) -> list[str]:
     random.Random(seed).shuffle(order)
     words: list[str] = []
     for i in order[:_TEXT_CONVERSATIONS]:
-        words.extend(parsed.pairs[i][0].split())
+        # Ordinary words only: a pasted URL, hash or code line is one "word" of dozens of tokens, which
+        # the length search cannot trim.
+        words.extend(w for w in parsed.pairs[i][0].split() if len(w) <= _MAX_WORD_CHARS and w.isprintable())
     return words
 
 
