@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -23,11 +24,15 @@ from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, parse_plan
 from backends.kube_bench.shares import all_shares
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.kube_jobs import (
+    WORKER_DEPS,
     FakeJobController,
     FakePod,
+    endpoint_slice,
     exec_worker,
     fabricated_records,
+    fake_image,
     image_pull_backoff_for,
+    run_container,
     scripted_worker,
 )
 from tests.fakes.kube_objects import foreign_service, vllm_deployment
@@ -244,6 +249,7 @@ def test_a_service_name_is_the_target_and_its_model_comes_from_the_deployment(
 ) -> None:
     kube_api.put(vllm_deployment("gemma", NS, model="google/gemma-3-4b-it"))
     kube_api.put(foreign_service("gemma", NS, {"servedeck.io/deployment": "gemma"}))
+    kube_api.put(endpoint_slice("gemma", NS, ready=1))
     with FakeJobController(kube_api, scripted_worker()) as controller:
         code = run_cli(
             _argv(
@@ -592,3 +598,193 @@ def test_an_unreachable_api_server_is_one_line(tmp_path: Path, capsys: pytest.Ca
     assert errors[0].startswith(
         "servedeck: error: cannot reach the Kubernetes API server at http://127.0.0.1:"
     )
+
+
+# --- what the pods need, and a Service that is not ready ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from backends.kube_bench.bundle import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 item 15: being built")
+def test_pods_start_offline_from_an_image_with_the_workers_dependencies_and_no_pip(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    real_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # No pip, no uvloop, no ServeDeck in the image, no package index: the bundle carries the code.
+    image = fake_image(tmp_path / "image", WORKER_DEPS)
+    out = tmp_path / "result.json"
+    with (
+        FakeSSEServer(mode="tick") as server,
+        FakeJobController(kube_api, run_container(image)) as controller,
+    ):
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                f"http://127.0.0.1:{server.port}",
+                "--model",
+                "fake-model",
+                "--concurrency",
+                "2",
+                "--num-prompts",
+                "4",
+                "--pods",
+                "2",
+                "--start-delay",
+                "8",
+                "--loadgen-wheel",
+                str(real_wheel),
+                "--out",
+                str(out),
+            )
+        )
+    captured = capsys.readouterr()
+    logs = [line for pod in controller.pods for line in pod.lines]
+    assert code == 0, captured.err + "\n".join(logs)
+    level = json.loads(out.read_text())["levels"][0]
+    assert level["completed"] == 4 and level["failed"] == 0
+    assert not any("pip" in line.lower() for line in logs)
+    assert _leftovers(kube_api) == []
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 item 15: being built")
+def test_a_pod_that_cannot_install_the_dependencies_is_one_line_from_its_termination_message(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    real_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A stock Python image with pip, on a cluster whose package index cannot be reached.
+    index = f"http://127.0.0.1:{_closed_port()}/simple"
+    image = fake_image(tmp_path / "image", ("pip",), env={"PIP_INDEX_URL": index})
+    with FakeJobController(kube_api, run_container(image)) as controller:
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "m",
+                "--concurrency",
+                "1",
+                "--num-prompts",
+                "2",
+                "--loadgen-wheel",
+                str(real_wheel),
+            )
+        )
+    captured = capsys.readouterr()
+    assert code == 1
+    (error,) = _stderr_errors(captured.err)
+    assert "pydantic" in error and "numpy" in error and "httptools" in error
+    assert f"cannot reach the package index {index}" in error
+    assert "--loadgen-image" in error
+    assert "Retrying" not in error and "Traceback" not in error
+    (pod,) = controller.pods
+    status = kube_api.get("Pod", pod.name, NS)
+    assert status is None or "cannot reach the package index" in str(status)
+    container = controller.jobs_seen[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 item 15: being built")
+def test_a_service_without_ready_endpoints_is_refused_before_anything_is_created(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube_api.put(vllm_deployment("gemma", NS, model="google/gemma-3-4b-it"))
+    kube_api.put(foreign_service("gemma", NS, {"servedeck.io/deployment": "gemma"}))
+    kube_api.put(endpoint_slice("gemma", NS, ready=0, not_ready=2))
+    with FakeJobController(kube_api, scripted_worker()) as controller:
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--service",
+                "gemma",
+                "--concurrency",
+                "1",
+                "--num-prompts",
+                "2",
+                "--loadgen-wheel",
+                str(small_wheel),
+            )
+        )
+    captured = capsys.readouterr()
+    assert code == 1
+    (error,) = _stderr_errors(captured.err)
+    assert "service gemma in namespace servedeck has no ready endpoints (2 not ready" in error
+    assert "servedeck deploy status gemma" in error
+    assert controller.jobs_seen == []
+    assert not [r for r in kube_api.requests if r.method in ("POST", "PATCH")]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 item 15: being built")
+def test_a_service_with_no_endpoints_at_all_is_refused(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube_api.put(vllm_deployment("gemma", NS, model="google/gemma-3-4b-it"))
+    kube_api.put(foreign_service("gemma", NS, {"servedeck.io/deployment": "gemma"}))
+    with FakeJobController(kube_api, scripted_worker()) as controller:
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--service",
+                "gemma",
+                "--concurrency",
+                "1",
+                "--num-prompts",
+                "2",
+                "--loadgen-wheel",
+                str(small_wheel),
+            )
+        )
+    (error,) = _stderr_errors(capsys.readouterr().err)
+    assert code == 1
+    assert "service gemma in namespace servedeck has no endpoints" in error
+    assert controller.jobs_seen == []
+
+
+def test_core_endpoints_are_read_where_endpoint_slices_are_not_listed(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube_api.put(vllm_deployment("gemma", NS, model="google/gemma-3-4b-it"))
+    kube_api.put(foreign_service("gemma", NS, {"servedeck.io/deployment": "gemma"}))
+    kube_api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "gemma", "namespace": NS},
+            "subsets": [{"addresses": [{"ip": "10.0.0.9"}], "ports": [{"port": 8000}]}],
+        }
+    )
+    kube_api.deny("list", "endpointslices", NS)
+    with FakeJobController(kube_api, scripted_worker()):
+        code = run_cli(
+            _argv(
+                kubeconfig,
+                "--service",
+                "gemma",
+                "--concurrency",
+                "1",
+                "--num-prompts",
+                "2",
+                "--loadgen-wheel",
+                str(small_wheel),
+            )
+        )
+    assert code == 0, capsys.readouterr().err

@@ -40,6 +40,7 @@ from tests.fakes.kube_jobs import (
     FakeJobController,
     FakePod,
     SkewedClockKubeApi,
+    VersionedKubeApi,
     fabricated_records,
     scripted_worker,
 )
@@ -89,6 +90,7 @@ def _sweep(
     prompts: int = 8,
     pod_start_timeout_s: float = 30.0,
     on_event: Callable[[Run, SweepEvent], None] | None = None,
+    controller_out: list[FakeJobController] | None = None,
 ) -> tuple[SweepResult, Run]:
     config = SweepConfig(
         target=Target(
@@ -132,6 +134,8 @@ def _sweep(
     with FakeJobController(api, behaviour) as controller:
         result = asyncio.run(main())
     run.jobs = controller.jobs_seen
+    if controller_out is not None:
+        controller_out.append(controller)
     return result, run
 
 
@@ -305,3 +309,54 @@ def test_the_shared_start_is_set_on_the_api_servers_clock(tmp_path: Path, skew_s
     assert offset == pytest.approx(skew_s, abs=1.5)
     (plan,) = run.plans
     assert plan.start_at_epoch == pytest.approx(before + skew_s + 0.1, abs=2.0)
+
+
+def _fail_first_attempt_of_pod_1() -> Behaviour:
+    script = scripted_worker()
+    attempts: list[int] = []
+
+    def behave(pod: FakePod) -> None:
+        if pod.index == 1 and not attempts:
+            attempts.append(1)
+            pod.running()
+            pod.fail(1, termination_message="boom")
+            return
+        script(pod)
+
+    return behave
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 item 15: being built")
+def test_on_a_server_older_than_1_29_the_job_gets_a_backoff_limit_and_a_warning(tmp_path: Path) -> None:
+    with VersionedKubeApi("v1.28.7") as api:
+        api.create_namespace(NS)
+        config = api.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+        controllers: list[FakeJobController] = []
+        with KubeClient.connect(str(config)) as kube:
+            result, run = _sweep(api, kube, _fail_first_attempt_of_pod_1(), controller_out=controllers)
+    (controller,) = controllers
+    (job,) = run.jobs
+    assert job["spec"]["backoffLimit"] == 0
+    # pod 1 was not retried: a retry would send its share again, late
+    assert sorted(pod.index for pod in controller.pods) == [0, 1]
+    warnings = [note for note in run.notes if "backoffLimitPerIndex" in note]
+    assert len(warnings) == 1
+    assert "v1.28.7" in warnings[0] and "1.29" in warnings[0]
+    started = run.events[0]
+    assert isinstance(started, SweepStarted) and any("backoffLimitPerIndex" in n for n in started.notes)
+    assert result.levels[0].status is not RunStatus.COMPLETE
+
+
+def test_on_1_29_a_failed_pod_is_not_retried_and_the_others_finish(tmp_path: Path) -> None:
+    with VersionedKubeApi("v1.29.0") as api:
+        api.create_namespace(NS)
+        config = api.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+        controllers: list[FakeJobController] = []
+        with KubeClient.connect(str(config)) as kube:
+            result, run = _sweep(api, kube, _fail_first_attempt_of_pod_1(), controller_out=controllers)
+    (job,) = run.jobs
+    assert job["spec"]["backoffLimitPerIndex"] == 0 and "backoffLimit" not in job["spec"]
+    assert sorted(pod.index for pod in controllers[0].pods) == [0, 1]
+    assert not any("backoffLimitPerIndex" in note for note in run.notes)
+    (level,) = result.levels
+    assert level.status is RunStatus.PARTIAL and len(level.records) == 4
