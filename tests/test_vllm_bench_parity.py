@@ -300,3 +300,42 @@ def test_chat_prompt_tokens_the_server_counts_are_kept_beside_vllms_count(
         (result["total_input_tokens"] + result["total_output_tokens"]) / duration
     )
     assert f"the server counted {server:,}" in done.stdout + done.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_ramp_up_runs_against_the_twin_and_is_named_and_saved_as_vllm_does(
+    twin: TwinProcess, tmp_path: Path
+) -> None:
+    done = _bench(
+        [
+            f"--base-url=http://127.0.0.1:{twin.port}",
+            "--backend=openai",
+            "--dataset-name=random",
+            "--random-input-len=16",
+            "--random-output-len=4",
+            "--num-prompts=20",
+            "--ramp-up-strategy=linear",
+            "--ramp-up-start-rps=20",
+            "--ramp-up-end-rps=200",
+            "--burstiness=inf",
+            "--percentile-metrics=ttft,client_queue_time",
+            "--save-result",
+            "--save-detailed",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    (saved,) = list(tmp_path.glob("*.json"))
+    assert saved.name.startswith("openai-ramp-up-linear-20qps-200qps-gemma-3-27b-it-twin-"), saved.name
+    result = json.loads(saved.read_text())
+    assert (result["ramp_up_strategy"], result["ramp_up_start_rps"], result["ramp_up_end_rps"]) == (
+        "linear",
+        20.0,
+        200.0,
+    )
+    assert result["request_rate"] == "inf" and result["completed"] == 20
+    assert "p99_client_queue_time_ms" in result and "mean_tpot_ms" not in result
+    starts = sorted(result["start_times"])
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # burstiness inf: request i waits 1/rate_i, rate_i from 20 up to 200 req/s (a fixed rate: equal gaps)
+    assert sum(gaps[:5]) > 3 * sum(gaps[-5:])
