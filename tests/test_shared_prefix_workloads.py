@@ -5,7 +5,11 @@ as llama.cpp's own ``timings.cache_n`` counts it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +19,12 @@ from backends.bench.results import DatasetSpec, SweepConfig, SweepResult
 from backends.bench.sweep import run_sweep
 from backends.engines.local import LocalEngine, LocalEngineConfig
 from backends.errors import DatasetError
+from backends.twin.engine_config import TwinConfig
+from backends.twin.process import start_twin_process
 from tests.conftest import ENGINE_START_DEADLINE_S, require_llama_server
 from tests.test_datasets import WhitespaceCounter
+
+TWIN = TwinConfig.build("gemma-3-27b-it", "h100", 1)
 
 
 def test_prefix_repetition_shares_k_prefixes_of_real_text_over_its_requests() -> None:
@@ -112,3 +120,58 @@ def test_a_shared_prefix_workload_hits_the_engines_prefix_cache_more_than_single
         f"prefix-cache hit rate: single-turn ShareGPT {single_rate:.1%}, one shared prefix {shared_rate:.1%}"
     )
     assert shared_rate > single_rate + 0.2
+
+
+def test_codebase_qa_shares_one_document_from_a_folder_and_asks_sharegpt_questions(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "a.py").write_text("def alpha(x):\n    return x + 1\n" * 40)
+    (repo / "README.md").write_text("The alpha package adds one. " * 30)
+    (repo / "image.png").write_bytes(b"\x89PNG not text")
+    spec = DatasetSpec(kind="codebase_qa", document_path=str(repo), document_len=300)
+    sampled = sample_requests(spec, 5, WhitespaceCounter(), seed=2, output_len=None)
+    documents = {r.prompt.split("\n\nQuestion about the text above: ")[0] for r in sampled.requests}
+    assert len(documents) == 1
+    (document,) = documents
+    assert abs(len(document.split()) - 300) <= 2  # text split at spaces: a piece may hold a newline
+    assert "# file: README.md" in document and "def alpha" in document and "PNG" not in document
+    questions = [r.prompt.split("Question about the text above: ")[1] for r in sampled.requests]
+    assert len(set(questions)) == 5 and all(q.strip().endswith("?") for q in questions)
+    assert all(r.expected_output_len == 128 for r in sampled.requests)
+    with pytest.raises(DatasetError, match="does not exist"):
+        sample_requests(
+            DatasetSpec(kind="codebase_qa", document_path=str(tmp_path / "nope")),
+            2,
+            WhitespaceCounter(),
+            seed=0,
+            output_len=None,
+        )
+
+
+def test_a_document_longer_than_the_servers_context_is_one_clear_line(tmp_path: Path) -> None:
+    with start_twin_process(TWIN, log_interval_s=3600.0) as twin:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tui.cli",
+                "bench",
+                "--plain",
+                "--target",
+                twin.base_url,
+                "--dataset",
+                "codebase_qa",
+                "--document-len",
+                "1000000",
+                "--concurrency",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "SERVEDECK_DATA_DIR": str(tmp_path)},
+            stdin=subprocess.DEVNULL,
+        )
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "longer than" in lines[0] and "max-model-len" in lines[0], done.stderr

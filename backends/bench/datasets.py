@@ -305,6 +305,8 @@ def sample_requests(
         return sample_prefix_repetition(spec, num_prompts, counter, seed, output_len, levels=levels)
     if spec.kind == "custom":
         return sample_custom(spec, num_prompts, counter, seed, output_len, levels=levels)
+    if spec.kind == "codebase_qa":
+        return sample_codebase_qa(spec, num_prompts, counter, seed, output_len, levels=levels)
     if spec.kind == "sharegpt":
         parsed = bundled_sharegpt()
         source = f"ShareGPT (bundled, {parsed.complete_records:,} conversations)"
@@ -315,8 +317,8 @@ def sample_requests(
         source = f"ShareGPT-format file {parsed.path}"
     else:
         raise DatasetError(
-            f"unknown dataset kind {spec.kind!r}; use 'sharegpt', 'file', 'random', 'prefix_repetition' "
-            "or 'custom'"
+            f"unknown dataset kind {spec.kind!r}; use 'sharegpt', 'file', 'random', 'prefix_repetition', "
+            "'custom' or 'codebase_qa'"
         )
     notes = []
     truncation = parsed.truncation_note
@@ -771,4 +773,118 @@ def sample_custom(
     sampling = PromptSampling.OWN if len(prompts) >= wanted else PromptSampling.OVERLAP
     return SampledDataset(
         requests=per_level[0], level_requests=per_level, sampling=sampling, notes=notes, source=source
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Long-context "codebase QA": one large shared document, many questions
+
+_DOCUMENT_SUFFIXES = (
+    ".py",
+    ".md",
+    ".txt",
+    ".rst",
+    ".js",
+    ".ts",
+    ".go",
+    ".rs",
+    ".java",
+    ".c",
+    ".h",
+    ".cpp",
+    ".toml",
+    ".yaml",
+    ".yml",
+    ".json",
+)
+_MAX_DOCUMENT_FILES = 2000
+_QA_OUTPUT_LEN = 128
+_MAX_QUESTION_WORDS = 60
+
+
+def document_text(path: str | Path) -> str:
+    """A file's text, or a folder's source and text files (sorted, each under a ``# file:`` line)."""
+    root = Path(path).expanduser()
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted(
+            f
+            for f in root.rglob("*")
+            if f.is_file() and f.suffix in _DOCUMENT_SUFFIXES and ".git" not in f.parts
+        )[:_MAX_DOCUMENT_FILES]
+    else:
+        raise DatasetError(f"document {root} does not exist; give a file or a folder of source files")
+    parts = []
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        parts.append(f"# file: {file.relative_to(root) if root.is_dir() else file.name}\n{text}")
+    if not parts:
+        raise DatasetError(f"no readable text in {root} (looked for {', '.join(_DOCUMENT_SUFFIXES)} files)")
+    return "\n\n".join(parts)
+
+
+def sample_codebase_qa(
+    spec: DatasetSpec,
+    num_prompts: int,
+    counter: TokenCounter,
+    seed: int,
+    output_len: int | None,
+    *,
+    levels: int | None = None,
+) -> SampledDataset:
+    """One document of ``document_len`` tokens (the user's file or folder, else ShareGPT text) shared by
+    every prompt, then one short ShareGPT question each: the long-context pattern where the server's
+    prefix cache decides TTFT."""
+    if spec.document_len < 1:
+        raise DatasetError(f"the document length must be at least 1 token, not {spec.document_len}")
+    out_len = _QA_OUTPUT_LEN if output_len is None else output_len
+    if spec.document_path:
+        words = document_text(spec.document_path).split(" ")
+        source_name = str(spec.document_path)
+    else:
+        words = sharegpt_words(seed)
+        source_name = "ShareGPT text"
+    position = 0
+
+    def draw(n: int) -> list[str]:
+        nonlocal position
+        out = [words[(position + k) % len(words)] for k in range(n)]
+        position += n
+        return out
+
+    (document,), (document_tokens,) = _prompts_of_lengths([spec.document_len], counter, draw)
+    if position > len(words) and spec.document_path:
+        note = f"{source_name} has fewer than {spec.document_len:,} tokens; it repeats to fill the document"
+    else:
+        note = None
+    questions = [
+        prompt
+        for prompt, _ in bundled_sharegpt().pairs
+        if 3 <= len(prompt.split()) <= _MAX_QUESTION_WORDS and prompt.strip().endswith("?")
+    ]
+    order = list(range(len(questions)))
+    random.Random(seed).shuffle(order)
+    wanted = num_prompts * (levels or 1)
+    chosen = [questions[order[k % len(order)]] for k in range(wanted)]
+    prompts = [f"{document}\n\nQuestion about the text above: {q}" for q in chosen]
+    lens = counter.count_many(prompts)
+    requests = [
+        SampledRequest(prompt=text, prompt_len=n, expected_output_len=out_len)
+        for text, n in zip(prompts, lens, strict=True)
+    ]
+    notes = [note] if note else []
+    source = f"codebase QA ({document_tokens:,}-token document from {source_name}, ShareGPT questions)"
+    if levels is None:
+        return SampledDataset(requests=requests, notes=notes, source=source)
+    per_level = [requests[i * num_prompts : (i + 1) * num_prompts] for i in range(levels)]
+    return SampledDataset(
+        requests=per_level[0],
+        level_requests=per_level,
+        sampling=PromptSampling.OWN,
+        notes=notes,
+        source=source,
     )

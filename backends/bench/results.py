@@ -36,7 +36,7 @@ class PromptSampling(StrEnum):
 class DatasetSpec(BaseModel):
     """Which prompts to send: bundled ShareGPT, a user's ShareGPT-format file, or synthetic random."""
 
-    kind: str = "sharegpt"  # "sharegpt" | "file" | "random" | "prefix_repetition" | "custom"
+    kind: str = "sharegpt"  # "sharegpt" | "file" | "random" | "prefix_repetition" | "custom" | "codebase_qa"
     path: str | None = None
     random_input_len: int = 1024
     random_output_len: int = 128
@@ -48,6 +48,10 @@ class DatasetSpec(BaseModel):
     num_prefixes: int = 10
     prefix_output_len: int = 128
     custom_output_len: int = 256  # vLLM's custom (JSONL {"prompt": ...}) dataset
+    # "codebase_qa": one long shared document (a user's file or folder, else ShareGPT text) of
+    # document_len tokens, then a different ShareGPT question per request.
+    document_path: str | None = None
+    document_len: int = 4096
 
 
 class SweepConfig(BaseModel):

@@ -239,6 +239,9 @@ def _check_fits(config: SweepConfig) -> None:
     if dataset.kind == "prefix_repetition":
         output = config.output_len if config.output_len is not None else dataset.prefix_output_len
         wanted, what = dataset.prefix_len + dataset.suffix_len + output, "prefix + suffix + output"
+    elif dataset.kind == "codebase_qa":
+        output = config.output_len if config.output_len is not None else 128
+        wanted, what = dataset.document_len + output, "--document-len + output"
     elif dataset.kind == "random" and dataset.random_prefix_len:
         output = config.output_len if config.output_len is not None else dataset.random_output_len
         wanted = dataset.random_prefix_len + dataset.random_input_len + output

@@ -127,6 +127,15 @@ def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--save-detailed", action="store_true", help="with per-request arrays")
     group.add_argument("--result-dir", type=Path, help="folder for --save-result files (default: .)")
     group.add_argument("--result-filename", help="file name for --save-result (one level only)")
+    workloads = parser.add_argument_group("shared-prefix workloads")
+    workloads.add_argument(
+        "--document",
+        help="--dataset codebase_qa: the shared document, a file or a folder of source files "
+        "(default: ShareGPT text)",
+    )
+    workloads.add_argument(
+        "--document-len", type=int, default=4096, help="--dataset codebase_qa: document tokens (default 4096)"
+    )
     for flag in IGNORED_FLAGS:
         group.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     for flag in UNSUPPORTED_FLAGS:
@@ -251,6 +260,11 @@ def normalize(args: argparse.Namespace) -> None:
             f"--tokenizer {args.tokenizer}: reading a local tokenizer needs the 'tokenizers' package, which "
             "ServeDeck does not ship; give a model name (or none) to count with the server's /tokenize"
         )
+    if args.document is not None:
+        if args.dataset != "codebase_qa":
+            raise ConfigError("--document is the shared document of --dataset codebase_qa")
+        if not Path(args.document).expanduser().exists():
+            raise ConfigError(f"--document {args.document} does not exist; give a file or a folder")
     if args.result_filename is not None and not args.save_result:
         raise ConfigError("--result-filename names the --save-result file: add --save-result")
     if args.result_filename is not None and Path(args.result_filename).name != args.result_filename:
@@ -266,6 +280,7 @@ def normalize(args: argparse.Namespace) -> None:
         ("--prefix-repetition-num-prefixes", args.prefix_repetition_num_prefixes - 1),
         ("--prefix-repetition-output-len", args.prefix_repetition_output_len - 1),
         ("--custom-output-len", args.custom_output_len - 1),
+        ("--document-len", args.document_len - 1),
     ):
         if value < 0:
             raise ConfigError(f"{flag} must be {'>= 0' if flag == '--random-prefix-len' else '>= 1'}")
@@ -284,6 +299,8 @@ def dataset_fields(args: argparse.Namespace) -> dict[str, Any]:
         "num_prefixes": args.prefix_repetition_num_prefixes,
         "prefix_output_len": args.prefix_repetition_output_len,
         "custom_output_len": args.custom_output_len,
+        "document_path": args.document,
+        "document_len": args.document_len,
     }
     if args.dataset_name == "custom":
         fields["path"] = args.dataset_file

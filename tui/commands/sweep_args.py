@@ -12,7 +12,7 @@ from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec
 from backends.errors import ConfigError
 
-BUILTIN_DATASETS = ("sharegpt", "random", "prefix_repetition")
+BUILTIN_DATASETS = ("sharegpt", "random", "prefix_repetition", "codebase_qa")
 
 
 def _numbers(text: str) -> list[float]:
@@ -137,7 +137,11 @@ def add_sweep_arguments(
         default=num_prompts_default,
         help=f"requests per level (default {num_prompts_default})",
     )
-    parser.add_argument("--dataset", default="sharegpt", help="sharegpt | random | PATH to a ShareGPT json")
+    parser.add_argument(
+        "--dataset",
+        default="sharegpt",
+        help="sharegpt | random | prefix_repetition | codebase_qa | PATH to a ShareGPT json",
+    )
     parser.add_argument("--random-input-len", type=int, default=1024)
     parser.add_argument("--random-output-len", type=int, default=128)
     parser.add_argument("--random-range-ratio", type=float, default=0.0)
