@@ -6,6 +6,7 @@ with --host/--port and cut to --num-prompts 50, and writes a result file with ev
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -22,6 +23,8 @@ from backends.bench.models import RequestRecord
 from backends.engines.local import LocalEngine
 from backends.twin.engine_config import TwinConfig
 from backends.twin.process import TwinProcess, start_twin_process
+from tui.cli import build_parser
+from tui.commands.bench_vllm import normalize
 
 TWIN = TwinConfig.build("gemma-3-27b-it", "h100", 1)
 
@@ -339,3 +342,21 @@ def test_a_ramp_up_runs_against_the_twin_and_is_named_and_saved_as_vllm_does(
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     # burstiness inf: request i waits 1/rate_i, rate_i from 20 up to 200 req/s (a fixed rate: equal gaps)
     assert sum(gaps[:5]) > 3 * sum(gaps[-5:])
+
+
+def _normalized(argv: list[str]) -> argparse.Namespace:
+    args = build_parser().parse_args(["bench", *argv])
+    normalize(args)
+    return args
+
+
+def test_vllm_defaults_and_general_lengths_map_onto_servedecks_arguments() -> None:
+    args = _normalized(["--host", "gpu-box", "--input-len", "77", "--dataset-name", "random"])
+    assert args.target == "http://gpu-box:8000"  # vLLM's default port
+    assert args.endpoint == "completions"  # vLLM's default --backend openai
+    assert args.request_rate == [float("inf")] and args.concurrency is None  # vLLM's default rate
+    assert args.random_input_len == 77 and args.ignore_eos  # random forces ignore_eos, as vLLM's client
+    chat = _normalized(["--port", "9000", "--backend", "openai-chat", "--goodput", "ttft:5", "tpot:1"])
+    assert (chat.target, chat.endpoint, chat.goodput) == ("http://127.0.0.1:9000", "chat", "ttft:5,tpot:1")
+    own = _normalized(["--target", "http://x:1", "--concurrency", "2"])
+    assert own.endpoint == "chat" and own.request_rate is None  # ServeDeck's own flags keep its defaults

@@ -52,7 +52,6 @@ UNSUPPORTED_FLAGS = (
     "--append-result",
     "--metadata",
     "--output-file",
-    "--input-len",
     "--disable-shuffle",
     "--no-oversample",
     "--hf-split",
@@ -111,6 +110,7 @@ def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataset-name", choices=VLLM_DATASETS)
     group.add_argument("--dataset-path", help='ShareGPT JSON (sharegpt) or JSON Lines of {"prompt"} (custom)')
     group.add_argument("--sharegpt-output-len", type=int, help="fixed output length for ShareGPT prompts")
+    group.add_argument("--input-len", type=int, help="vLLM's general input length: sets --random-input-len")
     group.add_argument("--custom-output-len", type=int, default=256)
     group.add_argument("--random-prefix-len", type=int, default=0, help="shared prefix tokens (random)")
     group.add_argument("--prefix-repetition-prefix-len", type=int, default=256)
@@ -163,10 +163,12 @@ def _target(args: argparse.Namespace) -> str | None:
     return f"http://{host}:{port}"
 
 
-def _endpoint(args: argparse.Namespace) -> str:
+def _endpoint(args: argparse.Namespace, vllm_target: bool) -> str:
     implied = BACKEND_ENDPOINTS.get(args.backend) if args.backend else None
     if args.endpoint is None:
-        return implied or "chat"
+        # A command naming the server as vLLM's client does gets vLLM's default, --backend openai
+        # (/v1/completions); ServeDeck's own --target keeps chat.
+        return implied or ("completions" if vllm_target else "chat")
     if implied is not None and implied != args.endpoint:
         raise ConfigError(
             f"--backend {args.backend} sends to "
@@ -239,9 +241,12 @@ def _rates(args: argparse.Namespace) -> None:
 def normalize(args: argparse.Namespace) -> None:
     """Fold the vLLM flags into ServeDeck's (``target``, ``endpoint``, ``dataset``, ``output_len``, ...);
     a contradiction or an impossible value is a ConfigError."""
+    vllm_target = args.base_url is not None or args.host is not None or args.port is not None
     args.target = _target(args)
-    args.endpoint = _endpoint(args)
+    args.endpoint = _endpoint(args, vllm_target)
     _dataset(args)
+    if args.input_len is not None:
+        args.random_input_len = args.input_len
     if args.sharegpt_output_len is not None:
         if args.output_len is not None:
             raise ConfigError("give the output length once: --output-len or --sharegpt-output-len")
