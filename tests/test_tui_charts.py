@@ -34,7 +34,7 @@ from tui.screens.bench import BenchScreen
 from tui.widgets.bench_export import ExportDialog
 from tui.widgets.bench_runner import LevelBegan, LevelDone, LiveSample, RunStarted
 from tui.widgets.bench_sweep_chart import CostChart, SweepChart
-from tui.widgets.charts import LiveChart
+from tui.widgets.charts import LiveChart, level_segments, segment_points
 
 pytestmark = pytest.mark.anyio
 
@@ -360,3 +360,21 @@ async def test_export_writes_a_clean_chart_not_a_screenshot(tmp_path: Path) -> N
         assert "4xL4" in texts and "1xH100" in texts  # legend entries, one per run
         for chrome in ("ctrl+", "export", "Setup", "Live", "History"):
             assert chrome not in joined, f"UI chrome {chrome!r} in the exported chart"
+
+
+# -- the level-relative x axis, pure -----------------------------------------------------------------
+
+
+def test_each_level_maps_onto_its_own_unit_of_x_in_and_out_of_time_order() -> None:
+    segments = level_segments([0.0, 10.0], 110.0)  # a 10 s level, then a 100 s one still running
+    assert segments == [(0.0, 10.0), (10.0, 110.0)]
+    xs = [0.0, 5.0, 10.0, 60.0, 110.0]
+    ys = [1.0, 2.0, 3.0, 4.0, 5.0]
+    in_order = segment_points(xs, ys, segments, 64, "line")
+    assert in_order == ([0.0, 0.5, 1.0, 1.5, 2.0], ys)
+    shuffled = segment_points(xs[::-1], ys[::-1], segments, 64, "scatter")
+    assert sorted(zip(*shuffled, strict=True)) == sorted(zip(*in_order, strict=True))
+    # downsampled per level: the short level keeps its share of the points
+    many = [float(i) / 10 for i in range(100)] + [10.0 + i for i in range(1000)]
+    px, _ = segment_points(many, [1.0] * len(many), level_segments([0.0, 10.0], many[-1]), 40, "line")
+    assert sum(1 for x in px if x < 1.0) == 20 and len(px) == 40

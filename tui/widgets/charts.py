@@ -9,6 +9,7 @@ once when it is shown again). Each redraw re-plots a series downsampled to the p
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from collections import deque
@@ -453,21 +454,29 @@ def segment_points(
             return downsample_envelope(xs, ys, max(1, max_points // 2))
         return downsample_mean(xs, ys, max_points)
     per_segment = max(2, max_points // len(segments))
+    starts = [start for start, _ in segments]
+    # The mapping is linear within a level, so each level is downsampled in seconds and only the
+    # points that are drawn are mapped.
+    chunks: list[tuple[Sequence[float], Sequence[float]]]
+    if all(a <= b for a, b in itertools.pairwise(xs)):  # samples arrive in time order: slice
+        cuts = [0, *(bisect.bisect_left(xs, start) for start in starts[1:]), len(xs)]
+        chunks = [(xs[cuts[i] : cuts[i + 1]], ys[cuts[i] : cuts[i + 1]]) for i in range(len(segments))]
+    else:
+        lists: list[tuple[list[float], list[float]]] = [([], []) for _ in segments]
+        for x, y in zip(xs, ys, strict=True):
+            i = max(0, bisect.bisect_right(starts, x) - 1)
+            lists[i][0].append(x)
+            lists[i][1].append(y)
+        chunks = list(lists)
     out_x: list[float] = []
     out_y: list[float] = []
-    starts = [start for start, _ in segments]
-    chunks: list[tuple[list[float], list[float]]] = [([], []) for _ in segments]
-    for x, y in zip(xs, ys, strict=True):
-        i = max(0, bisect.bisect_right(starts, x) - 1)
-        start, end = segments[i]
-        chunks[i][0].append(i + min(max((x - start) / (end - start), 0.0), 1.0))
-        chunks[i][1].append(y)
-    for cx, cy in chunks:
+    for i, ((start, end), (cx, cy)) in enumerate(zip(segments, chunks, strict=True)):
         if kind == "scatter":
             dx, dy = downsample_envelope(cx, cy, max(1, per_segment // 2))
         else:
             dx, dy = downsample_mean(cx, cy, per_segment)
-        out_x.extend(dx)
+        scale = 1.0 / (end - start)
+        out_x.extend(i + min(max((x - start) * scale, 0.0), 1.0) for x in dx)
         out_y.extend(dy)
     return out_x, out_y
 
