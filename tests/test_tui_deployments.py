@@ -30,6 +30,7 @@ from backends.target_registry import (
     follow_log_file,
     validate_api_key_env,
 )
+from tests.conftest import require_llama_server
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.kube_objects import servedeck_objects
 from tests.fakes.kube_rollout import ScriptedRollout
@@ -883,3 +884,49 @@ async def test_the_endpoint_column_widens_when_an_endpoint_appears() -> None:
         await pilot.pause()
         assert table.columns["endpoint"].content_width >= len(url)
         assert url in "".join(segment.text for segment in table.render_line(1))
+
+
+async def test_an_endpoint_drawn_before_the_table_is_idle_is_not_cut_to_its_old_width() -> None:
+    """The screen may paint between a cell update and the table's idle pass that widens the column;
+    that paint must not stick (it showed ``http://1`` until something else changed)."""
+    from backends.target_registry import DeploymentRow, TargetSource
+
+    class TableApp(App[None]):
+        def compose(self) -> ComposeResult:
+            yield DeploymentTable()
+
+    def rows(endpoint: str | None) -> list[DeploymentRow]:
+        return [
+            DeploymentRow(
+                key="local", name="local", source=TargetSource.LOCAL, engine="llama.cpp", model="m",
+                accelerator="CPU", status=TargetStatus.READY, endpoint=endpoint,
+            )
+        ]  # fmt: skip
+
+    app = TableApp()
+    async with app.run_test(size=(160, 20)) as pilot:
+        table = app.query_one(DeploymentTable)
+        table.show(rows(None), "", None)
+        await pilot.pause()
+        url = "http://127.0.0.1:41089"
+        table.show(rows(f"{url}/v1"), "", None)
+        table.render_line(1)  # a paint before the idle pass
+        await pilot.pause()
+        assert url in "".join(segment.text for segment in table.render_line(1))
+
+
+async def test_the_local_engine_endpoint_shows_in_full_once_it_is_ready(isolated: Path) -> None:
+    from backends.target_registry import LOCAL_KEY
+
+    require_llama_server()
+    app = make_app(start_local_engine=True)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await wait_until(pilot, lambda: status_of(app, LOCAL_KEY) is TargetStatus.READY, timeout_s=90)
+        await pilot.pause(0.3)
+        row = app.registry.row(LOCAL_KEY)
+        assert row is not None and row.endpoint is not None
+        url = row.endpoint.removesuffix("/v1")
+        table = table_of(app)
+        line = row_names(app).index("local") + 1
+        assert url in "".join(segment.text for segment in table.render_line(line))
+        await app.workers.wait_for_complete()

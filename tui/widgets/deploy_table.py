@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist
 
 from backends.target_registry import DeploymentRow, TargetStatus
 from tui.widgets.table_filter import filter_matches
@@ -99,15 +99,30 @@ class DeploymentTable(DataTable[Text]):
             self.move_cursor(row=self._shown.index(key), animate=False)
 
     def _update_in_place(self, cells: dict[str, tuple[Text, ...]]) -> None:
+        changed: set[int] = set()
         for key, new in cells.items():
             old = self._cells.get(key)
-            for (column, _), before, after in zip(COLUMNS, old or (None,) * len(new), new, strict=True):
+            for index, ((column, _), before, after) in enumerate(
+                zip(COLUMNS, old or (None,) * len(new), new, strict=True)
+            ):
                 if before is None or before.plain != after.plain or before.style != after.style:
                     try:
-                        # A cell that grows (an endpoint that appears) widens its column now.
                         self.update_cell(key, column, after, update_width=True)
                     except (CellDoesNotExist, RowDoesNotExist):
                         continue
+                    changed.add(index)
+        for index in changed:
+            self._fit_column(index, cells)
+
+    def _fit_column(self, index: int, cells: dict[str, tuple[Text, ...]]) -> None:
+        # DataTable widens a column in its idle pass, but a paint before that pass is cached at the
+        # old width and stayed on screen (an endpoint drawn as "http://1"): size it now.
+        column = self.columns.get(ColumnKey(COLUMNS[index][0]))
+        if column is None or not column.auto_width:
+            return
+        widths = [row[index].cell_len for row in cells.values()]
+        column.content_width = max([column.label.cell_len, *widths])
+        self.refresh()
 
     def _rebuild(self, keys: list[str], cells: dict[str, tuple[Text, ...]]) -> None:
         current = self._shown[self.cursor_row] if 0 <= self.cursor_row < len(self._shown) else None
