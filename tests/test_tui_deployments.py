@@ -930,3 +930,26 @@ async def test_the_local_engine_endpoint_shows_in_full_once_it_is_ready(isolated
         line = row_names(app).index("local") + 1
         assert url in "".join(segment.text for segment in table.render_line(line))
         await app.workers.wait_for_complete()
+
+
+@pytest.mark.parametrize("size", [(100, 30), (160, 45)])
+async def test_the_stop_question_and_its_buttons_fit(size: tuple[int, int]) -> None:
+    answers: list[bool | None] = []
+
+    class DialogApp(App[None]):
+        def on_mount(self) -> None:
+            question = "Stop twin-27b-2xh100-8k-s64? Chats and runs against it are kept; t starts it again."
+            self.push_screen(ConfirmScreen(question, confirm_label="Stop"), answers.append)
+
+    app = DialogApp()
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ConfirmScreen)
+        for widget in (screen.query_one("#confirm-question", Static), *screen.query(Button)):
+            region = widget.region
+            assert region.width > 0 and region.right <= size[0] and region.bottom <= size[1], widget.id
+        assert "starts it again" in str(screen.query_one("#confirm-question", Static).render())
+        await pilot.press("enter")
+        await pilot.pause()
+    assert answers == [True]
