@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backends.telemetry.models import GpuSummary
+
 
 class TargetKind(StrEnum):
     VLLM = "vllm"
@@ -205,3 +207,4 @@ class ProgressSnapshot(BaseModel):
     output_tokens_per_s: float
     recent_ttft_ms: list[float] = Field(default_factory=list)
     server: ServerSnapshot | None = None
+    gpu: GpuSummary | None = Field(default=None, description="the target's GPUs (dcgm-exporter), when read")

@@ -16,6 +16,7 @@ from backends.bench.models import (
     ServerSnapshot,
     Target,
 )
+from backends.telemetry.models import LevelGpuTelemetry
 
 
 class RunStatus(StrEnum):
@@ -81,6 +82,13 @@ class SweepConfig(BaseModel):
         default=None, gt=0, description="the hardware's price when the run was planned ($ per hour)"
     )
     price_source: str | None = Field(default=None, description="where usd_per_hour came from")
+    gpu_metrics_url: str | None = Field(
+        default=None,
+        description="dcgm-exporter /metrics to read GPU telemetry from; None: a twin's own /dcgm, else none",
+    )
+    gpu_metrics_pods: list[str] | None = Field(
+        default=None, description="keep only these pods' GPUs (the target deployment's); None: every GPU"
+    )
     workers: int = 1
     request_timeout_s: float = 600.0
     idle_timeout_s: float = 60.0
@@ -111,6 +119,7 @@ class LevelResult(BaseModel):
     server_snapshots: list[ServerSnapshot] = Field(default_factory=list)
     message: str | None = None
     prompt_sampling: PromptSampling | None = Field(default=None, description="None: not known")
+    gpu: LevelGpuTelemetry | None = Field(default=None, description="None: no GPU telemetry was read")
 
 
 class SweepResult(BaseModel):

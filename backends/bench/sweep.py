@@ -49,6 +49,7 @@ from backends.bench.tokenizers import pick_token_counter
 from backends.errors import ConfigError, TargetError
 from backends.prometheus import MetricsScraper
 from backends.redaction import redact, remember_secret
+from backends.telemetry.scrape import LevelGpuMonitor, telemetry_url
 
 _SNAPSHOT_INTERVAL_S = 0.5  # live charts redraw at 2-4 Hz; twice a second keeps them moving
 _RECENT_TTFTS = 64
@@ -159,6 +160,7 @@ class _LevelMonitor:
         self.server: ServerSnapshot | None = None
         self.server_snapshots: list[ServerSnapshot] = []
         self.started = time.perf_counter()
+        self.gpu: LevelGpuMonitor | None = None
 
     def on_progress(self, progress: LevelProgress) -> None:
         self.progress = progress
@@ -193,6 +195,7 @@ class _LevelMonitor:
             output_tokens_per_s=rate,
             recent_ttft_ms=list(self.recent_ttft_ms),
             server=self.server,
+            gpu=self.gpu.latest if self.gpu is not None else None,
         )
 
 
@@ -242,6 +245,12 @@ async def _run_one_level(
             target.base_url, api_key=options.api_key, fetch_slots=True if target.capabilities.slots else None
         )
         background.append(asyncio.create_task(scraper.run(monitor.on_server, stop_scraper)))
+    gpu_url = telemetry_url(config.gpu_metrics_url, target.kind.value, target.base_url)
+    if gpu_url is not None:
+        monitor.gpu = LevelGpuMonitor(
+            gpu_url, config.gpu_metrics_pods, lambda: time.perf_counter() - monitor.started
+        )
+        background.append(monitor.gpu.start(stop_scraper))
     try:
         outcome: LevelOutcome = await run_level(plan, endpoint, monitor.on_progress, cancel)
         if scraper is not None and not outcome.cancelled:
@@ -258,6 +267,8 @@ async def _run_one_level(
                 await task
         if scraper is not None:
             await scraper.aclose()
+        if monitor.gpu is not None:
+            await monitor.gpu.finish()
     emit(monitor.snapshot())
     # Requests a dead (or refusing) server never answered finish at once: left in the rates they would
     # inflate them, so they are kept in the records but measured apart, over the time the server answered.
@@ -305,6 +316,11 @@ async def _run_one_level(
         server_snapshots=monitor.server_snapshots,
         message=redact(message),
         prompt_sampling=dataset.sampling,
+        gpu=(
+            monitor.gpu.result(metrics.total_output_tokens, duration, config.usd_per_hour)
+            if monitor.gpu is not None
+            else None
+        ),
     )
     emit(LevelFinished(result=result))
     return result, outcome.cancelled

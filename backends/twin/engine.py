@@ -98,6 +98,7 @@ class StepResult:
     prefill_tokens: int  # tokens computed for requests still in (re)prefill, recomputation included
     decode_tokens: int
     new_prompt_tokens: int  # prompt tokens of requests that got their first token (vLLM's prompt counter)
+    cost: StepCost | None = None  # what the roofline timed (the twin's simulated GPU telemetry reads it)
 
     @property
     def finished_at(self) -> float:
@@ -319,6 +320,7 @@ class TwinEngine:
             prefill_tokens=prefill_tokens,
             decode_tokens=tokens - prefill_tokens,
             new_prompt_tokens=new_prompt_tokens,
+            cost=cost,
         )
 
     def _schedule(self) -> tuple[list[tuple[_Request, int]], list[_Request]]:

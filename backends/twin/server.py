@@ -34,6 +34,7 @@ from backends.errors import ServeDeckError
 from backends.twin import chunks
 from backends.twin.capacity import MemoryPlan, plan_memory
 from backends.twin.chunks import CHAT, COMPLETION, DONE_FRAME, ChunkFormat
+from backends.twin.dcgm import GpuActivity, render_dcgm
 from backends.twin.engine import InvalidRequestError, PromptTooLongError, StepResult, TwinEngine
 from backends.twin.engine_config import TwinConfig
 from backends.twin.http_server import (
@@ -313,6 +314,7 @@ class _TwinState:
         self.max_model_len = config.resolved_max_model_len
         self.memory: MemoryPlan = plan_memory(config)
         self.engine = TwinEngine(config)
+        self.gpu_activity = GpuActivity(config, self.memory, self.engine.roofline, _clock())
         self.histograms = RequestHistograms()
         self.generations: dict[str, _Generation] = {}
         self.arrivals: deque[_Admission] = deque()
@@ -404,6 +406,7 @@ class _TwinState:
             return
         result = self.engine.step(start)
         duration = result.duration_s
+        self.gpu_activity.on_step(start, duration, result.cost)
         if result.num_scheduled == 0:
             duration = max(duration, IDLE_STEP_S)
         self.pending_result = result
@@ -534,6 +537,7 @@ class _TwinHandler:
             ("POST", "/ping"): self.health,
             ("GET", "/version"): self.version,
             ("GET", "/metrics"): self.metrics,
+            ("GET", "/dcgm"): self.dcgm,
             ("POST", "/tokenize"): self.tokenize,
             ("POST", "/detokenize"): self.detokenize,
         }
@@ -601,6 +605,15 @@ class _TwinHandler:
             state.cache_config_labels(),
             state.twin_info_labels(),
         )
+        connection.respond(request, 200, text.encode(), METRICS_CONTENT_TYPE.encode())
+
+    def dcgm(self, connection: HttpConnection, request: HttpRequest) -> None:
+        """The simulated GPUs as dcgm-exporter shows them (backends/twin/dcgm.py); none on a CPU twin."""
+        activity = self.state.gpu_activity
+        if not activity.enabled:
+            connection.respond(request, 404, b'{"detail":"a CPU twin has no GPUs"}')
+            return
+        text = render_dcgm(activity, _clock())
         connection.respond(request, 200, text.encode(), METRICS_CONTENT_TYPE.encode())
 
     def tokenize(self, connection: HttpConnection, request: HttpRequest) -> None:

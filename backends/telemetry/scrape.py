@@ -1,0 +1,265 @@
+"""Scraping dcgm-exporter over HTTP, and a level's GPU telemetry from the readings.
+
+``DcgmScraper.read`` never raises: every outcome is a ``DcgmReading`` with a ``state`` and, where it
+is not ``ok``, one line saying what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, Field
+
+from backends.errors import TargetError
+from backends.telemetry.dcgm import DcgmScrape, GpuSample, gpus_of_pods, parse_dcgm, summarise
+from backends.telemetry.models import GpuSummary, LevelGpuTelemetry
+
+GKE_HINT = (
+    "on GKE turn on managed DCGM metrics: gcloud container clusters update CLUSTER "
+    "--monitoring=SYSTEM,DCGM (GPU nodes then run dcgm-exporter in gke-managed-system); "
+    "with the NVIDIA GPU operator it runs in gpu-operator; or give its URL with --gpu-metrics"
+)
+
+
+class DcgmState(StrEnum):
+    OK = "ok"
+    NOT_FOUND = "not-found"  # nothing answers, or the body has no DCGM_FI_* metrics
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
+    NO_MATCHING_GPU = "no-matching-gpu"  # GPUs found, none of them held by the target's pods
+    ERROR = "error"
+
+
+class DcgmReading(BaseModel):
+    t: float
+    state: DcgmState
+    message: str | None = None
+    gpus: list[GpuSample] = Field(default_factory=list)
+    summary: GpuSummary | None = None
+    simulated: bool = False
+    unknown_fields: list[str] = Field(default_factory=list)
+
+
+def metrics_url(url: str) -> str:
+    """A base URL gets dcgm-exporter's ``/metrics``; a URL with a path is used as given."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TargetError(f"{url!r} is not an http(s) URL; give one like http://127.0.0.1:9400/metrics")
+    return url if parts.path not in ("", "/") else url.rstrip("/") + "/metrics"
+
+
+class DcgmScraper:
+    """Reads one exporter; keeps only ``pods``' GPUs when given (the target deployment's)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 2.0,
+        pods: Iterable[str] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        self.url = metrics_url(url)
+        self.pods = set(pods) if pods is not None else None
+        self.namespace = namespace
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> DcgmScraper:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def read(self, t: float) -> DcgmReading:
+        try:
+            response = await self._client.get(self.url)
+        except httpx.TimeoutException:
+            return DcgmReading(t=t, state=DcgmState.TIMEOUT, message=f"GPU metrics: {self.url} timed out")
+        except httpx.ConnectError:
+            return DcgmReading(
+                t=t,
+                state=DcgmState.UNREACHABLE,
+                message=f"GPU metrics: no dcgm-exporter at {self.url} (cannot connect); {GKE_HINT}",
+            )
+        except httpx.HTTPError as exc:
+            return DcgmReading(
+                t=t, state=DcgmState.UNREACHABLE, message=f"GPU metrics: {self.url}: {type(exc).__name__}"
+            )
+        if response.status_code != 200:
+            return DcgmReading(
+                t=t,
+                state=DcgmState.NOT_FOUND,
+                message=f"GPU metrics: {self.url} answered HTTP {response.status_code}; {GKE_HINT}",
+            )
+        try:
+            scrape = parse_dcgm(response.text)
+        except Exception as exc:  # a reading must never take the bench down
+            return DcgmReading(
+                t=t,
+                state=DcgmState.ERROR,
+                message=f"GPU metrics: {self.url} unreadable: {type(exc).__name__}",
+            )
+        return self._reading(t, scrape)
+
+    def _reading(self, t: float, scrape: DcgmScrape) -> DcgmReading:
+        if not scrape.found:
+            return DcgmReading(
+                t=t,
+                state=DcgmState.NOT_FOUND,
+                message=f"GPU metrics: {self.url} has no DCGM_FI_* metrics per GPU; {GKE_HINT}",
+                unknown_fields=scrape.unknown_fields,
+            )
+        gpus = scrape.gpus
+        if self.pods is not None:
+            gpus = gpus_of_pods(gpus, self.pods, self.namespace)
+            if not gpus:
+                held = sorted({g.pod for g in scrape.gpus if g.pod})
+                how = f"pods holding GPUs: {', '.join(held)}" if held else "no GPU carries a pod label"
+                return DcgmReading(
+                    t=t,
+                    state=DcgmState.NO_MATCHING_GPU,
+                    message=(
+                        f"GPU metrics: none of {len(scrape.gpus)} GPUs at {self.url} belongs to "
+                        f"{', '.join(sorted(self.pods)) or 'the target'} ({how}; dcgm-exporter needs "
+                        "Kubernetes pod mapping for pod labels)"
+                    ),
+                    simulated=scrape.simulated,
+                )
+        return DcgmReading(
+            t=t,
+            state=DcgmState.OK,
+            gpus=gpus,
+            summary=summarise(t, gpus),
+            simulated=scrape.simulated,
+            unknown_fields=scrape.unknown_fields,
+        )
+
+    async def run(
+        self,
+        on_reading: Callable[[DcgmReading], None],
+        stop: asyncio.Event,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """Read every ``interval_s`` until ``stop``; ``clock`` stamps each reading."""
+        while not stop.is_set():
+            on_reading(await self.read(clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
+def read_once(url: str, timeout_s: float = 2.0, pods: Iterable[str] | None = None) -> DcgmReading:
+    """One blocking reading (CLI use)."""
+
+    async def go() -> DcgmReading:
+        async with DcgmScraper(url, timeout_s=timeout_s, pods=pods) as scraper:
+            return await scraper.read(time.perf_counter())
+
+    return asyncio.run(go())
+
+
+# ---- a level's GPU telemetry ----------------------------------------------------------------------
+
+
+def level_telemetry(
+    readings: list[DcgmReading],
+    output_tokens: int,
+    duration_s: float,
+    usd_per_hour: float | None = None,
+) -> LevelGpuTelemetry | None:
+    """Means over the level's good readings; energy from the counters' difference when both ends have
+    one, else mean power times the level's duration. No good reading: the last one's state and message;
+    no reading at all: None."""
+    good = [r for r in readings if r.state is DcgmState.OK and r.summary is not None]
+    if not good:
+        if not readings:
+            return None
+        final = readings[-1]
+        return LevelGpuTelemetry(state=final.state.value, message=final.message)
+    summaries = [r.summary for r in good if r.summary is not None]
+    utils = [s.utilisation for s in summaries if s.utilisation is not None]
+    drams = [s.dram_active for s in summaries if s.dram_active is not None]
+    powers = [s.power_w for s in summaries if s.power_w is not None]
+    fbs = [s.fb_used_mib for s in summaries if s.fb_used_mib is not None]
+    energy: float | None = None
+    source: str | None = None
+    first, last = summaries[0], summaries[-1]
+    if (
+        first.energy_j is not None
+        and last.energy_j is not None
+        and last.t > first.t
+        and last.gpus == first.gpus
+        and last.energy_j >= first.energy_j
+    ):
+        # The counters' rate over the span they cover, stretched to the level (the first reading is
+        # up to a second in, the last at its end).
+        rate = (last.energy_j - first.energy_j) / (last.t - first.t)
+        energy, source = rate * duration_s, "counter"
+    elif powers and duration_s > 0:
+        energy, source = math.fsum(powers) / len(powers) * duration_s, "power x time"
+    kj_per_1m = energy / 1000.0 / output_tokens * 1e6 if energy is not None and output_tokens > 0 else None
+    usd_per_1m = None
+    if usd_per_hour is not None and output_tokens > 0 and duration_s > 0:
+        usd_per_1m = usd_per_hour * duration_s / 3600.0 / output_tokens * 1e6
+    return LevelGpuTelemetry(
+        gpus=max(s.gpus for s in summaries),
+        readings=len(good),
+        simulated=any(r.simulated for r in good),
+        gpu_util_mean=math.fsum(utils) / len(utils) if utils else None,
+        dram_active_mean=math.fsum(drams) / len(drams) if drams else None,
+        power_w_mean=math.fsum(powers) / len(powers) if powers else None,
+        power_w_max=max(powers) if powers else None,
+        fb_used_mib_max=max(fbs) if fbs else None,
+        energy_j=energy,
+        energy_source=source,
+        kj_per_1m_output_tokens=kj_per_1m,
+        usd_per_1m_output_tokens=usd_per_1m,
+    )
+
+
+def telemetry_url(configured: str | None, target_kind: str, base_url: str) -> str | None:
+    """Where a sweep reads GPU telemetry: the URL given, else a twin's own ``/dcgm``, else nowhere."""
+    if configured:
+        return configured
+    if target_kind == "twin":
+        return base_url.rstrip("/") + "/dcgm"
+    return None
+
+
+class LevelGpuMonitor:
+    """Reads GPU telemetry beside one level, in the sweep's own event loop (never the load workers')."""
+
+    def __init__(self, url: str, pods: Iterable[str] | None, clock: Callable[[], float]) -> None:
+        self.scraper = DcgmScraper(url, pods=pods)
+        self.clock = clock
+        self.readings: list[DcgmReading] = []
+        self.latest: GpuSummary | None = None
+
+    def on_reading(self, reading: DcgmReading) -> None:
+        self.readings.append(reading)
+        self.latest = reading.summary if reading.state is DcgmState.OK else None
+
+    def start(self, stop: asyncio.Event) -> asyncio.Task[None]:
+        return asyncio.create_task(self.scraper.run(self.on_reading, stop, clock=self.clock))
+
+    async def finish(self) -> None:
+        """A last reading at the level's end (the energy counter's end point), then close."""
+        try:
+            self.on_reading(await self.scraper.read(self.clock()))
+        finally:
+            await self.scraper.aclose()
+
+    def result(
+        self, output_tokens: int, duration_s: float, usd_per_hour: float | None
+    ) -> LevelGpuTelemetry | None:
+        return level_telemetry(self.readings, output_tokens, duration_s, usd_per_hour)
