@@ -97,6 +97,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     add_incluster_arguments(parser)
     add_vllm_arguments(parser)
+    from tui.commands.bench_search import add_search_arguments
+
+    add_search_arguments(parser)
     parser.set_defaults(handler=run_bench)
 
 
@@ -185,6 +188,10 @@ async def _run(args: argparse.Namespace, base_url: str) -> int:
     from backends.bench.sweep import run_sweep
 
     target = await _discover(base_url, args)
+    if args.find_max:
+        from tui.commands.bench_search import run_search
+
+        return await run_search(args, target)
     config = config_from_args(args, target)
     _check_fits(config)
     if args.tokenizer is not None:
