@@ -792,3 +792,22 @@ async def test_export_of_a_run_deleted_meanwhile_says_so_without_a_cli_hint(tmp_
         assert not any("servedeck runs" in text for _, text in app.messages)
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
         await wait_until(pilot, lambda: screen.query_one(SweepChart).series == [], 10)
+
+
+async def test_ticked_targets_look_ticked(tmp_path: Path) -> None:
+    from textual.widgets import SelectionList
+
+    app = BenchHarness(AppContext(data_dir=tmp_path, targets=_targets("alpha", "beta")))
+    async with app.run_test(size=(160, 45)) as pilot:
+        await pilot.pause()
+        picker = bench(app).query_one("#bench-targets", SelectionList)
+        picker.select("beta")
+        picker.focus()
+        await pilot.pause()
+
+        def button_background(row: int) -> object:
+            (tick,) = [segment for segment in picker.render_line(row) if segment.text == "X"]
+            assert tick.style is not None
+            return tick.style.bgcolor
+
+        assert button_background(1) != button_background(0)  # the ticked box is filled

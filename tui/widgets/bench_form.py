@@ -87,6 +87,13 @@ class BenchForm(VerticalScroll):
     BenchForm #bench-targets:focus {
         border: round $primary;
     }
+    /* Ticked and unticked rows looked alike (a green X or a dark one): a ticked one is filled. */
+    BenchForm #bench-targets > .selection-list--button-selected,
+    BenchForm #bench-targets > .selection-list--button-selected-highlighted {
+        color: $text;
+        background: $success;
+        text-style: bold;
+    }
     BenchForm #bench-actions {
         height: 3;
         margin-top: 1;
@@ -108,7 +115,7 @@ class BenchForm(VerticalScroll):
     def compose(self) -> ComposeResult:
         with Horizontal(id="bench-form-columns"):
             with Vertical(classes="bench-column"):
-                yield Static("Targets (space selects one or more)", classes="bench-section")
+                yield Static("Targets (space ticks one or more)", classes="bench-section")
                 yield SelectionList[str](id="bench-targets")
                 yield Static("Dataset", classes="bench-section")
                 yield _row(
