@@ -165,3 +165,40 @@ def test_bad_search_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> Non
         assert code == 1, (argv, out, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (argv, err)
+
+
+@pytest.mark.timeout(300)
+def test_request_rate_search_starts_from_the_twin_prediction(
+    capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    from tui.commands.bench_search import predicted_start
+
+    slo = parse_slo("p99_ttft:2000,p99_tpot:100")
+    with start_twin_process(TWIN, log_interval_s=3600.0) as twin:
+        target = asyncio.run(discover_target(twin.base_url))
+        assert target.hardware == "1xh100 (twin)"
+        start, source = predicted_start(target, None, Axis.REQUEST_RATE, slo)
+        assert start is not None and start > 0 and source.startswith("twin prediction for 1xh100: ")
+        none, why = predicted_start(target, None, Axis.CONCURRENCY, slo)
+        assert none is None and "request rates only" in why
+        code, out, err = run_main(
+            capsys,
+            "bench",
+            "--target",
+            twin.base_url,
+            "--find-max",
+            "request-rate",
+            "--slo",
+            "p99_ttft:2000,p99_tpot:100",
+            "--num-prompts",
+            "24",
+            "--output-len",
+            "8",
+            "--max-levels",
+            "3",
+            "--data-dir",
+            str(tmp_path),
+        )
+    assert "start: twin prediction for 1xh100" in out, (out, err)
+    assert out.count(" req/s  ") >= 1 and "Knee: " in out
+    assert code in (0, 1) and "search saved as run " in err
