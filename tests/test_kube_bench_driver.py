@@ -326,7 +326,6 @@ def _fail_first_attempt_of_pod_1() -> Behaviour:
     return behave
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 15: being built")
 def test_on_a_server_older_than_1_29_the_job_gets_a_backoff_limit_and_a_warning(tmp_path: Path) -> None:
     with VersionedKubeApi("v1.28.7") as api:
         api.create_namespace(NS)

@@ -33,12 +33,14 @@ from backends.kube_bench.bundle import (
 from backends.kube_bench.job import (
     BENCH_RUN_LABEL,
     DEFAULT_LOADGEN_IMAGE,
-    bootstrap_script,
+    TERMINATION_MESSAGE_PATH,
+    bootstrap_source,
     render_api_key_secret,
     render_bundle_configmaps,
     render_job,
 )
 from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, decode_dataset, encode_dataset, parse_plan
+from backends.kube_bench.pod_bootstrap import TERMINATION_LOG_ENV, pip_failure
 
 KUBERNETES_VERSIONS = ("1.31", kube_validate.latest_version())
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +61,7 @@ def _plan(pods: int = 3) -> WorkerPlan:
     )
 
 
-def _job(pods: int = 3) -> dict[str, object]:
+def _job(pods: int = 3, *, per_index: bool = True) -> dict[str, object]:
     return render_job(
         _plan(pods),
         namespace="servedeck",
@@ -68,6 +70,7 @@ def _job(pods: int = 3) -> dict[str, object]:
         requirements=["pydantic>=2.7", "numpy>=1.26", "uvloop>=0.19", "httptools>=0.6"],
         configmaps=["servedeck-bench-0123456789ab-bundle-0", "servedeck-bench-0123456789ab-bundle-1"],
         api_key_secret="servedeck-bench-0123456789ab-api-key",
+        backoff_limit_per_index=per_index,
     )
 
 
@@ -79,7 +82,7 @@ def test_rendered_job_configmaps_and_secret_are_schema_valid(version: str) -> No
         *render_bundle_configmaps("0123456789ab", "servedeck", parts),
         render_api_key_secret("0123456789ab", "servedeck", "sk-secret"),
     ]
-    for obj in objects:
+    for obj in [*objects, _job(per_index=False)]:
         kube_validate.validate(obj, version, strict=True)
 
 
@@ -103,14 +106,24 @@ def test_the_job_is_indexed_labelled_and_runs_the_worker_headless() -> None:
     assert pod["restartPolicy"] == "Never"
     container = pod["containers"][0]
     assert container["image"] == "python:3.11-slim"
-    script = container["command"][-1]
-    assert script.endswith("exec /tmp/servedeck-venv/bin/python -m tui.commands.bench_worker")
+    command = container["command"]
+    assert command[:3] == ["python3", "-c", bootstrap_source()]
+    assert command[3:] == [
+        "servedeck-0.1.0-py3-none-any.whl",
+        "pydantic>=2.7",
+        "numpy>=1.26",
+        "uvloop>=0.19",
+        "httptools>=0.6",
+    ]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["terminationMessagePath"] == TERMINATION_MESSAGE_PATH
     env = {item["name"]: item for item in container["env"]}
     assert parse_plan(env[PLAN_ENV]["value"]) == _plan(pods=4)
     assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     )
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "servedeck-bench-0123456789ab-api-key"
+    assert env[TERMINATION_LOG_ENV]["value"] == TERMINATION_MESSAGE_PATH
     sources = pod["volumes"][0]["projected"]["sources"]
     assert [s["configMap"]["name"] for s in sources] == [
         "servedeck-bench-0123456789ab-bundle-0",
@@ -118,16 +131,64 @@ def test_the_job_is_indexed_labelled_and_runs_the_worker_headless() -> None:
     ]
 
 
-def test_the_bootstrap_installs_the_carried_wheel_offline_and_only_the_workers_dependencies() -> None:
-    script = bootstrap_script("servedeck-0.1.0-py3-none-any.whl", ["pydantic>=2.7", "numpy>=1.26"])
-    lines = script.splitlines()
-    assert lines[0] == "set -eu"
-    assert 'cat "$SERVEDECK_BENCH_BUNDLE"/wheel.part-* > /tmp/servedeck-0.1.0-py3-none-any.whl' in lines
-    assert "python -m venv --system-site-packages /tmp/servedeck-venv" in lines
-    assert any("--no-deps --no-index /tmp/servedeck-0.1.0-py3-none-any.whl" in line for line in lines)
-    assert any(line.endswith("pip install --quiet 'pydantic>=2.7' 'numpy>=1.26'") for line in lines)
-    # The shell parses it.
-    subprocess.run(["sh", "-n", "-c", script], check=True, timeout=10)
+def test_before_1_29_the_job_has_a_backoff_limit_of_zero_instead_of_one_per_index() -> None:
+    spec = _job(per_index=False)["spec"]
+    assert isinstance(spec, dict)
+    assert spec["backoffLimit"] == 0
+    assert "backoffLimitPerIndex" not in spec and "maxFailedIndexes" not in spec
+
+
+def test_the_bootstrap_is_stdlib_python_the_kubelet_leaves_as_written() -> None:
+    source = bootstrap_source()
+    compile(source, "pod_bootstrap", "exec")
+    # The kubelet expands $(VAR) and turns $$ into $ in a container's command and args.
+    assert "$(" not in source and "$$" not in source
+    imported = {
+        line.split()[1].split(".")[0]
+        for line in source.splitlines()
+        if line.startswith(("import ", "from ")) and not line.startswith("from __future__")
+    }
+    assert imported <= set(sys.stdlib_module_names)
+
+
+@pytest.mark.parametrize(
+    ("output", "env_index", "expected"),
+    [
+        (
+            "Looking in indexes: https://mirror.example/simple\n"
+            "WARNING: Retrying (Retry(total=0, connect=None)) after connection broken by "
+            "'NewConnectionError(... [Errno 111] Connection refused)'\n"
+            "ERROR: Could not find a version that satisfies the requirement pydantic>=2.7 "
+            "(from versions: none)",
+            None,
+            "cannot reach the package index https://mirror.example/simple",
+        ),
+        (
+            "WARNING: Retrying ... Failed to establish a new connection: [Errno -3] Temporary failure "
+            "in name resolution\nERROR: No matching distribution found for numpy",
+            "https://bot:s3cr3t-token@pypi.corp.example/simple",
+            "cannot reach the package index https://pypi.corp.example/simple",
+        ),
+        (
+            "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device",
+            None,
+            "Could not install packages due to an OSError: [Errno 28] No space left on device",
+        ),
+        (
+            "Could not fetch URL: SSLError(SSLCertVerificationError(1, 'CERTIFICATE_VERIFY_FAILED'))",
+            None,
+            "the package index https://pypi.org/simple failed TLS verification",
+        ),
+    ],
+)
+def test_a_pip_failure_is_a_few_words_without_credentials(
+    output: str, env_index: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if env_index is None:
+        monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    else:
+        monkeypatch.setenv("PIP_INDEX_URL", env_index)
+    assert pip_failure(output) == expected
 
 
 def test_the_api_key_secret_holds_the_key_and_is_labelled() -> None:

@@ -7,9 +7,9 @@ a shared instant, follows every pod's log until it ends, decodes the protocol li
 producing the same ``LevelResult``/``SweepResult`` as a local ``run_sweep``. Everything it created is
 deleted when the run ends, also on ctrl-c and on errors.
 
-A pod that fails (a bad image, no PyPI access, OOM) is reported in one line and the other pods' results
-are kept (the level is ``partial``); when no pod of a level could run, the level fails and the sweep
-stops there, since every later level would fail the same way.
+A pod that fails (a bad image, dependencies it cannot install, OOM) is reported in one line and the
+other pods' results are kept (the level is ``partial``); when no pod of a level could run, the level
+fails and the sweep stops there, since every later level would fail the same way.
 
 Shared start: the first level's pods are told to start ``DEFAULT_FIRST_START_DELAY_S`` after their Job is
 created (image pull and dependency install take that long on a fresh node); later levels wait for what
@@ -49,7 +49,7 @@ from backends.kube.client import KubeClient, ObjectRef
 from backends.kube.errors import KubeError, KubeForbiddenError
 from backends.kube.logs import LogStream
 from backends.kube_bench.bundle import DATASET_BLOB, WHEEL_BLOB, pack_parts
-from backends.kube_bench.clock import server_clock_offset
+from backends.kube_bench.clock import server_facts
 from backends.kube_bench.codec import (
     PodFatal,
     PodProgress,
@@ -77,6 +77,7 @@ from backends.kube_bench.plan import (
     WorkerPlan,
     encode_dataset,
 )
+from backends.kube_bench.pod_bootstrap import EXIT_CODE as BOOTSTRAP_EXIT_CODE
 from backends.kube_bench.pods import (
     completion_index,
     has_logs,
@@ -99,9 +100,11 @@ RBAC_HINT = (
     "the in-cluster bench needs these verbs in namespace {namespace}: create/patch/get/delete on jobs.batch, "
     "configmaps and secrets, get/list on pods and get on pods/log (ask for a Role with them)"
 )
-NO_PYPI_HINT = (
-    "the pod installs the load generator's dependencies (pydantic, numpy, uvloop, httptools) from PyPI at "
-    "start: let it reach pypi.org, or use --loadgen-image with them installed"
+PER_INDEX_BACKOFF_SINCE = (1, 29)
+OLD_SERVER_WARNING = (
+    "warning: the API server is {version}: Jobs ignore backoffLimitPerIndex before 1.29 (failed "
+    "load-generator pods would be retried, sending their share again, late), so each level's Job gets "
+    "backoffLimit: 0 instead: the first pod that fails stops the level's other pods"
 )
 
 Emit = Callable[[SweepEvent], None]
@@ -394,17 +397,21 @@ class _Level:
             return None
         if state.fatal:
             return state.fatal
+        if code == BOOTSTRAP_EXIT_CODE and message and message.strip():
+            return " ".join(message.split())  # the bootstrap's own line: what the pod lacks and what to do
         context = " | ".join(state.context)
         why = f"exited with code {code}" if code is not None else "ended"
         if reason and reason not in ("Error", "Completed"):
             why += f" ({reason})"
-        if message:
-            why += f": {' '.join(message.split())}"
+        # FallbackToLogsOnError makes the log's tail the message: its last line says why (a traceback's).
+        last = _last_plain_line(message or "")
+        if last and last not in state.context:
+            why += f": {last}"
         if outcome.ready is None:
             text = f"{why} before the load generator started"
             if context:
                 text += f": {context}"
-            return f"{text}; {NO_PYPI_HINT}" if reason != "OOMKilled" else text
+            return text
         if reason == "OOMKilled":
             return f"{why} while running: the pod ran out of memory (limit 2Gi)"
         return f"{why} while running" + (f": {context}" if context else "")
@@ -482,6 +489,7 @@ class InClusterSweep:
         self.api_key = api_key
         self.run_id = uuid.uuid4().hex[:12]
         self.clock_offset = 0.0
+        self.per_index_backoff = True
         self.created: list[ObjectRef] = []
         self.jobs: list[ObjectRef] = []
         self.last_ready_s: float | None = None
@@ -534,7 +542,15 @@ class InClusterSweep:
 
     async def run(self) -> SweepResult:
         validate_config(self.config)
-        self.clock_offset = await asyncio.to_thread(server_clock_offset, self.kube)
+        facts = await asyncio.to_thread(server_facts, self.kube)
+        self.clock_offset = facts.clock_offset_s
+        version = facts.minor_version
+        self.per_index_backoff = version is None or version >= PER_INDEX_BACKOFF_SINCE
+        server_notes = (
+            [] if self.per_index_backoff else [OLD_SERVER_WARNING.format(version=facts.git_version)]
+        )
+        for note in server_notes:
+            self.notify(note)
         try:
             await asyncio.to_thread(self._apply, self._bundle_objects())
         except BaseException:
@@ -545,6 +561,7 @@ class InClusterSweep:
             *self.dataset.notes,
             f"in-cluster: {self.options.pods} load-generator pods per level (Indexed Job) in namespace "
             f"{self.options.namespace}, image {self.options.image}, target {self.config.target.base_url}",
+            *server_notes,
         ]
         self.emit(SweepStarted(run_id=self.run_id, config=self.config, notes=notes))
         stop_message: str | None = None
@@ -622,6 +639,7 @@ class InClusterSweep:
             requirements=self.bundle.requirements,
             configmaps=self._configmap_names,
             api_key_secret=api_key_secret_name(self.run_id) if self.api_key is not None else None,
+            backoff_limit_per_index=self.per_index_backoff,
         )
         job_ref = ObjectRef(kind="Job", name=job["metadata"]["name"], namespace=self.options.namespace)
         await asyncio.to_thread(self._apply, [job])
@@ -753,6 +771,20 @@ class InClusterSweep:
         )
         self.emit(LevelFinished(result=result))
         return result
+
+
+def _last_plain_line(text: str) -> str:
+    """The last line of ``text`` that is not a protocol line, whitespace collapsed ("" if none)."""
+    for line in reversed(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            if decode(line) is not None:
+                continue
+        except ProtocolError:
+            continue
+        return " ".join(line.split())
+    return ""
 
 
 def _all_failed_message(failed: Sequence[PodOutcome]) -> str:

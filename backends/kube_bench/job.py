@@ -3,23 +3,28 @@
 The Job is Indexed (``completionMode: Indexed``, ``completions = parallelism = N``): pod ``k`` gets
 ``JOB_COMPLETION_INDEX=k`` and takes share ``k`` of the level. ``backoffLimitPerIndex: 0`` keeps a
 failed pod from being retried (a retry would send its share again, late) without failing the other
-indexes, so the pods that do run keep their results. Every object carries
+indexes, so the pods that do run keep their results. A server older than 1.29 drops that field (and
+would retry up to the default ``backoffLimit`` of 6), so there the Job gets ``backoffLimit: 0``: no
+retry, but the first failed pod fails the Job and its other pods are stopped. Every object carries
 ``app.kubernetes.io/managed-by: servedeck`` and ``servedeck.io/bench-run: <run id>``; the driver deletes
 them when the run ends (``ttlSecondsAfterFinished`` cleans a Job up if the driver died).
 
-The pod's command installs ServeDeck's wheel from the mounted ConfigMaps into a venv that sees the
-image's own packages (so an image that already has the dependencies downloads nothing), installs the
-worker's few dependencies from PyPI when they are missing, then runs the worker.
+The pod's command is ``pod_bootstrap`` run by the image's ``python3``: it unzips ServeDeck's wheel from the
+mounted ConfigMaps, uses the image's own packages (an image that has the worker's dependencies
+downloads nothing and needs no pip) and installs only the missing ones with pip, then runs the worker.
+A pod that cannot writes one line to its termination message (``FallbackToLogsOnError`` gives the log's
+tail for any other failure).
 """
 
 from __future__ import annotations
 
 import base64
-import shlex
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from backends.kube.resources import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from backends.kube_bench import pod_bootstrap
 from backends.kube_bench.plan import BUNDLE_DIR_ENV, DEFAULT_BUNDLE_DIR, INDEX_ENV, PLAN_ENV, WorkerPlan
 
 DEFAULT_LOADGEN_IMAGE = "python:3.11-slim"
@@ -28,11 +33,11 @@ BENCH_LEVEL_LABEL = "servedeck.io/bench-level"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 COMPONENT = "loadgen"
 CONTAINER_NAME = "loadgen"
-WORKER_MODULE = "tui.commands.bench_worker"
+WORKER_MODULE = pod_bootstrap.WORKER_MODULE
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 LEGACY_JOB_NAME_LABEL = "job-name"
-VENV = "/tmp/servedeck-venv"
 RUN_AS_USER = 65532
 JOB_TTL_S = 600
 API_KEY_SECRET_KEY = "api-key"
@@ -99,20 +104,14 @@ def render_api_key_secret(run_id: str, namespace: str, api_key: str) -> dict[str
     }
 
 
-def bootstrap_script(wheel_name: str, requirements: Sequence[str]) -> str:
-    """The pod's shell command: install the carried wheel and the worker's dependencies, run the worker."""
-    wheel = shlex.quote(f"/tmp/{wheel_name}")
-    python = f"{VENV}/bin/python"
-    return "\n".join(
-        [
-            "set -eu",
-            f'cat "${BUNDLE_DIR_ENV}"/wheel.part-* > {wheel}',
-            f"python -m venv --system-site-packages {VENV}",
-            f"{python} -m pip install --quiet --no-deps --no-index {wheel}",
-            f"{python} -m pip install --quiet {' '.join(shlex.quote(r) for r in requirements)}",
-            f"exec {python} -m {WORKER_MODULE}",
-        ]
-    )
+def bootstrap_source() -> str:
+    """The pod's entry point (``pod_bootstrap``), as the text ``python3 -c`` runs."""
+    return Path(pod_bootstrap.__file__).read_text(encoding="utf-8")
+
+
+def pod_command(wheel_name: str, requirements: Sequence[str]) -> list[str]:
+    """The container's command: the bootstrap, given the carried wheel's name and the worker's needs."""
+    return ["python3", "-c", bootstrap_source(), wheel_name, *requirements]
 
 
 def render_job(
@@ -124,7 +123,9 @@ def render_job(
     requirements: Sequence[str],
     configmaps: Sequence[str],
     api_key_secret: str | None = None,
+    backoff_limit_per_index: bool = True,
 ) -> dict[str, Any]:
+    """The level's Job; ``backoff_limit_per_index=False`` for a server older than 1.29."""
     labels = level_labels(plan.run_id, plan.level_index)
     env: list[dict[str, Any]] = [
         {
@@ -137,8 +138,8 @@ def render_job(
         {"name": BUNDLE_DIR_ENV, "value": DEFAULT_BUNDLE_DIR},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
-        {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"},
-        {"name": "PIP_NO_INPUT", "value": "1"},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": pod_bootstrap.TERMINATION_LOG_ENV, "value": TERMINATION_MESSAGE_PATH},
     ]
     if plan.api_key_env and api_key_secret:
         env.append(
@@ -151,8 +152,10 @@ def render_job(
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["sh", "-c", bootstrap_script(wheel_name, requirements)],
+        "command": pod_command(wheel_name, requirements),
         "env": env,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "bundle", "mountPath": DEFAULT_BUNDLE_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
@@ -196,8 +199,11 @@ def render_job(
             "completionMode": "Indexed",
             "completions": plan.pods,
             "parallelism": plan.pods,
-            "backoffLimitPerIndex": 0,
-            "maxFailedIndexes": plan.pods,
+            **(
+                {"backoffLimitPerIndex": 0, "maxFailedIndexes": plan.pods}
+                if backoff_limit_per_index
+                else {"backoffLimit": 0}
+            ),
             "ttlSecondsAfterFinished": JOB_TTL_S,
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },

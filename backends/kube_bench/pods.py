@@ -74,7 +74,7 @@ def waiting_failure(pod: Mapping[str, Any], image: str) -> str | None:
         if reason in IMAGE_REASONS:
             text += (
                 f"; the cluster cannot pull the load-generator image {image}: check --loadgen-image "
-                "(any image with Python >= 3.11 and pip works)"
+                "(any image with Python >= 3.11; without egress, one with pydantic, numpy and httptools)"
             )
         return text
     return None

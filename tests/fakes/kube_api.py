@@ -533,6 +533,7 @@ class FakeKubeApi(ThreadedAiohttpServer):
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=16 * 1024 * 1024)
         app.router.add_get("/version", self._version)
+        app.router.add_get("/version/", self._version)  # the official client asks with the slash
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         return app
 

@@ -68,7 +68,10 @@ def add_incluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     group.add_argument(
         "--loadgen-image",
-        help=f"load-generator image: any with Python >= 3.11 and pip (default {DEFAULT_LOADGEN_IMAGE})",
+        help=(
+            f"load-generator image with Python >= 3.11 (default {DEFAULT_LOADGEN_IMAGE}); with pydantic, "
+            "numpy and httptools installed the pods need no package index"
+        ),
     )
     group.add_argument(
         "--loadgen-wheel", type=Path, help="servedeck wheel to carry to the pods (default: built from source)"
