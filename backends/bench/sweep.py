@@ -317,7 +317,12 @@ async def _run_one_level(
         message=redact(message),
         prompt_sampling=dataset.sampling,
         gpu=(
-            monitor.gpu.result(metrics.total_output_tokens, duration, config.usd_per_hour)
+            monitor.gpu.result(
+                metrics.total_output_tokens,
+                duration,
+                config.usd_per_hour,
+                outcome.start_at - monitor.started if outcome.start_at is not None else None,
+            )
             if monitor.gpu is not None
             else None
         ),

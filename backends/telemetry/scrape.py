@@ -176,10 +176,17 @@ def level_telemetry(
     output_tokens: int,
     duration_s: float,
     usd_per_hour: float | None = None,
+    window_start: float | None = None,
 ) -> LevelGpuTelemetry | None:
-    """Means over the level's good readings; energy from the counters' difference when both ends have
-    one, else mean power times the level's duration. No good reading: the last one's state and message;
-    no reading at all: None."""
+    """A level's GPU telemetry over the load's own window ``[window_start, window_start + duration_s]``
+    (the readings' clock; None: the readings' span is taken as the level).
+
+    Energy comes from the counters: the readings just outside the window bracket it, and the idle
+    stretches they add (the load generator starting and stopping, no request in flight) are taken off
+    at the lowest power read. Without counters: mean power over the window x its duration. Utilisation
+    and power means are over the readings inside the window (and the first after it, which covers its
+    end). No good reading: the last one's state and message; no reading at all: None.
+    """
     good = [r for r in readings if r.state is DcgmState.OK and r.summary is not None]
     if not good:
         if not readings:
@@ -187,13 +194,21 @@ def level_telemetry(
         final = readings[-1]
         return LevelGpuTelemetry(state=final.state.value, message=final.message)
     summaries = [r.summary for r in good if r.summary is not None]
-    utils = [s.utilisation for s in summaries if s.utilisation is not None]
-    drams = [s.dram_active for s in summaries if s.dram_active is not None]
-    powers = [s.power_w for s in summaries if s.power_w is not None]
+    ws = summaries[0].t if window_start is None else window_start
+    we = ws + duration_s
+    before = [s for s in summaries if s.t <= ws]
+    after = [s for s in summaries if s.t >= we]
+    inside = [s for s in summaries if ws < s.t < we] + after[:1]
+    if not inside:
+        inside = summaries
+    utils = [s.utilisation for s in inside if s.utilisation is not None]
+    drams = [s.dram_active for s in inside if s.dram_active is not None]
+    powers = [s.power_w for s in inside if s.power_w is not None]
     fbs = [s.fb_used_mib for s in summaries if s.fb_used_mib is not None]
     energy: float | None = None
     source: str | None = None
-    first, last = summaries[0], summaries[-1]
+    first = before[-1] if before else summaries[0]
+    last = after[0] if after else summaries[-1]
     if (
         first.energy_j is not None
         and last.energy_j is not None
@@ -201,23 +216,30 @@ def level_telemetry(
         and last.gpus == first.gpus
         and last.energy_j >= first.energy_j
     ):
-        # The counters' rate over the span they cover, stretched to the level (the first reading is
-        # up to a second in, the last at its end).
-        rate = (last.energy_j - first.energy_j) / (last.t - first.t)
-        energy, source = rate * duration_s, "counter"
+        idle_w = min((s.power_w for s in summaries if s.power_w is not None), default=0.0)
+        outside = max(ws - first.t, 0.0) + max(last.t - we, 0.0)
+        span_j = last.energy_j - first.energy_j
+        energy, source = max(span_j - idle_w * outside, 0.0), "counter"
+        if not before or not after:
+            # The counters do not reach round the window: their rate over what they cover, for the level.
+            energy = span_j / (last.t - first.t) * duration_s
     elif powers and duration_s > 0:
         energy, source = math.fsum(powers) / len(powers) * duration_s, "power x time"
     kj_per_1m = energy / 1000.0 / output_tokens * 1e6 if energy is not None and output_tokens > 0 else None
     usd_per_1m = None
     if usd_per_hour is not None and output_tokens > 0 and duration_s > 0:
         usd_per_1m = usd_per_hour * duration_s / 3600.0 / output_tokens * 1e6
+    if energy is not None and source == "counter" and duration_s > 0:
+        power_mean: float | None = energy / duration_s
+    else:
+        power_mean = math.fsum(powers) / len(powers) if powers else None
     return LevelGpuTelemetry(
         gpus=max(s.gpus for s in summaries),
         readings=len(good),
         simulated=any(r.simulated for r in good),
         gpu_util_mean=math.fsum(utils) / len(utils) if utils else None,
         dram_active_mean=math.fsum(drams) / len(drams) if drams else None,
-        power_w_mean=math.fsum(powers) / len(powers) if powers else None,
+        power_w_mean=power_mean,
         power_w_max=max(powers) if powers else None,
         fb_used_mib_max=max(fbs) if fbs else None,
         energy_j=energy,
@@ -236,6 +258,11 @@ def telemetry_url(configured: str | None, target_kind: str, base_url: str) -> st
     return None
 
 
+# Four readings a second: a level at high concurrency can last well under a second, and the energy
+# counter must bracket it closely. A scrape is one small GET from the sweep's own event loop.
+READ_INTERVAL_S = 0.25
+
+
 class LevelGpuMonitor:
     """Reads GPU telemetry beside one level, in the sweep's own event loop (never the load workers')."""
 
@@ -250,7 +277,9 @@ class LevelGpuMonitor:
         self.latest = reading.summary if reading.state is DcgmState.OK else None
 
     def start(self, stop: asyncio.Event) -> asyncio.Task[None]:
-        return asyncio.create_task(self.scraper.run(self.on_reading, stop, clock=self.clock))
+        return asyncio.create_task(
+            self.scraper.run(self.on_reading, stop, interval_s=READ_INTERVAL_S, clock=self.clock)
+        )
 
     async def finish(self) -> None:
         """A last reading at the level's end (the energy counter's end point), then close."""
@@ -260,6 +289,10 @@ class LevelGpuMonitor:
             await self.scraper.aclose()
 
     def result(
-        self, output_tokens: int, duration_s: float, usd_per_hour: float | None
+        self,
+        output_tokens: int,
+        duration_s: float,
+        usd_per_hour: float | None,
+        window_start: float | None = None,
     ) -> LevelGpuTelemetry | None:
-        return level_telemetry(self.readings, output_tokens, duration_s, usd_per_hour)
+        return level_telemetry(self.readings, output_tokens, duration_s, usd_per_hour, window_start)

@@ -41,8 +41,9 @@ class PowerModel(BaseModel):
     """Board power of one GPU: ``idle + busy x u + dram x d + tensor x t`` W, capped at ``tdp``.
 
     ``u``, ``d``, ``t`` are the busy, DRAM-active and tensor-active fractions of the interval.
-    ``idle`` is a GPU with vLLM resident and no kernel running. CALIBRATION.md §8 gives the H100
-    measurement the coefficients come from and how the other GPUs are scaled from it.
+    ``idle`` is a GPU with vLLM resident and no kernel running. The H100 coefficients are NOT yet
+    measured (the lent GPU never started this session): tests/benchmarks/gpu_power.py is the run that
+    should fit them; the other GPUs are scaled from the H100 by their dynamic range.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -66,14 +67,15 @@ H100_BUSY_W = 100.0
 H100_DRAM_W = 250.0
 H100_TENSOR_W = 300.0
 
-# H100 SXM: fitted to the nvidia-smi readings of tests/benchmarks/gpu_power.py (CALIBRATION.md §8).
+# H100 SXM: 700 W TDP (datasheet). idle 110 W is near the recorded EKS sample's H100 holding a vLLM pod
+# at 0 % util (113.6 W, tests/data/dcgm); busy/dram/tensor are provisional estimates, not a fit.
 H100_POWER = PowerModel(
     idle_w=H100_IDLE_W,
     busy_w=H100_BUSY_W,
     dram_w=H100_DRAM_W,
     tensor_w=H100_TENSOR_W,
     tdp_w=700.0,
-    source="fit to nvidia-smi power.draw on an H100 80GB HBM3 under decode/prefill GEMMs (CALIBRATION.md §8)",
+    source="provisional: 700 W TDP (datasheet), idle near a recorded H100; activity terms unmeasured",
 )
 
 

@@ -51,6 +51,7 @@ class LevelOutcome:
     duration_s: float
     cancelled: bool = False
     error: str | None = None
+    start_at: float | None = None  # time.perf_counter() of the first dispatch (telemetry aligns to it)
 
 
 @dataclass
@@ -302,6 +303,7 @@ async def run_level(
         records=records,
         client=merge_client_stats(list(stats.values())),
         duration_s=max(0.0, end_at - start_at),
+        start_at=start_at,
         cancelled=cancelled,
         error=error,
     )
