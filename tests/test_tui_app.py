@@ -304,7 +304,8 @@ async def test_first_start_runs_the_real_local_engine_and_selects_it() -> None:
 
         await wait_until(pilot, lambda: local_status() is not TargetStatus.STOPPED)
         await wait_until(pilot, lambda: local_status() is TargetStatus.READY, timeout_s=240)
-        assert app.ctx.selected_target == "local"
+        # the registry flips the status on its own thread; the app hears of it by message
+        await wait_until(pilot, lambda: app.ctx.selected_target == "local")
         assert [target.name for target in app.ctx.targets] == ["local"]
         assert "target: local" in app.sub_title
         assert "ready" in screen_text(app)

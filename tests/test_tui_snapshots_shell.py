@@ -54,6 +54,12 @@ def snapshot_app(*, show_welcome: bool = False) -> ServeDeckApp:
 async def settle(pilot: Pilot[Any]) -> None:
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+    # The form's YAML pane follows after a debounce: picture it once it has caught up, on any machine.
+    for _ in range(100):
+        if not getattr(pilot.app.screen, "yaml_pending", False):
+            break
+        await pilot.pause(0.05)
+    await pilot.pause()
     for box in pilot.app.screen.query(Input):
         box.cursor_blink = False
     await pilot.pause()

@@ -208,6 +208,11 @@ class NewDeploymentScreen(Screen[None]):
         else:
             self._yaml_timer = self.set_timer(YAML_DEBOUNCE_S, self._show_yaml)
 
+    @property
+    def yaml_pending(self) -> bool:
+        """True while the YAML pane waits for typing to pause before it follows the form."""
+        return self._yaml_timer is not None
+
     def _show_yaml(self) -> None:
         self._yaml_timer = None
         text = self.plan.yaml_text
