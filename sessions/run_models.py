@@ -39,6 +39,7 @@ class RunSummary(BaseModel):
     message: str | None
     levels_stored: int
     records_stored: int
+    kind: Literal["sweep", "search"] = "sweep"  # "search": an SLO search (config.search holds its verdicts)
 
 
 class LevelSummary(BaseModel):

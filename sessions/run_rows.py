@@ -63,6 +63,7 @@ def summary_from_row(row: tuple[Any, ...]) -> RunSummary:
         message=redact(row[11]),
         levels_stored=row[12],
         records_stored=row[13],
+        kind="search" if config.search is not None else "sweep",
     )
 
 

@@ -16,6 +16,7 @@ from backends.bench.models import (
     ServerSnapshot,
     Target,
 )
+from backends.bench.search_record import SearchRecord
 from backends.telemetry.models import LevelGpuTelemetry
 
 
@@ -78,6 +79,9 @@ class SweepConfig(BaseModel):
     endpoint: str = "chat"  # "chat" -> /v1/chat/completions, "completions" -> /v1/completions
     temperature: float = 0.0
     label: str | None = None
+    search: SearchRecord | None = Field(
+        default=None, description="set on the run of an SLO search (bench --find-max): its verdicts"
+    )
     usd_per_hour: float | None = Field(
         default=None, gt=0, description="the hardware's price when the run was planned ($ per hour)"
     )

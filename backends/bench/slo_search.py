@@ -24,10 +24,11 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from backends.bench.models import Axis, ProgressSnapshot, RequestRecord
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
+from backends.bench.search_record import SearchLevel, SearchRecord
 from backends.bench.slo import Slo, SloTarget
 from backends.bench.sweep import RecordsBatch, SweepEvent, _run_one_level, prepare_dataset, validate_config
 
@@ -36,18 +37,6 @@ DEFAULT_TOLERANCE = 0.1
 _GROWING_SCRAPES = 5
 _GROWTH_FROM_PREDICTION = 1.5
 _GROWTH_FROM_PROBE = 4.0
-
-
-class SearchLevel(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    value: float
-    verdict: str  # "pass" | "fail" | "client-limited"
-    reasons: tuple[str, ...] = ()
-    stopped_by: str | None = None
-    p99_ttft_ms: float = 0.0
-    p99_tpot_ms: float = 0.0
-    request_throughput: float = 0.0
 
 
 class SearchResult(BaseModel):
@@ -276,7 +265,12 @@ async def find_max(
             hi = mid
             if outcome.verdict == "client-limited":
                 note = f"the client limited {outcome.value:g}: not the server's verdict; searched below it"
-    run.config = config.model_copy(update={"levels": values, "label": base.label or _label(axis, slo, lo)})
+    record = SearchRecord(
+        slo=slo.text, start=first, start_source=start_source, knee=lo, levels=tuple(tried), note=note
+    )
+    run.config = config.model_copy(
+        update={"levels": values, "label": base.label or _label(axis, slo, lo), "search": record}
+    )
     run.finished_at = datetime.now(UTC)
     run.status = RunStatus.PARTIAL if cancel.is_set() else RunStatus.COMPLETE
     run.message = (
