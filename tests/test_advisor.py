@@ -19,7 +19,7 @@ from manifests.catalog import default_catalog
 from manifests.cost import estimate_cost
 from manifests.gpus import ACCELERATORS, GpuType
 from tests.cli_runner import run_subcommand
-from tui.commands import plan
+from tui.cli import plan
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,11 +21,11 @@ from backends.bench.results import SweepConfig
 from backends.bench.sweep import SweepStarted
 from manifests.cost import usd_per_million_tokens
 from sessions.database import DB_FILENAME
+from sessions.run_recorder import HistoryRecorder
 from sessions.store import SessionStore
 from tests.fakes.sse_server import FakeSSEServer
 from tests.test_tui_bench import fixed_sweep
-from tui.commands.bench_display import results_table
-from tui.commands.bench_history import HistoryRecorder
+from tui.cli.bench_display import results_table
 
 DATA = Path(__file__).parent / "data"
 

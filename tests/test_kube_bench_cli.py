@@ -37,8 +37,8 @@ from tests.fakes.kube_jobs import (
 )
 from tests.fakes.kube_objects import foreign_service, vllm_deployment
 from tests.fakes.sse_server import FakeSSEServer
-from tui.commands import bench
-from tui.commands.bench_incluster import add_incluster_arguments, check_local_run, run_in_cluster
+from tui.cli import bench
+from tui.cli.bench_incluster import add_incluster_arguments, check_local_run, run_in_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,7 +63,7 @@ def run_cli(argv: list[str]) -> int:
         from tui.cli import main
 
         return main(argv)
-    # What the lead's wiring in tui/commands/bench.py does: the options, an optional --target, the hand-off.
+    # What the lead's wiring in tui/cli/bench.py does: the options, an optional --target, the hand-off.
     add_incluster_arguments(bench_parser)
     for action in bench_parser._actions:
         if action.dest == "target":

@@ -273,7 +273,7 @@ def test_servedecks_wheel_is_built_at_run_time_fits_a_configmap_and_leaves_the_t
     assert size <= PART_BYTES, f"the wheel is {size} bytes: it now needs {size // PART_BYTES + 1} ConfigMaps"
     with zipfile.ZipFile(built_wheel) as archive:
         names = archive.namelist()
-    assert "tui/commands/bench_worker.py" in names
+    assert "tui/cli/bench_worker.py" in names
     assert "backends/kube_bench/worker.py" in names
     assert not any("__pycache__" in name or name.startswith("tests/") for name in names)
     assert check_wheel(built_wheel) == built_wheel
@@ -324,7 +324,7 @@ def _allowed_modules() -> set[str]:
 def test_the_worker_imports_only_what_a_pod_installs() -> None:
     probe = (
         "import json, sys\n"
-        "import tui.commands.bench_worker, backends.kube_bench.worker, uvloop\n"
+        "import tui.cli.bench_worker, backends.kube_bench.worker, uvloop\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))\n"
     )
     done = subprocess.run(

@@ -25,7 +25,7 @@ from tests.fakes.sse_server import FakeSSEServer
 pytestmark = pytest.mark.timeout(120)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER = [sys.executable, "-m", "tui.commands.bench_worker"]
+WORKER = [sys.executable, "-m", "tui.cli.bench_worker"]
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ class socket_on_closed_port:
 def test_bench_worker_registers_as_a_hidden_servedeck_command(tmp_path: Path) -> None:
     import argparse
 
-    from tui.commands import bench_worker
+    from tui.cli import bench_worker
 
     root = argparse.ArgumentParser(prog="servedeck")
     subparsers = root.add_subparsers(dest="command", metavar="COMMAND")

@@ -20,7 +20,7 @@ from tests.cli_runner import run_subcommand
 from tests.fakes.kube_api import FakeKubeApi, wait_until
 from tests.fakes.kube_objects import foreign_app, gke_tutorial_deployment
 from tests.fakes.kube_rollout import ScriptedRollout
-from tui.commands import deploy
+from tui.cli import deploy
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -292,7 +292,7 @@ def test_forward_runs_until_interrupted(
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     kube_api.set_port_backend(NS, pod, 8000, backend.server_address[:2])  # type: ignore[arg-type]
     driver = "import sys; from tui.cli import main; sys.argv[0] = 'servedeck'; " + (
-        "import argparse; from tui.commands import deploy; from backends.errors import ServeDeckError; "
+        "import argparse; from tui.cli import deploy; from backends.errors import ServeDeckError; "
         "p = argparse.ArgumentParser(); deploy.add_parser(p.add_subparsers()); "
         "a = p.parse_args(['deploy', 'forward', sys.argv[1], '--local-port', '0']); sys.exit(a.handler(a))"
     )

@@ -21,7 +21,7 @@ from tests.cli_runner import run_subcommand
 from tests.fakes.kube_api import FakeKubeApi, make_certificate, wait_until
 from tests.fakes.kube_objects import vllm_deployment
 from tests.fakes.kube_rollout import ScriptedRollout
-from tui.commands import deploy
+from tui.cli import deploy
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,5 +1,5 @@
 """`servedeck deploy render` and `servedeck cost` through their argparse entry points (a throwaway `deploy`
-group stands in for tui/commands/deploy.py, which registers the real one)."""
+group stands in for tui/cli/deploy.py, which registers the real one)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from backends.errors import ConfigError
-from tui.commands import cost, deploy_render
+from tui.cli import cost, deploy_render
 
 
 def _parser() -> argparse.ArgumentParser:

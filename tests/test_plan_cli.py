@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_runner import run_subcommand
-from tui.commands import plan
+from tui.cli import plan
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -30,10 +30,10 @@ from backends.twin.engine_config import TwinConfig
 from backends.twin.process import TwinProcess, start_twin_process
 from tests.test_datasets import WhitespaceCounter, conversation, file_spec, words, write_json
 from tests.test_tui_bench import fixed_sweep
-from tui.commands.bench_display import results_table
-from tui.widgets.bench_config import build_runs, values_from_config
-from tui.widgets.bench_form import BenchForm
-from tui.widgets.bench_results import SweepResultsPanel
+from tui.cli.bench_display import results_table
+from tui.services.bench_config import build_runs, values_from_config
+from tui.widgets.bench.form import BenchForm
+from tui.widgets.bench.results import SweepResultsPanel
 
 TWIN = TwinConfig.build("gemma-3-27b-it", "h100", 1)
 

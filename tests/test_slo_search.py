@@ -171,7 +171,7 @@ def test_bad_search_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> Non
 def test_request_rate_search_starts_from_the_twin_prediction(
     capsys: pytest.CaptureFixture[str], tmp_path: object
 ) -> None:
-    from tui.commands.bench_search import predicted_start
+    from tui.cli.bench_search import predicted_start
 
     slo = parse_slo("p99_ttft:2000,p99_tpot:100")
     with start_twin_process(TWIN, log_interval_s=3600.0) as twin:

@@ -22,7 +22,7 @@ from tui.context import AppContext
 from tui.messages import TargetsChanged
 from tui.screens.help import HelpScreen
 from tui.screens.welcome import WelcomeScreen
-from tui.widgets.deploy_table import DeploymentTable
+from tui.widgets.deploy.table import DeploymentTable
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
@@ -283,8 +283,8 @@ async def test_first_start_runs_the_real_local_engine_and_selects_it() -> None:
     from backends.engines.local import LocalEngineConfig
     from backends.target_registry import TargetStatus
     from tests.conftest import require_llama_server
-    from tui.widgets.deploy_details import DeploymentDetailsScreen
-    from tui.widgets.deploy_log_view import DeployLogView
+    from tui.widgets.deploy.details import DeploymentDetailsScreen
+    from tui.widgets.deploy.log_view import DeployLogView
 
     require_llama_server()
     app = make_app(
@@ -328,7 +328,7 @@ async def test_first_start_runs_the_real_local_engine_and_selects_it() -> None:
 def test_servedeck_tui_command_parses_its_options() -> None:
     import argparse
 
-    from tui.commands import app as app_command
+    from tui.cli import app as app_command
 
     parser = argparse.ArgumentParser(prog="servedeck")
     app_command.add_parser(parser.add_subparsers(dest="command"))
@@ -410,7 +410,7 @@ async def test_bench_form_picks_defaults_per_target_and_shows_an_estimate() -> N
     from textual.widgets import SelectionList
 
     from tui.screens.bench import BenchScreen
-    from tui.widgets.bench_form import BenchForm
+    from tui.widgets.bench.form import BenchForm
 
     ctx = AppContext(
         targets=[
@@ -448,7 +448,7 @@ async def test_live_numbers_do_not_keep_a_finished_levels_server_counts() -> Non
 
     from backends.bench.models import Axis, ProgressSnapshot, ServerSnapshot
     from tests.test_tui_bench import fixed_sweep
-    from tui.widgets.bench_progress import SweepProgressPanel
+    from tui.widgets.bench.progress import SweepProgressPanel
 
     class PanelApp(App[None]):
         def compose(self) -> ComposeResult:

@@ -18,7 +18,7 @@ from tui.context import AppContext
 from tui.screens.bench import BenchScreen
 from tui.screens.chat import ChatScreen
 from tui.screens.deployments import DeploymentsScreen
-from tui.widgets.deploy_dialogs import ConfirmScreen
+from tui.widgets.deploy.dialogs import ConfirmScreen
 
 pytestmark = pytest.mark.anyio
 

@@ -40,12 +40,10 @@ from tests.fakes.sse_server import FakeSSEServer
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
 from tui.screens.history import HistoryScreen
-from tui.widgets.bench_config import BenchFormValues, build_runs, parse_levels, values_from_config
-from tui.widgets.bench_cost import PriceSource
-from tui.widgets.bench_export import ExportDialog
-from tui.widgets.bench_host import thin
-from tui.widgets.bench_live import LiveCharts
-from tui.widgets.bench_runner import (
+from tui.services.bench_config import BenchFormValues, build_runs, parse_levels, values_from_config
+from tui.services.bench_cost import PriceSource
+from tui.services.sweep_host import thin
+from tui.services.sweep_runner import (
     AllRunsDone,
     LevelBegan,
     LevelDone,
@@ -53,9 +51,11 @@ from tui.widgets.bench_runner import (
     RunFinished,
     RunStarted,
 )
-from tui.widgets.bench_sweep_chart import CostChart, SweepChart, series_from_levels
+from tui.widgets.bench.export import ExportDialog
+from tui.widgets.bench.live import LiveCharts
+from tui.widgets.bench.sweep_chart import CostChart, SweepChart, series_from_levels
 from tui.widgets.charts import SeriesBuffer, downsample_envelope, downsample_mean
-from tui.widgets.history_runs import RunsTable
+from tui.widgets.history.runs import RunsTable
 
 pytestmark = pytest.mark.anyio
 
@@ -436,7 +436,7 @@ def snapshot_at(t: float) -> ProgressSnapshot:
 def inject_finished_sweep(screen: BenchScreen, sweeps: list[tuple[SweepResult, float | None]]) -> None:
     """Post the runner's own messages with fixed results, as a finished sweep would."""
     from tui.screens.bench import _RunState
-    from tui.widgets.bench_config import PlannedRun
+    from tui.services.bench_config import PlannedRun
 
     screen._runs = [
         _RunState(planned=PlannedRun(config=s.config.model_copy(update={"usd_per_hour": price})))
@@ -729,7 +729,7 @@ async def test_the_target_list_keeps_its_cursor_across_refreshes(
 
 
 async def test_a_run_deleted_in_history_leaves_the_bench_view_and_its_export(tmp_path: Path) -> None:
-    from tui.widgets.deploy_dialogs import ConfirmScreen
+    from tui.widgets.deploy.dialogs import ConfirmScreen
 
     app = BenchHarness(AppContext(data_dir=tmp_path))
     async with app.run_test(size=SIZE) as pilot:

@@ -31,9 +31,9 @@ from tests.test_tui_bench import (
 )
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
-from tui.widgets.bench_export import ExportDialog
-from tui.widgets.bench_runner import LevelBegan, LevelDone, LiveSample, RunStarted
-from tui.widgets.bench_sweep_chart import CostChart, SweepChart
+from tui.services.sweep_runner import LevelBegan, LevelDone, LiveSample, RunStarted
+from tui.widgets.bench.export import ExportDialog
+from tui.widgets.bench.sweep_chart import CostChart, SweepChart
 from tui.widgets.charts import LiveChart, level_segments, segment_points
 
 pytestmark = pytest.mark.anyio
@@ -211,7 +211,7 @@ async def live_bench(app: BenchHarness, pilot: Any) -> BenchScreen:
     await pilot.pause()
     screen = bench(app)
     from tui.screens.bench import _RunState
-    from tui.widgets.bench_config import PlannedRun
+    from tui.services.bench_config import PlannedRun
 
     screen._runs = [_RunState(planned=PlannedRun(config=fixed_sweep("twin", "runlive", 1.0).config))]
     screen.show_tab("bench-live")

@@ -19,11 +19,11 @@ from tests.fakes.sse_server import VOCAB, FakeSSEServer
 from tui.context import AppContext
 from tui.messages import TargetsChanged
 from tui.screens.chat import ChatScreen
-from tui.widgets.chat_lane import ChatLane
-from tui.widgets.chat_message import AnswerView
-from tui.widgets.chat_records import RACE_KEY
-from tui.widgets.chat_sessions import ChatSessionList
-from tui.widgets.chat_stats import AnswerStatsLine
+from tui.services.chat_records import RACE_KEY
+from tui.widgets.chat.lane import ChatLane
+from tui.widgets.chat.message import AnswerView
+from tui.widgets.chat.sessions import ChatSessionList
+from tui.widgets.chat.stats import AnswerStatsLine
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)

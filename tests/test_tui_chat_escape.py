@@ -18,7 +18,7 @@ from tui.app import VIEWS, ServeDeckApp
 from tui.context import AppContext
 from tui.screens.chat import ChatScreen
 from tui.screens.deployments import DeploymentsScreen
-from tui.widgets.chat_lane import ChatLane
+from tui.widgets.chat.lane import ChatLane
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 WAIT_S = 60.0

@@ -40,10 +40,10 @@ from tui.context import AppContext
 from tui.screens import deployments as deployments_screen
 from tui.screens.deployments import NEW_DEPLOYMENT_SCREEN
 from tui.screens.new_deployment import NewDeploymentScreen
-from tui.widgets.deploy_details import DeploymentDetailsScreen
-from tui.widgets.deploy_dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
-from tui.widgets.deploy_log_view import STATS_STYLE, DeployLogView, LogLines
-from tui.widgets.deploy_table import DeploymentTable
+from tui.widgets.deploy.details import DeploymentDetailsScreen
+from tui.widgets.deploy.dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
+from tui.widgets.deploy.log_view import STATS_STYLE, DeployLogView, LogLines
+from tui.widgets.deploy.table import DeploymentTable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 SIZE = (120, 40)
@@ -791,7 +791,7 @@ async def test_a_custom_spec_twin_gets_its_own_row_and_a_second_start_is_a_toast
 
 @pytest.mark.parametrize(("gpu", "count"), [("h100", 1), ("h100", 2), ("l4", 4), ("cpu-c4", 1)])
 async def test_the_table_and_the_form_show_one_price_with_its_parts(gpu: str, count: int) -> None:
-    from tui.widgets.deploy_table import format_price
+    from tui.widgets.deploy.table import format_price
 
     app = make_app()
     async with app.run_test(size=(160, 45)) as pilot:

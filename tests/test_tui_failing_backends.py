@@ -22,7 +22,7 @@ from backends.target_registry import ManualTargetStore
 from tests.test_tui_deployments import BACKEND_DOWN, FailingRegistry
 from tui.app import VIEWS, ServeDeckApp
 from tui.context import AppContext
-from tui.widgets.deploy_dialogs import ConfirmScreen
+from tui.widgets.deploy.dialogs import ConfirmScreen
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 

@@ -22,11 +22,11 @@ from tests.test_tui_bench import RUN_START, fixed_sweep, seed
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
 from tui.screens.history import HistoryScreen
-from tui.widgets.bench_sweep_chart import SweepChart
-from tui.widgets.deploy_dialogs import ConfirmScreen
-from tui.widgets.history_chats import ChatsTable
-from tui.widgets.history_overlay import overlay_series, series_names
-from tui.widgets.history_runs import RunsTable
+from tui.widgets.bench.sweep_chart import SweepChart
+from tui.widgets.deploy.dialogs import ConfirmScreen
+from tui.widgets.history.chats import ChatsTable
+from tui.widgets.history.overlay import overlay_series, series_names
+from tui.widgets.history.runs import RunsTable
 
 pytestmark = pytest.mark.anyio
 

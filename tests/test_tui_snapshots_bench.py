@@ -21,7 +21,7 @@ from backends.bench.models import ProgressSnapshot, ServerSnapshot, Target, Targ
 from tests.test_tui_bench import BenchHarness, fixed_sweep, inject_finished_sweep, seed
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
-from tui.widgets.bench_runner import LevelBegan, LiveSample, RunStarted
+from tui.services.sweep_runner import LevelBegan, LiveSample, RunStarted
 from tui.widgets.charts import LiveChart
 
 SIZE = (120, 40)
@@ -135,8 +135,8 @@ def test_bench_live_level(snap_compare: Any, tmp_path: Path) -> None:
         assert isinstance(screen, BenchScreen)
         sweep = fixed_sweep("twin-1xH100", "runh100", 1.0)
         from tui.screens.bench import _RunState
-        from tui.widgets.bench_config import PlannedRun
-        from tui.widgets.bench_runner import LevelDone
+        from tui.services.bench_config import PlannedRun
+        from tui.services.sweep_runner import LevelDone
 
         priced = sweep.config.model_copy(update={"usd_per_hour": 11.0})
         screen._runs = [_RunState(planned=PlannedRun(config=priced))]
@@ -207,8 +207,8 @@ def test_bench_live_level_at_demo_sizes(snap_compare: Any, tmp_path: Path, size:
         assert isinstance(screen, BenchScreen)
         sweep = fixed_sweep("twin-1xH100", "runh100", 1.0)
         from tui.screens.bench import _RunState
-        from tui.widgets.bench_config import PlannedRun
-        from tui.widgets.bench_runner import LevelDone
+        from tui.services.bench_config import PlannedRun
+        from tui.services.sweep_runner import LevelDone
 
         screen._runs = [_RunState(planned=PlannedRun(config=sweep.config))]
         screen.show_tab("bench-live")

@@ -20,9 +20,9 @@ from backends.bench.models import Target, TargetKind
 from sessions import AnswerTiming, MessageRole, MessageStatus, SessionStore
 from tests.test_tui_chat import ChatTestApp, chat_screen, wait_until
 from tui.context import AppContext
-from tui.widgets.chat_message import AnswerView
-from tui.widgets.chat_records import RACE_KEY, RACE_LANE_KEY
-from tui.widgets.chat_sessions import ChatSessionList
+from tui.services.chat_records import RACE_KEY, RACE_LANE_KEY
+from tui.widgets.chat.message import AnswerView
+from tui.widgets.chat.sessions import ChatSessionList
 
 SnapCompare = Callable[..., bool]
 

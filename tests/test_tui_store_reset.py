@@ -11,8 +11,8 @@ from sessions.store import SessionStore
 from tests.test_sessions_store_faults import corrupt_a_table_page, quarantined, store_with_runs
 from tests.test_tui_history import SIZE, HistoryHarness, history, wait_until
 from tui.context import AppContext
-from tui.widgets.deploy_dialogs import ConfirmScreen
-from tui.widgets.history_runs import RunsTable
+from tui.widgets.deploy.dialogs import ConfirmScreen
+from tui.widgets.history.runs import RunsTable
 
 pytestmark = pytest.mark.anyio
 

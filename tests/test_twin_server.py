@@ -492,7 +492,7 @@ def test_port_in_use_is_one_clear_error(twin: TwinServer) -> None:
 
 _CLI = (
     "import argparse, sys\n"
-    "from tui.commands import twin\n"
+    "from tui.cli import twin\n"
     "parser = argparse.ArgumentParser(prog='servedeck')\n"
     "twin.add_parser(parser.add_subparsers())\n"
     "args = parser.parse_args(sys.argv[1:])\n"

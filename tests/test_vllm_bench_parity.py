@@ -24,7 +24,7 @@ from backends.engines.local import LocalEngine
 from backends.twin.engine_config import TwinConfig
 from backends.twin.process import TwinProcess, start_twin_process
 from tui.cli import build_parser
-from tui.commands.bench_vllm import normalize
+from tui.cli.bench_vllm import normalize
 
 TWIN = TwinConfig.build("gemma-3-27b-it", "h100", 1)
 

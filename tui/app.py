@@ -263,7 +263,7 @@ class ServeDeckApp(App[None]):
             pass  # only means the welcome shows again next time
 
     async def action_quit(self) -> None:
-        from tui.widgets.deploy_dialogs import ConfirmScreen
+        from tui.widgets.deploy.dialogs import ConfirmScreen
 
         if self._sweep_running() and not isinstance(self.screen, ConfirmScreen):
 

@@ -1,6 +1,6 @@
 """What the sweep charts draw, read from finished levels: one series per target or saved run.
 
-Shared by the terminal charts (tui/widgets/bench_sweep_chart.py) and the SVG export
+Shared by the terminal charts (tui/widgets/bench/sweep_chart.py) and the SVG export
 (backends/bench/chart_svg.py), so both show the same numbers, marks and colours. Latency is in ms
 everywhere, as in the level table.
 """

@@ -32,7 +32,7 @@ WHEEL_BUILD_TIMEOUT_S = 300.0
 SOURCE_PACKAGES = ("backends", "manifests", "sessions", "tui")
 SOURCE_FILES = ("pyproject.toml", "README.md")
 WORKER_DISTRIBUTIONS = ("pydantic", "numpy", "uvloop", "httptools")
-"""What ``python -m tui.commands.bench_worker`` imports besides the standard library (tested)."""
+"""What ``python -m tui.cli.bench_worker`` imports besides the standard library (tested)."""
 _PART_KEY = re.compile(r"^(?P<blob>[a-z]+)\.part-(?P<index>\d{3})$")
 
 

@@ -25,7 +25,7 @@ EXIT_CODE = 78
 """EX_CONFIG: the pod could not get what the worker needs (the driver takes the termination message as is)."""
 TERMINATION_LOG_ENV = "SERVEDECK_TERMINATION_LOG"
 BUNDLE_ENV = "SERVEDECK_BENCH_BUNDLE"
-WORKER_MODULE = "tui.commands.bench_worker"
+WORKER_MODULE = "tui.cli.bench_worker"
 OPTIONAL = frozenset({"uvloop"})
 """Installed when pip can, not required: the worker falls back to asyncio's own loop."""
 DEFAULT_INDEX = "https://pypi.org/simple"

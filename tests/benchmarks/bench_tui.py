@@ -40,7 +40,7 @@ from typing import Any
 COLUMNS, LINES = 120, 40
 APP_CODE = (
     "import sys\n"
-    "from tui.commands.app import run_app\n"
+    "from tui.cli.app import run_app\n"
     "import argparse\n"
     "sys.exit(run_app(argparse.Namespace(no_local_engine={no_engine}, data_dir=None)))\n"
 )

@@ -59,9 +59,9 @@ from tests.fakes.sse_server import start_in_process, stop_process
 from tui.app import VIEWS, ServeDeckApp
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
-from tui.widgets.bench_live import LiveCharts
-from tui.widgets.bench_results import SweepResultsPanel
-from tui.widgets.bench_runner import LiveSample
+from tui.services.sweep_runner import LiveSample
+from tui.widgets.bench.live import LiveCharts
+from tui.widgets.bench.results import SweepResultsPanel
 from tui.widgets.charts import LiveChart
 
 SIZE = (120, 40)

@@ -11,7 +11,7 @@ has ``backoffLimitPerIndex`` (1.29+), else by a replacement pod for its index un
 ``backoffLimit`` (default 6), when the Job fails and its other pods are terminated.
 
 Behaviours here: ``scripted_worker`` prints the protocol lines of prepared records (what a pod would
-print), ``exec_worker`` runs the real ``python -m tui.commands.bench_worker`` in a subprocess with the
+print), ``exec_worker`` runs the real ``python -m tui.cli.bench_worker`` in a subprocess with the
 pod's env and its mounted bundle, piping its stdout into the pod log, ``run_container(image)`` runs the
 container's own command as a kubelet would (``$(VAR)`` expansion, the bundle and termination-message
 paths mapped to temporary files, the ``FakeImage``'s Python first on ``PATH``, the termination message

@@ -30,14 +30,9 @@ from sessions.run_models import RunFilter
 from sessions.store import SessionStore
 from tui.context import AppContext
 from tui.messages import TargetsChanged
-from tui.widgets.bench_config import PlannedRun, build_runs, format_level, values_from_config
-from tui.widgets.bench_cost import catalog_price_per_hour
-from tui.widgets.bench_export import ExportDialog, write_exports
-from tui.widgets.bench_form import BenchForm
-from tui.widgets.bench_live import LiveCharts
-from tui.widgets.bench_progress import SweepProgressPanel
-from tui.widgets.bench_results import SweepResultsPanel
-from tui.widgets.bench_runner import (
+from tui.services.bench_config import PlannedRun, build_runs, format_level, values_from_config
+from tui.services.bench_cost import catalog_price_per_hour
+from tui.services.sweep_runner import (
     AllRunsDone,
     LevelBegan,
     LevelDone,
@@ -49,8 +44,13 @@ from tui.widgets.bench_runner import (
     RunStarted,
     SweepRunner,
 )
-from tui.widgets.bench_store import app_context, open_store
-from tui.widgets.bench_sweep_chart import SweepSeries, series_from_levels
+from tui.store_access import app_context, open_store
+from tui.widgets.bench.export import ExportDialog, write_exports
+from tui.widgets.bench.form import BenchForm
+from tui.widgets.bench.live import LiveCharts
+from tui.widgets.bench.progress import SweepProgressPanel
+from tui.widgets.bench.results import SweepResultsPanel
+from tui.widgets.bench.sweep_chart import SweepSeries, series_from_levels
 from tui.widgets.footer import KeysFooter
 
 TABS = ("bench-setup", "bench-live", "bench-sweep")

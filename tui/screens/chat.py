@@ -24,13 +24,13 @@ from backends.chat_stats import AnswerStats
 from backends.errors import ServeDeckError
 from sessions import ChatSession, ChatSummary
 from tui.messages import TargetsChanged
-from tui.widgets.chat_dialogs import ConfirmDeleteScreen, RenameChatScreen
-from tui.widgets.chat_lane import ChatLane
-from tui.widgets.chat_message import AnswerView
-from tui.widgets.chat_records import RACE_KEY, RaceSeat, params_from_session, race_group
-from tui.widgets.chat_sessions import ChatSessionList
-from tui.widgets.chat_settings import ChatSettings
-from tui.widgets.chat_stats import format_ms
+from tui.services.chat_records import RACE_KEY, RaceSeat, params_from_session, race_group
+from tui.widgets.chat.dialogs import ConfirmDeleteScreen, RenameChatScreen
+from tui.widgets.chat.lane import ChatLane
+from tui.widgets.chat.message import AnswerView
+from tui.widgets.chat.sessions import ChatSessionList
+from tui.widgets.chat.settings import ChatSettings
+from tui.widgets.chat.stats import format_ms
 from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from textual.widgets import DataTable, Header, Input, Static
 
 from backends.target_registry import LOCAL_KEY, DeploymentRow, TargetSource, TargetStatus
 from tui.messages import TargetsChanged
-from tui.widgets.deploy_dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
-from tui.widgets.deploy_table import DeploymentTable
+from tui.widgets.deploy.dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
+from tui.widgets.deploy.table import DeploymentTable
 from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ class DeploymentsScreen(Screen[None]):
         row = self.highlighted_row()
         if row is None:
             return
-        from tui.widgets.deploy_details import DeploymentDetailsScreen
+        from tui.widgets.deploy.details import DeploymentDetailsScreen
 
         self.app.push_screen(DeploymentDetailsScreen(row.key))
 
@@ -302,7 +302,7 @@ class DeploymentsScreen(Screen[None]):
         row = self.highlighted_row()
         if row is None:
             return
-        from tui.widgets.deploy_details import DeploymentDetailsScreen
+        from tui.widgets.deploy.details import DeploymentDetailsScreen
 
         self.app.push_screen(DeploymentDetailsScreen(row.key, show_logs=True))
 

@@ -22,14 +22,14 @@ from sessions.chats import ChatSummary
 from sessions.run_models import RunFilter, RunSummary
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
-from tui.widgets.bench_cost import catalog_price_per_hour
-from tui.widgets.bench_store import app_context, open_store
-from tui.widgets.bench_sweep_chart import SweepSeries
-from tui.widgets.deploy_dialogs import ConfirmScreen
+from tui.services.bench_cost import catalog_price_per_hour
+from tui.store_access import app_context, open_store
+from tui.widgets.bench.sweep_chart import SweepSeries
+from tui.widgets.deploy.dialogs import ConfirmScreen
 from tui.widgets.footer import KeysFooter
-from tui.widgets.history_chats import ChatsTable
-from tui.widgets.history_overlay import OverlayPanel, overlay_series
-from tui.widgets.history_runs import SHORT_ID, RunsTable
+from tui.widgets.history.chats import ChatsTable
+from tui.widgets.history.overlay import OverlayPanel, overlay_series
+from tui.widgets.history.runs import SHORT_ID, RunsTable
 
 LIST_LIMIT = 500
 RUNS_TAB = "history-runs"

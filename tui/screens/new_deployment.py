@@ -24,7 +24,7 @@ from manifests.gpus import ACCELERATORS, GpuType
 from manifests.model_profiles import MODELS
 from manifests.spec import DeploymentSpec, build_spec
 from tui.app import guarded
-from tui.widgets.deploy_plan import DeploymentPlan, plan_deployment, plan_renderable
+from tui.widgets.deploy.plan import DeploymentPlan, plan_deployment, plan_renderable
 from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:

@@ -1,0 +1,200 @@
+"""The sweep flags `servedeck bench` and `servedeck plan` share: the axis and its levels, arrivals, the
+dataset and the output length, and how they become an axis, levels and a ``DatasetSpec``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from backends.bench.models import Axis
+from backends.bench.results import DatasetSpec
+from backends.errors import ConfigError
+
+BUILTIN_DATASETS = ("sharegpt", "random", "prefix_repetition", "codebase_qa")
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers (no inf or nan), got {text!r}")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    """An argparse type: a comma list of at least one number."""
+    values = _numbers(text)
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def positive_float_list(text: str) -> list[float]:
+    """An argparse type: a comma list of at least one number, each > 0."""
+    values = _numbers(text)
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
+    return values
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: one finite number > 0 (a price, say)."""
+    values = _numbers(text)
+    if len(values) != 1 or not values[0] > 0:
+        raise argparse.ArgumentTypeError(f"expected one number > 0, got {text!r}")
+    return values[0]
+
+
+def non_negative_number(text: str) -> float:
+    """An argparse type: one finite number >= 0 (a temperature: nan or inf would make the JSON invalid)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def whole_number_at_least_1(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def rate_list(text: str) -> list[float]:
+    """An argparse type: a comma list of req/s, each finite or ``inf`` (vLLM's: every request at t = 0)."""
+    values: list[float] = []
+    for part in (piece.strip() for piece in text.split(",")):
+        if part.lower() in ("inf", "+inf", "infinity"):
+            values.append(math.inf)
+        elif part:
+            values.extend(_numbers(part))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _whole_levels(values: list[float], text: str) -> list[float]:
+    if any(v != int(v) or v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be whole numbers >= 1, got {text!r}")
+    return values
+
+
+def concurrency_list(text: str) -> list[float]:
+    """An argparse type: a comma list of whole in-flight counts >= 1."""
+    return _whole_levels(float_list(text), text)
+
+
+def positive_concurrency_list(text: str) -> list[float]:
+    """As ``concurrency_list``, but a count <= 0 gets ``positive_float_list``'s message."""
+    return _whole_levels(positive_float_list(text), text)
+
+
+def add_sweep_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    positive_levels: bool,
+    num_prompts_default: int,
+    vllm_rates: bool = False,
+) -> None:
+    """--concurrency | --request-rate (one required), arrivals, prompts per level, dataset, output length.
+
+    With ``positive_levels`` a level <= 0 is refused by the parser ("expected numbers > 0"). With
+    ``vllm_rates`` a rate may be ``inf`` and neither flag is required (the caller defaults to vLLM's
+    ``--request-rate inf``).
+    """
+    axis = parser.add_mutually_exclusive_group(required=not vllm_rates)
+    axis.add_argument(
+        "--concurrency",
+        type=positive_concurrency_list if positive_levels else concurrency_list,
+        help="closed loop: comma list of in-flight counts",
+    )
+    axis.add_argument(
+        "--request-rate",
+        type=rate_list if vllm_rates else positive_float_list if positive_levels else float_list,
+        help="open loop: comma list of req/s"
+        + (" (inf: every request at once, vllm bench serve's default)" if vllm_rates else ""),
+    )
+    parser.add_argument(
+        "--burstiness", type=float, default=1.0, help="gamma shape for arrivals (1 = Poisson)"
+    )
+    parser.add_argument(
+        "--max-concurrency", type=whole_number_at_least_1, help="cap on in-flight requests for --request-rate"
+    )
+    parser.add_argument(
+        "--num-prompts",
+        type=int,
+        default=num_prompts_default,
+        help=f"requests per level (default {num_prompts_default})",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="sharegpt",
+        help="sharegpt | random | prefix_repetition | codebase_qa | PATH to a ShareGPT json",
+    )
+    parser.add_argument("--random-input-len", type=int, default=1024)
+    parser.add_argument("--random-output-len", type=int, default=128)
+    parser.add_argument("--random-range-ratio", type=float, default=0.0)
+    parser.add_argument("--output-len", type=int, help="fixed output length (overrides the dataset's)")
+    parser.add_argument(
+        "--same-prompts",
+        action="store_true",
+        help="send the same prompts at every level, as vllm bench serve does (from the second level on the "
+        "prefix cache answers them); default: each level draws its own",
+    )
+
+
+def axis_and_levels(args: argparse.Namespace) -> tuple[Axis, list[float]]:
+    if args.concurrency is not None:
+        return Axis.CONCURRENCY, args.concurrency
+    return Axis.REQUEST_RATE, args.request_rate
+
+
+def sweep_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The SweepConfig fields every sweeping command takes alike: those of ``add_sweep_arguments`` plus the
+    ``--ignore-eos``, ``--seed`` and ``--percentiles`` each command adds with its own help text."""
+    axis, levels = axis_and_levels(args)
+    return {
+        "dataset": dataset_from_args(args),
+        "axis": axis,
+        "levels": levels,
+        "num_prompts": args.num_prompts,
+        "output_len": args.output_len,
+        "ignore_eos": args.ignore_eos,
+        "seed": args.seed,
+        "same_prompts": args.same_prompts,
+        "burstiness": args.burstiness,
+        "max_concurrency": args.max_concurrency,
+        "percentiles": args.percentiles,
+    }
+
+
+def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:
+    """The ``--dataset`` and ``--random-*`` flags; ConfigError when a dataset file does not exist."""
+    name: str = args.dataset
+    if name in BUILTIN_DATASETS:
+        dataset = DatasetSpec(kind=name)
+    elif name == "custom" and getattr(args, "dataset_name", None) == "custom":
+        dataset = DatasetSpec(kind="custom")
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"--dataset: no such file {name!r} (use sharegpt, random or a path)")
+        dataset = DatasetSpec(kind="file", path=str(path))
+    dataset.random_input_len = args.random_input_len
+    dataset.random_output_len = args.random_output_len
+    dataset.random_range_ratio = args.random_range_ratio
+    # bench's vLLM dataset flags (tui/cli/bench_vllm.py), when the command has them
+    for field, value in getattr(args, "dataset_extra", {}).items():
+        setattr(dataset, field, value)
+    return dataset

@@ -1,0 +1,62 @@
+"""History's chats table: saved chat sessions, newest first (the Chat view resumes them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist
+
+from sessions.chats import ChatSummary
+from tui.widgets.history.runs import local_time
+from tui.widgets.table_filter import filter_matches
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("title", "title"),
+    ("target", "target"),
+    ("model", "model"),
+    ("messages", "messages"),
+    ("updated", "updated"),
+)
+
+
+def chat_matches(chat: ChatSummary, text: str) -> bool:
+    return filter_matches(text, [chat.id, chat.title, chat.target_name, chat.model, chat.base_url])
+
+
+class ChatsTable(DataTable[str]):
+    DEFAULT_CSS = """
+    ChatsTable {
+        height: 1fr;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        for key, title in COLUMNS:
+            self.add_column(title, key=key)
+
+    def show(self, chats: Sequence[ChatSummary], filter_text: str) -> None:
+        self.clear()
+        for chat in chats:
+            if chat_matches(chat, filter_text):
+                self.add_row(
+                    chat.title,
+                    chat.target_name,
+                    chat.model,
+                    str(chat.message_count),
+                    local_time(chat.updated_at),
+                    key=chat.id,
+                )
+
+    @property
+    def current_chat_id(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        try:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        except CellDoesNotExist:
+            return None
+        return None if key.value is None else str(key.value)
