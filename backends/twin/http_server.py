@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections import deque
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Protocol
 
 import httptools
 
 from backends.errors import ServeDeckError
+from backends.http_listener import ListenFailure
 
-LISTEN_BACKLOG = 4096
-ACCEPT_BATCH = 1024
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 SERVER_HEADERS = b"server: servedeck-twin\r\nx-servedeck-simulated: 1\r\n"
@@ -247,66 +244,12 @@ def error_body(status: int, error_type: str, message: str, param: str | None = N
     ).encode()
 
 
-class Listener:
-    """The listening socket, accepted by hand: every pending connection each time it is readable.
-
-    libuv (under uvloop) accepts one connection per loop iteration; with an engine step running every
-    few milliseconds, a ramp of 500 new connections would otherwise wait in the backlog for seconds.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        host: str,
-        port: int,
-        make_protocol: Callable[[], HttpConnection],
-    ) -> None:
-        self.loop = loop
-        self.make_protocol = make_protocol
-        self.adopting: set[asyncio.Task[None]] = set()
-        try:
-            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-            self.sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            raise TwinServerError(f"the twin cannot use host {host!r} ({exc}); use 127.0.0.1") from None
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(address)
-            self.sock.listen(LISTEN_BACKLOG)
-        except OSError as exc:
-            self.sock.close()
-            raise TwinServerError(
-                f"the twin cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                "pick another --port, or 0 for a free one"
-            ) from None
-        self.sock.setblocking(False)
-        self.port: int = self.sock.getsockname()[1]
-        loop.add_reader(self.sock.fileno(), self.accept_pending)
-
-    def accept_pending(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError:  # out of file descriptors: leave the rest in the backlog for now
-                return
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = self.loop.create_task(self._adopt(conn))
-            self.adopting.add(task)
-            task.add_done_callback(self.adopting.discard)
-
-    async def _adopt(self, conn: socket.socket) -> None:
-        try:
-            await self.loop.connect_accepted_socket(self.make_protocol, conn)
-        except OSError:
-            conn.close()
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-        for task in self.adopting:
-            task.cancel()
+def listen_failure(failure: ListenFailure) -> TwinServerError:
+    """The twin's line for a listener that could not open."""
+    if failure.stage == "host":
+        return TwinServerError(f"the twin cannot use host {failure.host!r} ({failure.error}); use 127.0.0.1")
+    reason = failure.error.strerror or failure.error
+    return TwinServerError(
+        f"the twin cannot listen on {failure.host}:{failure.port} ({reason}); "
+        "pick another --port, or 0 for a free one"
+    )

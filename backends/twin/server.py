@@ -31,6 +31,7 @@ import uvloop
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backends.errors import ServeDeckError
+from backends.http_listener import Listener, LoopStartTimeout, serve_on_thread
 from backends.twin import chunks
 from backends.twin.capacity import MemoryPlan, plan_memory
 from backends.twin.chunks import CHAT, COMPLETION, DONE_FRAME, ChunkFormat
@@ -43,9 +44,9 @@ from backends.twin.http_server import (
     STREAM_END,
     HttpConnection,
     HttpRequest,
-    Listener,
     TwinServerError,
     error_body,
+    listen_failure,
     sse_frame,
 )
 from backends.twin.logline import DEFAULT_INTERVAL_S, StatsCounters, StatsLogger
@@ -64,6 +65,8 @@ IDLE_STEP_S = 0.001
 # uvloop's timers have millisecond steps: wake this much before a deadline, then spin the loop to it.
 TIMER_EARLY_S = 0.0015
 TIMER_SLACK_S = 20e-6
+# Answer tokens hashed for the prefix cache (a longer answer's tail is kept private).
+MAX_HASHED_ANSWER_TOKENS = 4096
 
 _clock = time.perf_counter
 
@@ -289,6 +292,7 @@ class _Admission:
     max_tokens: int
     ignore_eos: bool
     prefix_key: str
+    token_ids: list[int] | None = None
 
 
 # ---- server state and the engine loop ---------------------------------------------------------------
@@ -383,6 +387,7 @@ class _TwinState:
                     admission.ignore_eos,
                     generation.arrival,
                     admission.prefix_key,
+                    token_ids=admission.token_ids,
                 )
             except InvalidRequestError as exc:  # validated on arrival; kept for any rule added later
                 self.generations.pop(generation.request_id, None)
@@ -663,10 +668,10 @@ class _TwinHandler:
             raise _BadRequest(
                 400, "BadRequestError", "'messages' must be a non-empty list of {role, content} objects"
             )
-        prompt_tokens = len(self.state.tokenizer.encode_chat(messages))
+        prompt_ids = self.state.tokenizer.encode_chat(messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
         key = prefix_key(json.dumps(messages, ensure_ascii=False))
-        self._generate(connection, request, body, CHAT, prompt_tokens, max_tokens, key)
+        self._generate(connection, request, body, CHAT, len(prompt_ids), max_tokens, key, prompt_ids)
 
     def completions(self, connection: HttpConnection, request: HttpRequest) -> None:
         body = self._parse(request, CompletionBody)
@@ -674,10 +679,10 @@ class _TwinHandler:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            prompt_tokens = len(self.state.tokenizer.encode_prompt(prompt))
+            prompt_ids = self.state.tokenizer.encode_prompt(prompt)
             key = prefix_key(prompt)
         elif isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
-            prompt_tokens = len(prompt)
+            prompt_ids = [token for token in prompt if isinstance(token, int)]
             key = prefix_key(json.dumps(prompt))
         else:
             raise _BadRequest(
@@ -685,7 +690,7 @@ class _TwinHandler:
                 "BadRequestError",
                 "the twin serves one prompt per request; send a string or one token list",
             )
-        self._generate(connection, request, body, COMPLETION, prompt_tokens, body.max_tokens, key)
+        self._generate(connection, request, body, COMPLETION, len(prompt_ids), body.max_tokens, key, prompt_ids)
 
     def _generate(
         self,
@@ -696,6 +701,7 @@ class _TwinHandler:
         prompt_tokens: int,
         max_tokens: int | None,
         prefix_key: str,
+        prompt_ids: list[int],
     ) -> None:
         state = self.state
         self._check_model(body.model)
@@ -734,10 +740,16 @@ class _TwinHandler:
             continuous,
             state.text.start_for(state.request_count),
         )
+        token_ids = None
+        if state.engine.pool.enable_caching:
+            # The answer's tokens follow the prompt's in the block hashes, so a next turn that sends this
+            # answer back finds its blocks cached, as in vLLM.
+            answer = state.text.text(generation.text_start, min(max_tokens, MAX_HASHED_ANSWER_TOKENS))
+            token_ids = prompt_ids + state.tokenizer.encoding.encode_ordinary(answer)
         connection.begin(generation)
         if stream:
             connection.write(SSE_HEAD + (b"\r\n" if request.keep_alive else CLOSE_HEADER + b"\r\n"))
-        state.submit(_Admission(generation, max_tokens, body.ignore_eos, prefix_key))
+        state.submit(_Admission(generation, max_tokens, body.ignore_eos, prefix_key, token_ids))
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -804,7 +816,11 @@ class TwinServer:
         state = _TwinState(self.config, loop, text, tokenizer, self.log_interval_s, self.log_sink)
         handler = _TwinHandler(state)
         listener = Listener(
-            loop, self.host, self.port, lambda: HttpConnection(handler, loop, state.connections)
+            loop,
+            self.host,
+            self.port,
+            lambda: HttpConnection(handler, loop, state.connections),
+            listen_failure,
         )
         self.port = listener.port
         self._state, self._listener = state, listener
@@ -821,37 +837,23 @@ class TwinServer:
         """Serve on a daemon thread with its own uvloop loop; return the bound port."""
         if self._thread is not None:
             raise TwinServerError("this twin is already running; stop() it before starting it again")
-        ready = threading.Event()
-        failure: list[BaseException] = []
         loop = uvloop.new_event_loop()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                self._open(loop)
-            except BaseException as exc:  # reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                self._close()
-                loop.close()
-
         self._loop = loop
-        thread = threading.Thread(target=run, name="servedeck-twin", daemon=True)
-        thread.start()
-        if not ready.wait(timeout_s):
-            raise TwinServerError(f"the twin did not start within {timeout_s:.0f} s")
-        if failure:
-            thread.join(timeout_s)
+        try:
+            thread = serve_on_thread(
+                loop,
+                lambda: self._open(loop),
+                name="servedeck-twin",
+                timeout_s=timeout_s,
+                on_exit=self._close,
+            )
+        except LoopStartTimeout:
+            raise TwinServerError(f"the twin did not start within {timeout_s:.0f} s") from None
+        except ServeDeckError:
             self._loop = None
-            error = failure[0]
-            if isinstance(error, ServeDeckError):
-                raise error
+            raise
+        except BaseException as error:
+            self._loop = None
             raise TwinServerError(f"the twin failed to start: {type(error).__name__}: {error}") from error
         self._thread = thread
         return self.port

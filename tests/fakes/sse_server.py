@@ -48,7 +48,6 @@ import json
 import multiprocessing
 import os
 import random
-import socket
 import threading
 import time
 from collections import deque
@@ -63,6 +62,7 @@ import uvloop
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backends.errors import ServeDeckError
+from backends.http_listener import Listener, ListenFailure, LoopStartTimeout, serve_on_thread
 
 DEFAULT_MODEL = "fake-model"
 MAX_MODEL_LEN = 2048
@@ -70,8 +70,6 @@ RECV_NS_LIMIT = 100_000
 STARTUP_TIMEOUT_S = 10.0
 PROCESS_STARTUP_TIMEOUT_S = 30.0
 DEFAULT_MAX_TOKENS = 16
-LISTEN_BACKLOG = 4096
-ACCEPT_BATCH = 1024
 
 _time_ns = time.time_ns
 # The fast path precomputes chunk sizes assuming emit_ns has 19 digits (true from 2001 to 2286).
@@ -992,65 +990,17 @@ def _parse_mode(mode: str) -> Mode:
         raise FakeServerError(f"Unknown fake server mode '{mode}': use one of {choices}.") from None
 
 
-class _Listener:
-    """The listening socket, accepted by hand.
+def _listen_failure(failure: ListenFailure) -> FakeServerError:
+    if failure.stage == "host":
+        return FakeServerError(f"The fake SSE server cannot use host '{failure.host}' ({failure.error}).")
+    return FakeServerError(
+        f"The fake SSE server cannot listen on {failure.host}:{failure.port} "
+        f"({failure.error.strerror or failure.error}); pass port=0 to get a free port."
+    )
 
-    libuv (under uvloop) accepts one connection per loop iteration; when every iteration is a
-    long engine step at high load, a ramp of new connections then waits seconds in the backlog.
-    This accepts every pending connection each time the socket is readable.
-    """
 
-    def __init__(self, state: _ServerState, host: str, port: int) -> None:
-        self.state = state
-        self.adopting: set[asyncio.Task[None]] = set()
-        try:
-            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-            self.sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            raise FakeServerError(f"The fake SSE server cannot use host '{host}' ({exc}).") from None
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(address)
-            self.sock.listen(LISTEN_BACKLOG)
-        except OSError as exc:
-            self.sock.close()
-            raise FakeServerError(
-                f"The fake SSE server cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                "pass port=0 to get a free port."
-            ) from None
-        self.sock.setblocking(False)
-        self.port: int = self.sock.getsockname()[1]
-        state.loop.add_reader(self.sock.fileno(), self.accept_pending)
-
-    def accept_pending(self) -> None:
-        loop = self.state.loop
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError:  # out of file descriptors: leave the rest in the backlog for now
-                return
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(self._adopt(conn))
-            self.adopting.add(task)
-            task.add_done_callback(self.adopting.discard)
-
-    async def _adopt(self, conn: socket.socket) -> None:
-        state = self.state
-        try:
-            await state.loop.connect_accepted_socket(lambda: _Connection(state), conn)
-        except OSError:
-            conn.close()
-
-    def close(self) -> None:
-        self.state.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-        for task in self.adopting:
-            task.cancel()
+def _listen(state: _ServerState, host: str, port: int) -> Listener:
+    return Listener(state.loop, host, port, lambda: _Connection(state), _listen_failure)
 
 
 class FakeSSEServer:
@@ -1070,7 +1020,7 @@ class FakeSSEServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: _ServerState | None = None
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
 
     def start_in_thread(self, timeout_s: float = STARTUP_TIMEOUT_S) -> int:
         """Start serving on a daemon thread; return the bound port."""
@@ -1078,39 +1028,24 @@ class FakeSSEServer:
             raise FakeServerError(
                 "This fake SSE server is already running; call stop() before starting it again."
             )
-        ready = threading.Event()
-        failure: list[BaseException] = []
         loop = uvloop.new_event_loop()
         state = _ServerState(self.mode, self.close_idle_after_each, loop)
 
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                self._listener = _Listener(state, self.host, self.port)
-                self.port = self._listener.port
-            except BaseException as exc:  # reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.close()
+        def open_server() -> None:
+            self._listener = _listen(state, self.host, self.port)
+            self.port = self._listener.port
 
         self._loop = loop
         self._state = state
-        thread = threading.Thread(target=run, name="fake-sse-server", daemon=True)
-        thread.start()
-        if not ready.wait(timeout_s):
-            raise FakeServerError(f"The fake SSE server did not start within {timeout_s:.0f} s.")
-        if failure:
-            thread.join(timeout_s)
+        try:
+            thread = serve_on_thread(loop, open_server, name="fake-sse-server", timeout_s=timeout_s)
+        except LoopStartTimeout:
+            raise FakeServerError(f"The fake SSE server did not start within {timeout_s:.0f} s.") from None
+        except FakeServerError:
             self._loop = self._state = None
-            error = failure[0]
-            if isinstance(error, FakeServerError):
-                raise error
+            raise
+        except BaseException as error:
+            self._loop = self._state = None
             raise FakeServerError(f"The fake SSE server failed to start: {error}") from error
         self._thread = thread
         return self.port
@@ -1164,7 +1099,7 @@ def serve_forever(
     asyncio.set_event_loop(loop)
     state = _ServerState(parsed_mode, close_idle_after_each, loop)
     try:
-        listener = _Listener(state, host, port)
+        listener = _listen(state, host, port)
         if on_ready is not None:
             on_ready(listener.port)
         loop.run_forever()

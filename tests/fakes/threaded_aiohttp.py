@@ -13,6 +13,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from backends.http_listener import LoopStartTimeout, serve_on_thread
+
 START_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
 
@@ -47,30 +49,19 @@ class ThreadedAiohttpServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._start_site())
-            except BaseException as exc:  # reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=f"{self.thread_name}-{self.port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT_S):
-            raise RuntimeError(f"{self.thread_name} did not start in time")
-        if failure:
-            raise RuntimeError(f"{self.thread_name} failed to start: {failure[0]!r}")
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._thread = serve_on_thread(
+                loop,
+                lambda: loop.run_until_complete(self._start_site()),
+                name=f"{self.thread_name}-{self.port}",
+                timeout_s=START_TIMEOUT_S,
+            )
+        except LoopStartTimeout:
+            raise RuntimeError(f"{self.thread_name} did not start in time") from None
+        except BaseException as error:
+            raise RuntimeError(f"{self.thread_name} failed to start: {error!r}") from error
 
     async def _start_site(self) -> None:
         self._runner = web.AppRunner(self._build_app(), **self.runner_options)
