@@ -87,6 +87,7 @@ from backends.kube_bench.pods import (
     waiting_failure,
 )
 from backends.kube_bench.shares import all_shares
+from backends.redaction import redact, remember_secret
 
 MIN_START_DELAY_S = 10.0
 MAX_ADAPTIVE_START_DELAY_S = 300.0
@@ -243,7 +244,7 @@ class _Level:
             if isinstance(item, KubeForbiddenError):
                 self.resolve(state, str(_forbidden_with_hint(item, self.sweep.options.namespace)))
             elif isinstance(item, BaseException):
-                state.context.append(str(item))
+                state.context.append(redact(str(item)))
             return
         state.lines_this_follow += 1
         if state.lines_this_follow <= state.lines_seen:
@@ -256,7 +257,7 @@ class _Level:
             return
         if message is None:
             if item.strip():
-                state.context.append(" ".join(item.split()))
+                state.context.append(redact(" ".join(item.split())))
             return
         self._on_message(state, message)
 
@@ -266,6 +267,9 @@ class _Level:
             if message.index in state.record_indices:
                 return
             state.record_indices.add(message.index)
+            if message.error is not None:
+                # A pod image's older worker may not mask it: the key this process sent is masked here.
+                message = message.model_copy(update={"error": redact(message.error)})
             outcome.records.append(message)
             if message.success:
                 self.completed += 1
@@ -299,7 +303,7 @@ class _Level:
         elif isinstance(message, PodSummary):
             outcome.summary = message
         elif isinstance(message, PodFatal):
-            state.fatal = message.message
+            state.fatal = redact(message.message)
 
     def _flush_records(self) -> None:
         """Emit records shifted onto the level's clock, once that clock's zero is known."""
@@ -487,6 +491,8 @@ class InClusterSweep:
         self.notify: Notify = notify or (lambda _text: None)
         self.cancel = cancel or asyncio.Event()
         self.api_key = api_key
+        if api_key is not None:
+            remember_secret(api_key.get_secret_value())  # masked in whatever the pods send back
         self.run_id = uuid.uuid4().hex[:12]
         self.clock_offset = 0.0
         self.per_index_backoff = True

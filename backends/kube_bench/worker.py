@@ -35,6 +35,7 @@ from backends.kube_bench.codec import (
 )
 from backends.kube_bench.plan import WorkerPlan
 from backends.kube_bench.shares import PodShare, pod_share
+from backends.redaction import remember_secret
 
 PROGRESS_INTERVAL_S = 1.0
 
@@ -51,7 +52,8 @@ def build_worker_job(
         )
     share = pod_share(plan.level, plan.num_requests, plan.pods, pod_index, plan.seed)
     endpoint = parse_endpoint(plan.base_url)
-    api_key = os.environ.get(plan.api_key_env) if plan.api_key_env else None
+    # Remembered: a server that quotes the key back in an error gets it masked in the pod's records.
+    api_key = remember_secret(os.environ.get(plan.api_key_env)) if plan.api_key_env else None
     options = RequestOptions(
         model=plan.model,
         endpoint=plan.endpoint,
