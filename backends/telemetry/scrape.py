@@ -55,8 +55,17 @@ def metrics_url(url: str) -> str:
     return url if parts.path not in ("", "/") else url.rstrip("/") + "/metrics"
 
 
+def metrics_urls(text: str) -> list[str]:
+    """``--gpu-metrics``: one exporter URL or several, comma-separated (one per node)."""
+    urls = [metrics_url(part.strip()) for part in text.split(",") if part.strip()]
+    if not urls:
+        raise TargetError("give a dcgm-exporter URL like http://127.0.0.1:9400/metrics")
+    return urls
+
+
 class DcgmScraper:
-    """Reads one exporter; keeps only ``pods``' GPUs when given (the target deployment's)."""
+    """Reads one exporter, or several (one per node) as one; keeps only ``pods``' GPUs when given
+    (the target deployment's)."""
 
     def __init__(
         self,
@@ -66,7 +75,8 @@ class DcgmScraper:
         pods: Iterable[str] | None = None,
         namespace: str | None = None,
     ) -> None:
-        self.url = metrics_url(url)
+        self.urls = metrics_urls(url)
+        self.url = ", ".join(self.urls)
         self.pods = set(pods) if pods is not None else None
         self.namespace = namespace
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
@@ -81,35 +91,56 @@ class DcgmScraper:
         await self.aclose()
 
     async def read(self, t: float) -> DcgmReading:
+        if len(self.urls) == 1:
+            fetched = [await self._fetch(t, self.urls[0])]
+        else:
+            fetched = await asyncio.gather(*(self._fetch(t, url) for url in self.urls))
+        # A reading covers every exporter or none: a sum over some of the GPUs would look like a drop.
+        for item in fetched:
+            if isinstance(item, DcgmReading):
+                return item
+        scrapes = [item for item in fetched if isinstance(item, DcgmScrape)]
+        if len(scrapes) == 1:
+            return self._reading(t, scrapes[0])
+        merged = DcgmScrape(
+            gpus=[gpu for scrape in scrapes for gpu in scrape.gpus],
+            unknown_fields=sorted({name for scrape in scrapes for name in scrape.unknown_fields}),
+            unlabelled=sum(scrape.unlabelled for scrape in scrapes),
+            malformed=sum(scrape.malformed for scrape in scrapes),
+            other_samples=sum(scrape.other_samples for scrape in scrapes),
+            simulated=any(scrape.simulated for scrape in scrapes),
+        )
+        return self._reading(t, merged)
+
+    async def _fetch(self, t: float, url: str) -> DcgmScrape | DcgmReading:
         try:
-            response = await self._client.get(self.url)
+            response = await self._client.get(url)
         except httpx.TimeoutException:
-            return DcgmReading(t=t, state=DcgmState.TIMEOUT, message=f"GPU metrics: {self.url} timed out")
+            return DcgmReading(t=t, state=DcgmState.TIMEOUT, message=f"GPU metrics: {url} timed out")
         except httpx.ConnectError:
             return DcgmReading(
                 t=t,
                 state=DcgmState.UNREACHABLE,
-                message=f"GPU metrics: no dcgm-exporter at {self.url} (cannot connect); {GKE_HINT}",
+                message=f"GPU metrics: no dcgm-exporter at {url} (cannot connect); {GKE_HINT}",
             )
         except httpx.HTTPError as exc:
             return DcgmReading(
-                t=t, state=DcgmState.UNREACHABLE, message=f"GPU metrics: {self.url}: {type(exc).__name__}"
+                t=t, state=DcgmState.UNREACHABLE, message=f"GPU metrics: {url}: {type(exc).__name__}"
             )
         if response.status_code != 200:
             return DcgmReading(
                 t=t,
                 state=DcgmState.NOT_FOUND,
-                message=f"GPU metrics: {self.url} answered HTTP {response.status_code}; {GKE_HINT}",
+                message=f"GPU metrics: {url} answered HTTP {response.status_code}; {GKE_HINT}",
             )
         try:
-            scrape = parse_dcgm(response.text)
+            return parse_dcgm(response.text)
         except Exception as exc:  # a reading must never take the bench down
             return DcgmReading(
                 t=t,
                 state=DcgmState.ERROR,
-                message=f"GPU metrics: {self.url} unreadable: {type(exc).__name__}",
+                message=f"GPU metrics: {url} unreadable: {type(exc).__name__}",
             )
-        return self._reading(t, scrape)
 
     def _reading(self, t: float, scrape: DcgmScrape) -> DcgmReading:
         if not scrape.found:
