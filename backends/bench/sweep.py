@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import os
+import threading
 import time
 import uuid
 from collections import deque
@@ -349,13 +350,15 @@ def _unreached_note(records: list[RequestRecord], unreached: int) -> str:
     return f"{unreached} requests never reached the server ({how}) and are left out of the rates"
 
 
-def sample_for(config: SweepConfig) -> SampledDataset:
-    """Sample the sweep's prompts, counting tokens with the target's own tokenizer when it has one."""
+def sample_for(config: SweepConfig, stop: threading.Event | None = None) -> SampledDataset:
+    """Sample the sweep's prompts, counting tokens with the target's own tokenizer when it has one;
+    ``stop`` set ends the counting with CountingStopped."""
     counter = pick_token_counter(
         config.target.base_url,
         config.target.model,
         has_tokenize=config.target.capabilities.tokenize,
         api_key=_api_key(config),
+        stop=stop,
     )
     try:
         dataset = sample_requests(
@@ -378,6 +381,26 @@ def sample_for(config: SweepConfig) -> SampledDataset:
 
 async def prepare_dataset(config: SweepConfig) -> SampledDataset:
     return await asyncio.to_thread(sample_for, config)
+
+
+async def prepare_dataset_unless_cancelled(
+    config: SweepConfig, cancel: asyncio.Event
+) -> SampledDataset | None:
+    """The sweep's prompts, or None when ``cancel`` is set first: counting then stops sending
+    requests, and only those already in flight are waited for."""
+    stop = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(sample_for, config, stop))
+    cancelled = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait((work, cancelled), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cancelled.cancel()
+    if not cancel.is_set():
+        return await work
+    stop.set()
+    with contextlib.suppress(Exception):  # stopped: whatever counting raised no longer matters
+        await work
+    return None
 
 
 async def run_sweep(

@@ -33,6 +33,10 @@ _PROBE_TEXT = "Hello, world"
 _ERROR_SNIPPET_CHARS = 200
 
 
+class CountingStopped(Exception):
+    """The ``stop`` event of a RemoteTokenizer was set: no more requests are sent."""
+
+
 @runtime_checkable
 class TokenCounter(Protocol):
     """Counts tokens of prompts; ``name`` says which tokenizer the counts come from."""
@@ -110,6 +114,7 @@ class RemoteTokenizer:
         shape: TokenizeShape | None = None,
         parallel: int = 8,
         timeout_s: float = 30.0,
+        stop: threading.Event | None = None,
     ) -> None:
         base = base_url.rstrip("/")
         if base.endswith("/v1"):
@@ -125,6 +130,7 @@ class RemoteTokenizer:
             limits=httpx.Limits(max_connections=self._parallel, max_keepalive_connections=self._parallel),
         )
         self._shape_lock = threading.Lock()
+        self._stop = stop
 
     def __enter__(self) -> RemoteTokenizer:
         return self
@@ -183,6 +189,8 @@ class RemoteTokenizer:
         )
 
     def _post(self, payload: dict[str, Any]) -> Any:
+        if self._stop is not None and self._stop.is_set():
+            raise CountingStopped
         try:
             response = self._client.post(self.url, json=payload)
         except httpx.TimeoutException:
@@ -248,13 +256,18 @@ def _snippet(body: Any) -> str:
 
 
 def pick_token_counter(
-    base_url: str, model: str, has_tokenize: bool, api_key: str | None = None
+    base_url: str,
+    model: str,
+    has_tokenize: bool,
+    api_key: str | None = None,
+    stop: threading.Event | None = None,
 ) -> TokenCounter:
     """The target's own /tokenize when it has one, else offline tiktoken.
 
     No request is sent here: a remote counter probes the server on its first count, so a dead
-    server surfaces as a TargetError at sampling time.
+    server surfaces as a TargetError at sampling time. Once ``stop`` is set a remote counter sends
+    nothing more and raises CountingStopped.
     """
     if has_tokenize:
-        return RemoteTokenizer(base_url, model, api_key)
+        return RemoteTokenizer(base_url, model, api_key, stop=stop)
     return TiktokenCounter()

@@ -12,7 +12,14 @@ from pathlib import Path
 from backends.bench.models import Target
 from backends.bench.results import RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
-from tui.cli.bench_foreground import report_interrupted, run_in_foreground
+from tui.cli.bench_foreground import (
+    StoppedBySignal,
+    report_interrupted,
+    report_stopped,
+    run_in_foreground,
+    stop_signals_interrupt,
+    sweep_unless_cancelled,
+)
 from tui.cli.bench_vllm import add_vllm_arguments, endpoint_value
 from tui.cli.bench_vllm import dataset_fields as vllm_dataset_fields
 from tui.cli.bench_vllm import normalize as normalize_vllm_args
@@ -152,6 +159,14 @@ def _validate_args(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    with stop_signals_interrupt():
+        try:
+            return _run_bench(args)
+        except StoppedBySignal as stop:
+            return report_stopped(stop.signal)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
     normalize_vllm_args(args)
     args.dataset_extra = vllm_dataset_fields(args)
     _validate_args(args)
@@ -169,8 +184,6 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, base_url: str) -> int:
-    from backends.bench.sweep import run_sweep
-
     target = await _discover(base_url, args)
     if args.find_max:
         from tui.cli.bench_search import run_search
@@ -185,7 +198,9 @@ async def _run(args: argparse.Namespace, base_url: str) -> int:
             "(ServeDeck downloads no tokenizer)",
             file=sys.stderr,
         )
-    outcome = await run_in_foreground(args, lambda _, emit, cancel: run_sweep(config, emit, cancel))
+    outcome = await run_in_foreground(
+        args, lambda _, emit, cancel: sweep_unless_cancelled(config, emit, cancel)
+    )
     if args.save_result:
         for path in save_vllm_results(args, outcome.result):
             print(f"vLLM result written to {path}", file=sys.stderr)
