@@ -148,8 +148,7 @@ def _progress_bar() -> tuple[Progress | None, Callable[[], None]]:
 
 
 def run_advise(args: argparse.Namespace) -> int:
-    from tui.cli.deploy_render import custom_profile_from_args
-    from tui.cli.plan import DEFAULT_MODEL, load_prices
+    from tui.cli.deploy_render import DEFAULT_MODEL, custom_profile_from_args, load_prices
 
     if args.rate is None:
         raise ConfigError("--advise needs --rate R (requests/s to serve)")

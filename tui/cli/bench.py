@@ -25,11 +25,11 @@ from tui.cli.bench_vllm import dataset_fields as vllm_dataset_fields
 from tui.cli.bench_vllm import normalize as normalize_vllm_args
 from tui.cli.sweep_args import (
     add_sweep_arguments,
+    config_from_args,
     dataset_from_args,
     float_list,
     non_negative_number,
     positive_number,
-    sweep_fields_from_args,
 )
 from tui.services.sweep_inputs import parse_goodput
 
@@ -92,25 +92,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     add_search_arguments(parser)
     parser.set_defaults(handler=run_bench)
-
-
-def config_from_args(args: argparse.Namespace, target: Target) -> SweepConfig:
-    return SweepConfig(
-        target=target,
-        **sweep_fields_from_args(args),
-        goodput_slos_ms=parse_goodput(args.goodput) if args.goodput else {},
-        endpoint=args.endpoint,
-        temperature=args.temperature,
-        label=args.label,
-        usd_per_hour=args.usd_per_hour,
-        price_source="--usd-per-hour" if args.usd_per_hour is not None else None,
-        workers=args.workers,
-        request_timeout_s=args.request_timeout,
-        idle_timeout_s=args.idle_timeout,
-        ramp_up_strategy=args.ramp_up_strategy,
-        ramp_up_start_rps=args.ramp_up_start_rps,
-        ramp_up_end_rps=args.ramp_up_end_rps,
-    )
 
 
 @contextlib.contextmanager

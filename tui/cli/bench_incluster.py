@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from backends.errors import ConfigError
 from backends.kube_bench.job import DEFAULT_LOADGEN_IMAGE
 from backends.kube_bench.plan import DEFAULT_FIRST_START_DELAY_S, POD_START_TIMEOUT_S
+from tui.cli.sweep_args import config_from_args
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -174,13 +175,12 @@ def _notify(text: str) -> None:
 
 def run_in_cluster(args: argparse.Namespace) -> int:
     # Imported here: `servedeck bench` imports this module for its options, and the Kubernetes client
-    # is slow to import; bench imports this module, so config_from_args comes late too.
+    # is slow to import.
     from pydantic import SecretStr
 
     from backends.bench.sweep import validate_config
     from backends.kube.client import KubeClient
     from backends.kube_bench.driver import InClusterOptions
-    from tui.cli.bench import config_from_args
 
     _check_args(args)
     with KubeClient.connect(args.kubeconfig, args.context) as kube:

@@ -19,6 +19,7 @@ from backends.bench.search_record import SearchLevel
 from backends.bench.slo import Slo, parse_slo
 from backends.bench.slo_search import DEFAULT_MAX_LEVELS, DEFAULT_TOLERANCE, SearchResult
 from backends.errors import ConfigError, ServeDeckError
+from tui.cli.sweep_args import config_from_args
 
 _HARDWARE = re.compile(r"^\s*(?P<count>\d+)\s*x\s*(?P<gpu>[a-z0-9-]+)")
 
@@ -115,7 +116,6 @@ def _level_line(level: SearchLevel, axis: Axis) -> str:
 
 async def run_search(args: argparse.Namespace, target: Target) -> int:
     from backends.bench.slo_search import find_max
-    from tui.cli.bench import config_from_args
 
     slo = validate_search_args(args)
     axis = Axis.CONCURRENCY if args.find_max == "concurrency" else Axis.REQUEST_RATE

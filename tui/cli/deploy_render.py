@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from backends.errors import ConfigError
+from manifests.catalog import Catalog, load_catalog
 from manifests.cost import cost_for_spec
 from manifests.errors import ManifestError
 from manifests.fit import FitResult, size_spec
@@ -24,6 +25,9 @@ from manifests.gpus import GpuType
 from manifests.model_catalog import load_custom_profile
 from manifests.render import render_json, render_yaml
 from manifests.spec import DeploymentSpec, build_spec
+
+# What `servedeck plan` and `servedeck advise` size when no --model is given.
+DEFAULT_MODEL = "gemma-3-27b-it"
 
 
 @contextmanager
@@ -33,6 +37,11 @@ def manifest_errors() -> Iterator[None]:
         yield
     except ManifestError as err:
         raise ConfigError(str(err)) from None
+
+
+def load_prices(price_file: Path | None) -> Catalog:
+    with manifest_errors():
+        return load_catalog(price_file)
 
 
 def add_model_config_arguments(parser: argparse.ArgumentParser) -> None:

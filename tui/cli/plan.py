@@ -22,20 +22,24 @@ from backends.prometheus import prefix_cache_warning
 from backends.twin.capacity import GIB, MemoryPlan
 from backends.twin.engine import TwinConfig, TwinEngine
 from backends.twin.fastforward import OutputLengths, run_sweep, sample_dataset
-from manifests.catalog import Catalog, load_catalog
+from manifests.catalog import Catalog
 from manifests.cost import estimate_cost
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from tui.cli.advise import add_advise_arguments, require_plan_arguments, run_advise
 from tui.cli.bench_display import prompts_line
-from tui.cli.deploy_render import add_model_config_arguments, custom_profile_from_args
+from tui.cli.deploy_render import (
+    DEFAULT_MODEL,
+    add_model_config_arguments,
+    custom_profile_from_args,
+    load_prices,
+)
 from tui.cli.sweep_args import (
     add_sweep_arguments,
     positive_float_list,
     sweep_fields_from_args,
 )
 
-DEFAULT_MODEL = "gemma-3-27b-it"
 DEFAULT_CONTEXT_LEN = 2048
 
 
@@ -136,13 +140,6 @@ def sweep_config_from_args(args: argparse.Namespace, config: TwinConfig) -> Swee
         kind=TargetKind.TWIN,
     )
     return SweepConfig(target=target, **sweep_fields_from_args(args), label="twin fast-forward")
-
-
-def load_prices(price_file: Path | None) -> Catalog:
-    try:
-        return load_catalog(price_file)
-    except ManifestError as err:
-        raise ConfigError(str(err)) from None
 
 
 def cost_per_hour(catalog: Catalog, config: TwinConfig, spot: bool) -> tuple[float | None, str]:

@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from backends.bench.models import Axis
-from backends.bench.results import DatasetSpec
+from backends.bench.models import Axis, Target
+from backends.bench.results import DatasetSpec, SweepConfig
 from backends.errors import ConfigError
+from tui.services.sweep_inputs import parse_goodput
 
 BUILTIN_DATASETS = ("sharegpt", "random", "prefix_repetition", "codebase_qa")
 
@@ -198,3 +199,22 @@ def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:
     for field, value in getattr(args, "dataset_extra", {}).items():
         setattr(dataset, field, value)
     return dataset
+
+
+def config_from_args(args: argparse.Namespace, target: Target) -> SweepConfig:
+    return SweepConfig(
+        target=target,
+        **sweep_fields_from_args(args),
+        goodput_slos_ms=parse_goodput(args.goodput) if args.goodput else {},
+        endpoint=args.endpoint,
+        temperature=args.temperature,
+        label=args.label,
+        usd_per_hour=args.usd_per_hour,
+        price_source="--usd-per-hour" if args.usd_per_hour is not None else None,
+        workers=args.workers,
+        request_timeout_s=args.request_timeout,
+        idle_timeout_s=args.idle_timeout,
+        ramp_up_strategy=args.ramp_up_strategy,
+        ramp_up_start_rps=args.ramp_up_start_rps,
+        ramp_up_end_rps=args.ramp_up_end_rps,
+    )
