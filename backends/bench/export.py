@@ -311,6 +311,8 @@ def to_vllm_result(
             prefix_cache_hit_rate(level_result.server_snapshots), level_result.prompt_sampling
         ),
     }
+    if level_result.gpu is not None:
+        result["servedeck"]["gpu"] = level_result.gpu.model_dump(mode="json")
     if metrics.ttft_minus_server_prompt is not None:
         result["servedeck"]["ttft_minus_server_prompt"] = distribution_keys(
             "ttft_minus_server_prompt", metrics.ttft_minus_server_prompt
@@ -326,12 +328,47 @@ def _csv_columns(percentile_words: Sequence[str]) -> list[str]:
     return columns + list(CSV_COLUMNS_TAIL)
 
 
+# Appended only when some level read GPU telemetry (a sweep without it keeps vLLM-like columns).
+CSV_GPU_COLUMNS = (
+    "gpu_state",
+    "gpus",
+    "gpu_util_mean",
+    "dram_active_mean",
+    "gpu_power_w_mean",
+    "gpu_energy_kj",
+    "kj_per_1m_output_tokens",
+    "usd_per_1m_output_tokens",
+)
+
+
+def _gpu_cells(level: LevelResult) -> list[object]:
+    gpu = level.gpu
+    if gpu is None:
+        return [""] * len(CSV_GPU_COLUMNS)
+
+    def cell(value: float | None) -> object:
+        return "" if value is None else value
+
+    energy_kj = None if gpu.energy_j is None else gpu.energy_j / 1000.0
+    return [
+        gpu.state,
+        gpu.gpus,
+        cell(gpu.gpu_util_mean),
+        cell(gpu.dram_active_mean),
+        cell(gpu.power_w_mean),
+        cell(energy_kj),
+        cell(gpu.kj_per_1m_output_tokens),
+        cell(gpu.usd_per_1m_output_tokens),
+    ]
+
+
 def sweep_to_csv(sweep: SweepResult) -> str:
     """One row per level; percentile columns are the sweep's configured percentiles (default p99)."""
     words = [percentile_key(p) for p in validate_percentiles(sweep.config.percentiles)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_csv_columns(words))
+    with_gpu = any(level.gpu is not None for level in sweep.levels)
+    writer.writerow(_csv_columns(words) + (list(CSV_GPU_COLUMNS) if with_gpu else []))
     for level_result in sweep.levels:
         metrics = level_result.metrics
         row: list[object] = [
@@ -355,6 +392,8 @@ def sweep_to_csv(sweep: SweepResult) -> str:
             metrics.max_concurrent_requests,
             level_result.client.client_limited,
         ]
+        if with_gpu:
+            row += _gpu_cells(level_result)
         writer.writerow(row)
     return buffer.getvalue()
 

@@ -8,6 +8,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from backends.bench.models import Target
 from backends.bench.results import RunStatus, SweepConfig, SweepResult
@@ -91,6 +92,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     from tui.cli.bench_search import add_search_arguments
 
     add_search_arguments(parser)
+    from tui.cli.bench_gpu import add_gpu_arguments
+
+    add_gpu_arguments(parser)
     parser.set_defaults(handler=run_bench)
 
 
@@ -160,17 +164,21 @@ def _run_bench(args: argparse.Namespace) -> int:
     check_local_run(args)
     if not args.target:
         raise ConfigError("--target is required (a base URL or 'local'), or use --in-cluster --service NAME")
-    with _target_for(args) as base_url:
-        return asyncio.run(_run(args, base_url))
+    from tui.cli.bench_gpu import gpu_telemetry
+
+    with _target_for(args) as base_url, gpu_telemetry(args) as gpu_fields:
+        return asyncio.run(_run(args, base_url, gpu_fields))
 
 
-async def _run(args: argparse.Namespace, base_url: str) -> int:
+async def _run(args: argparse.Namespace, base_url: str, gpu_fields: dict[str, Any] | None = None) -> int:
     target = await _discover(base_url, args)
     if args.find_max:
         from tui.cli.bench_search import run_search
 
         return await run_search(args, target)
     config = config_from_args(args, target)
+    if gpu_fields:
+        config = config.model_copy(update=gpu_fields)
     _check_fits(config)
     if args.tokenizer is not None:
         counted = "the server's /tokenize" if target.capabilities.tokenize else "tiktoken cl100k_base"

@@ -32,16 +32,28 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def _server_line(snapshot: ProgressSnapshot) -> str:
     server = snapshot.server
-    if server is None:
-        return "server: no /metrics"
     parts = []
-    if server.running is not None:
-        parts.append(f"running {server.running:g}")
-    if server.waiting is not None:
-        parts.append(f"waiting {server.waiting:g}")
-    if server.kv_cache_usage is not None:
-        parts.append(f"KV {server.kv_cache_usage * 100:.1f}%")
-    return "server: " + (", ".join(parts) or "-")
+    if server is None:
+        line = "server: no /metrics"
+    else:
+        if server.running is not None:
+            parts.append(f"running {server.running:g}")
+        if server.waiting is not None:
+            parts.append(f"waiting {server.waiting:g}")
+        if server.kv_cache_usage is not None:
+            parts.append(f"KV {server.kv_cache_usage * 100:.1f}%")
+        line = "server: " + (", ".join(parts) or "-")
+    gpu = snapshot.gpu
+    if gpu is not None:
+        gpu_parts = [f"{gpu.gpus} GPU" + ("s" if gpu.gpus != 1 else "")]
+        if gpu.utilisation is not None:
+            gpu_parts.append(f"util {gpu.utilisation * 100:.0f}%")
+        if gpu.dram_active is not None:
+            gpu_parts.append(f"DRAM {gpu.dram_active * 100:.0f}%")
+        if gpu.power_w is not None:
+            gpu_parts.append(f"{gpu.power_w:.0f} W")
+        line += " | GPU: " + ", ".join(gpu_parts)
+    return line
 
 
 def prompts_line(result: SweepResult) -> str:
@@ -111,7 +123,8 @@ def results_table(result: SweepResult) -> Table:
             footnotes.append(f"({len(footnotes) + 1}) {level.level.label}: {note}")
             marks += f"({len(footnotes)})"
         rows.append((level, marks))
-    caption = "\n".join([prompts_line(result), *footnotes])
+    gpu_notes = sorted({lv.gpu.message for lv in result.levels if lv.gpu is not None and lv.gpu.message})
+    caption = "\n".join([prompts_line(result), *footnotes, *gpu_notes])
     table = Table(
         title=f"{result.config.target.model} @ {redact_url(result.config.target.base_url)}",
         caption=caption,
@@ -143,6 +156,46 @@ def results_table(result: SweepResult) -> Table:
             row.append("-" if cost is None else f"{cost:.3f}")
         table.add_row(*row)
     return table
+
+
+GPU_HEADERS = ("GPU util", "DRAM active", "GPU W", "kJ/1M out", "$/1M out")
+
+
+def gpu_table(result: SweepResult) -> Table | None:
+    """Per level: mean GPU utilisation, DRAM activity and power, energy and dollars per 1M output
+    tokens; None when no level read GPU telemetry."""
+    levels = [lv for lv in result.levels if lv.gpu is not None and lv.gpu.state == "ok"]
+    if not levels:
+        return None
+    simulated = any(lv.gpu is not None and lv.gpu.simulated for lv in levels)
+    count = max(lv.gpu.gpus for lv in levels if lv.gpu is not None)
+    how = ", simulated by the twin" if simulated else ""
+    title = f"GPU telemetry ({count} GPU{'s' if count != 1 else ''}{how})"
+    table = Table(title=title)
+    table.add_column("concurrency" if result.config.axis is Axis.CONCURRENCY else "req/s", justify="right")
+    for header in GPU_HEADERS:
+        table.add_column(header, justify="right")
+    for level in result.levels:
+        table.add_row(f"{level.level.value:g}", *gpu_cells(level))
+    return table
+
+
+def gpu_cells(level: LevelResult) -> list[str]:
+    """Mean GPU utilisation and power, energy and dollars per 1M output tokens ("-" where not read)."""
+    gpu = level.gpu
+    if gpu is None or gpu.state != "ok":
+        return ["-"] * len(GPU_HEADERS)
+    util = "-" if gpu.gpu_util_mean is None else f"{gpu.gpu_util_mean * 100:.0f}%"
+    dram = "-" if gpu.dram_active_mean is None else f"{gpu.dram_active_mean * 100:.0f}%"
+    kj = gpu.kj_per_1m_output_tokens
+    usd = gpu.usd_per_1m_output_tokens
+    return [
+        util,
+        dram,
+        _fmt(gpu.power_w_mean, 0),
+        "-" if kj is None else f"{kj:,.0f}",
+        "-" if usd is None else f"{usd:.3f}",
+    ]
 
 
 def _level_row(level: LevelResult, marks: str = "") -> list[str]:
@@ -253,5 +306,8 @@ class SweepDisplay:
         out = Console(file=sys.stdout, width=wide) if self.console.stderr else self.console
         if result.levels:
             out.print(results_table(result))
+            gpus = gpu_table(result)
+            if gpus is not None:
+                out.print(gpus)
         if result.message:
             self.console.print(f"[yellow]{result.message}[/]")
