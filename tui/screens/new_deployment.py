@@ -1,27 +1,32 @@
 """New deployment: a form whose fit / KV-capacity / cost panel and YAML preview follow every keystroke.
 
+The model is a built-in one (Gemma 3 and the catalog of ``manifests.model_catalog``) or any model from its
+Hugging Face config.json (a path typed or picked; read in a worker, a bad file is one line in the panel).
 The same spec goes to a Kubernetes cluster ("apply") or to a local vLLM twin ("start as twin").
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.syntax import Syntax
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Button, Header, Input, Label, Select, Static, Switch
+from textual.widgets import Button, DirectoryTree, Header, Input, Label, Select, Static, Switch
 
 from backends.config import data_dir
 from manifests.catalog import default_catalog
 from manifests.errors import ManifestError
 from manifests.gpus import ACCELERATORS, GpuType
-from manifests.model_profiles import MODELS
+from manifests.model_catalog import all_profiles, load_custom_profile
+from manifests.model_profiles import ModelProfile
 from manifests.spec import DeploymentSpec, build_spec
 from tui.app import guarded
 from tui.widgets.deploy.plan import DeploymentPlan, plan_deployment, plan_renderable
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "google/gemma-3-27b-it"
 DEFAULT_GPU = GpuType.H100
 YAML_DEBOUNCE_S = 0.25
+CONFIG_DEBOUNCE_S = 0.3  # a typed config path is read once typing pauses
 MANIFESTS_DIR = "manifests"
 COUNT_LABELS = {False: "GPU count", True: "TP ranks/node"}
 UTIL_LABELS = {False: "gpu-memory-util", True: "memory-util"}
@@ -72,8 +78,76 @@ def gpu_counts(gpu: GpuType) -> tuple[int, ...]:
     return default_catalog().allowed_gpu_counts(gpu)
 
 
+def read_model_config(text: str) -> ModelProfile:
+    """The profile of the config.json (or folder holding one) at ``text``; FormError (one line) if not."""
+    path = Path(text).expanduser()
+    try:
+        return load_custom_profile(path)
+    except ManifestError as err:
+        raise FormError(str(err)) from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        # a config.json of valid JSON but odd values (a list where a number belongs)
+        raise FormError(f"cannot read model config {path}: {type(err).__name__}: {err}") from None
+
+
+class ConfigPickerScreen(ModalScreen[str | None]):
+    """Pick a model's config.json, or the folder holding it (with model.safetensors.index.json)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+
+    DEFAULT_CSS = """
+    ConfigPickerScreen #picker-box {
+        width: 90%;
+        height: 85%;
+    }
+    ConfigPickerScreen DirectoryTree {
+        height: 1fr;
+        border: round $primary-background;
+    }
+    """
+
+    def __init__(self, start: str = "") -> None:
+        super().__init__()
+        path = Path(start).expanduser() if start else Path.cwd()
+        self._root = path if path.is_dir() else path.parent if path.parent.is_dir() else Path.cwd()
+        self._start = start
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="picker-box", classes="dialog") as box:
+            box.border_title = "Model config: a config.json or the folder holding it"
+            yield DirectoryTree(self._root, id="picker-tree")
+            yield Input(self._start, placeholder="PATH/config.json or PATH/", id="picker-path")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Use", variant="primary", id="picker-use")
+                yield Button("Cancel", id="picker-cancel")
+
+    @on(DirectoryTree.FileSelected)
+    def _file(self, event: DirectoryTree.FileSelected) -> None:
+        self.query_one("#picker-path", Input).value = str(event.path)
+
+    @on(DirectoryTree.DirectorySelected)
+    def _folder(self, event: DirectoryTree.DirectorySelected) -> None:
+        self.query_one("#picker-path", Input).value = str(event.path)
+
+    @on(Button.Pressed, "#picker-use")
+    @on(Input.Submitted, "#picker-path")
+    def _use(self) -> None:
+        self.dismiss(self.query_one("#picker-path", Input).value.strip() or None)
+
+    @on(Button.Pressed, "#picker-cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class NewDeploymentScreen(Screen[None]):
     TITLE = "New deployment"
+
+    DEFAULT_CSS = """
+    NewDeploymentScreen #nd-browse {
+        width: 5;
+        min-width: 5;
+    }
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "back", id="new.back"),
@@ -83,11 +157,22 @@ class NewDeploymentScreen(Screen[None]):
         Binding("ctrl+w", "save_yaml", "save YAML", id="new.save_yaml"),
     ]
 
+    class ConfigRead(Message):
+        """A worker read the config path ``text``: its profile, or the line saying why not."""
+
+        def __init__(self, text: str, profile: ModelProfile | None, error: str | None) -> None:
+            super().__init__()
+            self.text, self.profile, self.error = text, profile, error
+
     def __init__(self) -> None:
         super().__init__()
         self.plan = DeploymentPlan(error="fill in the form")
         self._yaml_timer: Timer | None = None
         self._yaml_shown: str | None = None
+        self._config_timer: Timer | None = None
+        self.custom_profile: ModelProfile | None = None
+        self._config_error: str | None = None
+        self._pending_fill: tuple[str | ModelProfile, GpuType, int, bool] | None = None
 
     @property
     def deck(self) -> ServeDeckApp:
@@ -99,9 +184,13 @@ class NewDeploymentScreen(Screen[None]):
             with VerticalScroll(id="new-deployment-form") as form:
                 form.border_title = "Spec"
                 yield from self._field("Model", Select(
-                    [(profile.name, profile.hf_id) for profile in MODELS.values()],
+                    [(profile.name, profile.hf_id) for profile in all_profiles().values()],
                     value=DEFAULT_MODEL, allow_blank=False, id="nd-model",
                 ))  # fmt: skip
+                with Horizontal(classes="field-row"):
+                    yield Label("or config.json", classes="field-label", id="nd-config-label")
+                    yield Input(placeholder="PATH", id="nd-config")
+                    yield Button("…", id="nd-browse", tooltip="pick a config.json or its folder")
                 yield from self._field("GPU type", Select(
                     [(ACCELERATORS[gpu].display_name, gpu.value) for gpu in GpuType],
                     value=DEFAULT_GPU.value, allow_blank=False, id="nd-gpu",
@@ -137,6 +226,8 @@ class NewDeploymentScreen(Screen[None]):
             yield control
 
     def on_mount(self) -> None:
+        if self._pending_fill is not None:
+            self._apply_fill(*self._pending_fill)
         self.recompute()
         # The YAML follows right after the first paint, so the form itself appears at once.
         self.call_after_refresh(self._show_yaml)
@@ -154,6 +245,8 @@ class NewDeploymentScreen(Screen[None]):
 
     def read_spec(self) -> DeploymentSpec:
         """The spec the form describes; FormError or ManifestError (one line) when it cannot be built."""
+        if self._config_error is not None:
+            raise FormError(self._config_error)
         model = str(self.query_one("#nd-model", Select).value)
         gpu = GpuType(str(self.query_one("#nd-gpu", Select).value))
         count_value = self.query_one("#nd-count", Select).value
@@ -168,6 +261,8 @@ class NewDeploymentScreen(Screen[None]):
             "spot": self.query_one("#nd-spot", Switch).value,
             "namespace": self._input("nd-namespace").strip() or "vllm",
         }
+        if self.custom_profile is not None:
+            fields.update(model=self.custom_profile.hf_id, custom_profile=self.custom_profile)
         name = self._input("nd-name").strip()
         if name:
             fields["name"] = name
@@ -237,8 +332,84 @@ class NewDeploymentScreen(Screen[None]):
     @on(Select.Changed)
     @on(Input.Changed)
     @on(Switch.Changed)
-    def _changed(self) -> None:
+    def _changed(self, event: Message) -> None:
+        if isinstance(event, Input.Changed) and event.input.id == "nd-config":
+            self._config_changed(event.value)
+            return
         self.recompute()
+
+    # -- the model from a config.json -----------------------------------------------------------------
+
+    def _config_changed(self, text: str) -> None:
+        if self._config_timer is not None:
+            self._config_timer.stop()
+            self._config_timer = None
+        if not text.strip():
+            self._set_custom(None, None)
+            return
+        self._config_timer = self.set_timer(CONFIG_DEBOUNCE_S, lambda: self._read_config(text.strip()))
+
+    @work(thread=True, exclusive=True, group="model-config", exit_on_error=False, name="model config")
+    def _read_config(self, text: str) -> None:
+        try:
+            profile: ModelProfile | None = read_model_config(text)
+            error = None
+        except FormError as err:
+            profile, error = None, str(err)
+        self.post_message(self.ConfigRead(text, profile, error))
+
+    @on(ConfigRead)
+    def _config_read(self, message: ConfigRead) -> None:
+        if message.text != self._input("nd-config").strip():
+            return  # the path changed again meanwhile; its own read follows
+        self._set_custom(message.profile, message.error)
+
+    def _set_custom(self, profile: ModelProfile | None, error: str | None) -> None:
+        self._config_timer = None
+        self.custom_profile = profile
+        self._config_error = error
+        self.query_one("#nd-model", Select).disabled = profile is not None or error is not None
+        self.recompute()
+
+    @on(Button.Pressed, "#nd-browse")
+    def _browse(self) -> None:
+        def picked(path: str | None) -> None:
+            if path:
+                self.query_one("#nd-config", Input).value = path
+
+        self.app.push_screen(ConfigPickerScreen(self._input("nd-config").strip()), picked)
+
+    # -- filled from elsewhere (the Advisor's "deploy this") ------------------------------------------
+
+    def fill(self, model: str | ModelProfile, gpu: GpuType, count: int, *, spot: bool = False) -> None:
+        """Set model, GPU type and count (and spot); the panel and YAML follow as if typed."""
+        if not self.is_mounted:
+            self._pending_fill = (model, gpu, count, spot)
+            return
+        self._apply_fill(model, gpu, count, spot)
+        self.recompute()
+
+    def _apply_fill(self, model: str | ModelProfile, gpu: GpuType, count: int, spot: bool) -> None:
+        self._pending_fill = None
+        if isinstance(model, ModelProfile) and model.name not in all_profiles():
+            # a model from a config.json: the advisor read it already
+            self.custom_profile, self._config_error = model, None
+            self.query_one("#nd-model", Select).disabled = True
+        else:
+            name = model.name if isinstance(model, ModelProfile) else model
+            profile = all_profiles().get(name)
+            self.custom_profile, self._config_error = None, None
+            self.query_one("#nd-config", Input).value = ""
+            model_select = self.query_one("#nd-model", Select)
+            model_select.disabled = False
+            if profile is not None:
+                model_select.value = profile.hf_id
+        self.query_one("#nd-gpu", Select).value = gpu.value
+        counts = gpu_counts(gpu)
+        count_select = self.query_one("#nd-count", Select)
+        count_select.set_options([(str(n), n) for n in counts])
+        count_select.value = count if count in counts else counts[0]
+        self.query_one("#nd-spot", Switch).value = spot
 
     # -- actions --------------------------------------------------------------------------------------
 
