@@ -15,16 +15,14 @@ import importlib
 import importlib.util
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from functools import partial, wraps
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.dom import DOMNode
 from textual.screen import ModalScreen, Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import Input, Label, Select, TextArea
@@ -36,6 +34,7 @@ from backends.target_registry import LOCAL_TARGET_NAME, ManualTargetStore, Targe
 from tui.context import AppContext
 from tui.gc_policy import GcPolicy
 from tui.messages import RegistryChanged, TargetsChanged
+from tui.shell import View
 
 if TYPE_CHECKING:
     from backends.engines.local import LocalEngineConfig
@@ -44,38 +43,6 @@ if TYPE_CHECKING:
 WELCOME_MARKER = "welcomed"
 HEALTH_INTERVAL_S = 15.0
 SCREENSHOTS_DIR = "screenshots"
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-N = TypeVar("N", bound=DOMNode)
-
-
-def guarded(handler: Callable[Concatenate[N, P], R]) -> Callable[Concatenate[N, P], R | None]:
-    """A message handler whose ServeDeckError becomes an error toast instead of ending the app.
-
-    Actions run from keys or the palette are guarded by the app itself; this is for ``@on`` handlers
-    (a button press), whose errors Textual would otherwise treat as fatal.
-    """
-
-    @wraps(handler)
-    def run(node: N, /, *args: P.args, **kwargs: P.kwargs) -> R | None:
-        try:
-            return handler(node, *args, **kwargs)
-        except ServeDeckError as err:
-            node.app.notify(str(err), severity="error", timeout=12)
-            return None
-
-    return run
-
-
-@dataclass(frozen=True)
-class View:
-    mode: str
-    module: str
-    screen_class: str
-    title: str
-    aliases: tuple[str, ...]
 
 
 VIEWS: tuple[View, ...] = (

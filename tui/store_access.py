@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from textual.app import App
-from textual.screen import Screen
 from textual.worker import NoActiveWorker, get_current_worker
 
 from sessions.errors import StoreDamagedError
@@ -91,10 +90,3 @@ def open_store(ctx: AppContext) -> Iterator[SessionStore]:
         yield store
     finally:
         store.close()
-
-
-def app_context(screen: Screen[Any]) -> AppContext:
-    ctx = getattr(screen.app, "ctx", None)
-    if not isinstance(ctx, AppContext):
-        raise RuntimeError("the Bench and History views need an app with an AppContext as `ctx`")
-    return ctx

@@ -44,7 +44,8 @@ from tui.services.sweep_runner import (
     RunStarted,
     SweepRunner,
 )
-from tui.store_access import app_context, open_store
+from tui.shell import app_context
+from tui.store_access import open_store
 from tui.widgets.bench.export import ExportDialog, write_exports
 from tui.widgets.bench.form import BenchForm
 from tui.widgets.bench.live import LiveCharts

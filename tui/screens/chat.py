@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -25,6 +25,7 @@ from backends.errors import ServeDeckError
 from sessions import ChatSession, ChatSummary
 from tui.messages import TargetsChanged
 from tui.services.chat_records import RACE_KEY, RaceSeat, params_from_session, race_group
+from tui.shell import app_context
 from tui.widgets.chat.dialogs import ConfirmDeleteScreen, RenameChatScreen
 from tui.widgets.chat.lane import ChatLane
 from tui.widgets.chat.message import AnswerView
@@ -60,10 +61,6 @@ def race_summary(entries: list[tuple[str, AnswerView | None]]) -> str | None:
     parts.append("TTFT " + " | ".join(f"{name} {format_ms(stats.ttft_s)}" for name, stats in timed))
     parts.append("TPOT " + " | ".join(f"{name} {format_ms(stats.tpot_s)}" for name, stats in timed))
     return "race · " + " · ".join(parts)
-
-
-class _HasContext(Protocol):
-    ctx: AppContext
 
 
 class ChatScreen(Screen[None]):
@@ -145,7 +142,7 @@ class ChatScreen(Screen[None]):
 
     @property
     def ctx(self) -> AppContext:
-        return cast("_HasContext", self.app).ctx
+        return app_context(self)
 
     @property
     def lanes(self) -> list[ChatLane]:

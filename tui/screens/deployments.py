@@ -6,7 +6,7 @@ outlive the screen) or dialogs. It refreshes on ``TargetsChanged``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -17,13 +17,10 @@ from textual.widgets import DataTable, Header, Input, Static
 
 from backends.target_registry import LOCAL_KEY, DeploymentRow, TargetSource, TargetStatus
 from tui.messages import TargetsChanged
+from tui.shell import Shell, shell
 from tui.widgets.deploy.dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
 from tui.widgets.deploy.table import DeploymentTable
 from tui.widgets.footer import KeysFooter
-
-if TYPE_CHECKING:
-    from tui.app import ServeDeckApp
-
 
 NEW_DEPLOYMENT_SCREEN = "new-deployment"
 # The form is built ahead, once keys have been quiet this long: building it when `n` is pressed (~65
@@ -128,8 +125,8 @@ class DeploymentsScreen(Screen[None]):
         self._cursor_placed = False
 
     @property
-    def deck(self) -> ServeDeckApp:
-        return cast("ServeDeckApp", self.app)
+    def deck(self) -> Shell:
+        return shell(self)
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -23,7 +23,8 @@ from sessions.run_models import RunFilter, RunSummary
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
 from tui.services.bench_cost import catalog_price_per_hour
-from tui.store_access import app_context, open_store
+from tui.shell import app_context
+from tui.store_access import open_store
 from tui.widgets.bench.sweep_chart import SweepSeries
 from tui.widgets.deploy.dialogs import ConfirmScreen
 from tui.widgets.footer import KeysFooter

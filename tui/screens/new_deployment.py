@@ -8,7 +8,7 @@ The same spec goes to a Kubernetes cluster ("apply") or to a local vLLM twin ("s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from rich.syntax import Syntax
 from rich.text import Text
@@ -28,12 +28,9 @@ from manifests.gpus import ACCELERATORS, GpuType
 from manifests.model_catalog import all_profiles, load_custom_profile
 from manifests.model_profiles import ModelProfile
 from manifests.spec import DeploymentSpec, build_spec
-from tui.app import guarded
+from tui.shell import Shell, guarded, shell
 from tui.widgets.deploy.plan import DeploymentPlan, plan_deployment, plan_renderable
 from tui.widgets.footer import KeysFooter
-
-if TYPE_CHECKING:
-    from tui.app import ServeDeckApp
 
 DEFAULT_MODEL = "google/gemma-3-27b-it"
 DEFAULT_GPU = GpuType.H100
@@ -175,8 +172,8 @@ class NewDeploymentScreen(Screen[None]):
         self._pending_fill: tuple[str | ModelProfile, GpuType, int, bool] | None = None
 
     @property
-    def deck(self) -> ServeDeckApp:
-        return cast("ServeDeckApp", self.app)
+    def deck(self) -> Shell:
+        return shell(self)
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -13,8 +13,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-from backends.target_registry import LOCAL_KEY, TargetRegistry, TargetStatus
+from backends.target_registry import LOCAL_KEY, TargetStatus
 from tui.messages import TargetsChanged
+from tui.shell import target_registry
 
 KEYS: tuple[tuple[str, str], ...] = (
     ("u", "use the highlighted row as the target for Chat and Bench"),
@@ -40,8 +41,8 @@ class WelcomeScreen(ModalScreen[None]):
 
     def _engine_line(self) -> str:
         # Read from the registry each time: the engine is often ready while this screen is still up.
-        registry = getattr(self.app, "registry", None)
-        row = registry.row(LOCAL_KEY) if isinstance(registry, TargetRegistry) else None
+        registry = target_registry(self)
+        row = registry.row(LOCAL_KEY) if registry is not None else None
         if row is not None and row.status is TargetStatus.READY:
             return (
                 "The local engine (Gemma 3 270M on llama.cpp, on this CPU) is ready: it is the selected "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import ClassVar
 
 from rich.table import Table
 from rich.text import Text
@@ -16,12 +16,10 @@ from textual.worker import get_current_worker
 
 from backends.target_registry import DeploymentRow, TargetSource
 from tui.messages import TargetsChanged
+from tui.shell import Shell, shell
 from tui.widgets.deploy.log_view import DeployLogView, LineBatcher, LogLines
 from tui.widgets.deploy.table import STATUS_STYLES, format_price
 from tui.widgets.footer import KeysFooter
-
-if TYPE_CHECKING:
-    from tui.app import ServeDeckApp
 
 CLUSTER_REFRESH_S = 5.0
 
@@ -59,8 +57,8 @@ class DeploymentDetailsScreen(Screen[None]):
         self._show_logs = show_logs
 
     @property
-    def deck(self) -> ServeDeckApp:
-        return cast("ServeDeckApp", self.app)
+    def deck(self) -> Shell:
+        return shell(self)
 
     @property
     def row(self) -> DeploymentRow | None:
