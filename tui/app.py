@@ -56,6 +56,7 @@ VIEWS: tuple[View, ...] = (
     View("chat", "tui.screens.chat", "ChatScreen", "Chat", ("c", "race")),
     View("bench", "tui.screens.bench", "BenchScreen", "Bench", ("b", "sweep")),
     View("history", "tui.screens.history", "HistoryScreen", "History", ("h", "hist", "runs")),
+    View("advisor", "tui.screens.advisor", "AdvisorScreen", "Advisor", ("adv", "advise", "plan")),
 )
 
 
