@@ -63,3 +63,8 @@ def ensure_writable_dir(path: Path, purpose: str, env_name: str = DATA_DIR_ENV) 
 
 def engine_log_dir(explicit: Path | str | None = None) -> Path:
     return cache_dir(explicit) / "logs"
+
+
+def calibrations_dir(explicit: Path | str | None = None) -> Path:
+    """Where named twin calibration profiles (``servedeck twin calibrate``) live, one JSON file each."""
+    return config_dir(explicit) / "calibrations"

@@ -21,6 +21,25 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_BLOCK_SIZE = 16
 
 
+class TwinConstants(BaseModel):
+    """Scales on the roofline's end-to-end constants (1.0: the defaults in ``roofline.py``).
+
+    The ones kernel timings cannot pin down: host overhead per step and per scheduled sequence, and the
+    effective bandwidth and matmul efficiencies. ``twin calibrate`` fits them to measured sweeps.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    step_overhead_scale: float = Field(default=1.0, gt=0)
+    per_sequence_scale: float = Field(default=1.0, gt=0)
+    bandwidth_scale: float = Field(default=1.0, gt=0, description="weight, KV and activation streaming")
+    matmul_scale: float = Field(default=1.0, gt=0, description="GEMM and prefill-attention compute")
+
+    @property
+    def is_default(self) -> bool:
+        return self == TwinConstants()
+
+
 class TwinConfig(BaseModel):
     """One simulated vLLM replica; ``None`` fields take vLLM's defaults (the ``resolved_*`` properties)."""
 
@@ -40,6 +59,9 @@ class TwinConfig(BaseModel):
     cpu_kv_cache_gib: float | None = Field(
         default=None,
         description="CPU backend: VLLM_CPU_KVCACHE_SPACE (GiB); None: memory x utilization, as on a GPU",
+    )
+    constants: TwinConstants = Field(
+        default_factory=TwinConstants, description="calibration scales on the roofline's constants"
     )
     hybrid_kv_cache: bool = Field(
         default=True,

@@ -190,6 +190,14 @@ class Roofline:
             self.attention_floor_s = GPU_ATTENTION_FLOOR_S
             layer_floor = GPU_SMALL_KERNELS_PER_LAYER * GPU_SMALL_KERNEL_S
             self.step_overhead_s, self.per_sequence_s = GPU_STEP_OVERHEAD_S, GPU_PER_SEQUENCE_OVERHEAD_S
+        constants = config.constants
+        self.step_overhead_s *= constants.step_overhead_scale
+        self.per_sequence_s *= constants.per_sequence_scale
+        # A calibrated efficiency never exceeds the datasheet peak.
+        weight_eff = min(1.0, weight_eff * constants.bandwidth_scale)
+        attn_bw_eff = min(1.0, attn_bw_eff * constants.bandwidth_scale)
+        matmul_eff = min(1.0, matmul_eff * constants.matmul_scale)
+        attn_fl_eff = min(1.0, attn_fl_eff * constants.matmul_scale)
         self.elementwise_floor_s = layer_floor * model.num_layers
         self.weight_bw = acc.bandwidth_bytes_per_s * weight_eff
         self.matmul_flops = acc.bf16_flops * matmul_eff
