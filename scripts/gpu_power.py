@@ -2,7 +2,7 @@
 
 Run on a machine with a CUDA GPU and PyTorch (not in CI)::
 
-    python3 tests/benchmarks/gpu_power.py --out power.json
+    python3 scripts/gpu_power.py --out power.json
 
 nvidia-smi logs ``power.draw,utilization.gpu,memory.used,clocks.sm,temperature.gpu`` every 100 ms
 beside the run; each line is stamped on arrival, so phases are matched to readings by time. Each phase
