@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist
 
 from sessions.chats import ChatSummary
 from tui.widgets.history.runs import local_time
+from tui.widgets.table_cursor import cursor_row_key
 from tui.widgets.table_filter import filter_matches
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -53,10 +53,4 @@ class ChatsTable(DataTable[str]):
 
     @property
     def current_chat_id(self) -> str | None:
-        if self.row_count == 0:
-            return None
-        try:
-            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        except CellDoesNotExist:
-            return None
-        return None if key.value is None else str(key.value)
+        return cursor_row_key(self)

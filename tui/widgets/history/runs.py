@@ -17,6 +17,7 @@ from backends.bench.models import Axis
 from backends.bench.results import RunStatus
 from sessions.run_models import RunSummary
 from tui.services.bench_config import format_level
+from tui.widgets.table_cursor import cursor_row_key
 from tui.widgets.table_filter import filter_matches
 
 MARK = "●"
@@ -217,13 +218,7 @@ class RunsTable(DataTable[Text]):
 
     @property
     def current_run_id(self) -> str | None:
-        if self.row_count == 0:
-            return None
-        try:
-            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        except CellDoesNotExist:
-            return None
-        return None if key.value is None else str(key.value)
+        return cursor_row_key(self)
 
     def toggle_mark(self, run_id: str) -> bool:
         """Mark or unmark a run; returns whether it is marked now."""
