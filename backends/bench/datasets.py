@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from backends.bench.models import SampledRequest
 from backends.bench.results import DatasetSpec, PromptSampling
 from backends.bench.tokenizers import TokenCounter
+from backends.bench.traces import load_trace
 from backends.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -307,6 +308,8 @@ def sample_requests(
         return sample_custom(spec, num_prompts, counter, seed, output_len, levels=levels)
     if spec.kind == "codebase_qa":
         return sample_codebase_qa(spec, num_prompts, counter, seed, output_len, levels=levels)
+    if spec.kind == "trace":
+        return sample_trace(spec, num_prompts, counter, seed, output_len)
     if spec.kind == "sharegpt":
         parsed = bundled_sharegpt()
         source = f"ShareGPT (bundled, {parsed.complete_records:,} conversations)"
@@ -888,3 +891,48 @@ def sample_codebase_qa(
         notes=notes,
         source=source,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace replay (Mooncake JSONL, BurstGPT CSV): the trace's times and lengths, prompts of ShareGPT text
+
+
+def sample_trace(
+    spec: DatasetSpec, num_prompts: int, counter: TokenCounter, seed: int, output_len: int | None
+) -> SampledDataset:
+    """The first ``num_prompts`` requests of the trace at ``spec.path``: each a run of real ShareGPT text
+    searched to the traced input length, the traced output length (or ``output_len``), and the traced
+    arrival time (``SampledRequest.arrival_s``). Every level replays the same requests."""
+    if not spec.path:
+        raise DatasetError(
+            "trace replay needs the trace file: --trace PATH (.jsonl Mooncake or .csv BurstGPT)"
+        )
+    trace = load_trace(spec.path, spec.trace_format, time_scale=spec.trace_time_scale)
+    chosen = trace.requests[:num_prompts]
+    notes = list(trace.notes)
+    if len(trace.requests) < num_prompts:
+        notes.append(
+            f"the trace has {len(trace.requests):,} requests, fewer than {num_prompts:,}: sends all of them"
+        )
+    rng = np.random.default_rng(seed)
+    start = _text_draw(sharegpt_words(seed), rng)
+    prompts, lens = _prompts_of_lengths([r.input_len for r in chosen], counter, [start() for _ in chosen])
+    requests = [
+        SampledRequest(
+            prompt=text,
+            prompt_len=n,
+            expected_output_len=r.output_len if output_len is None else output_len,
+            arrival_s=r.arrival_s,
+        )
+        for text, n, r in zip(prompts, lens, chosen, strict=True)
+    ]
+    off = sum(1 for n, r in zip(lens, chosen, strict=True) if n != r.input_len)
+    if off:
+        notes.append(f"{off} of {len(chosen)} trace prompts missed their traced length with {counter.name}")
+    span = chosen[-1].arrival_s
+    scale = f", time scale {spec.trace_time_scale:g}" if spec.trace_time_scale != 1 else ""
+    source = (
+        f"{trace.format} trace {Path(trace.path).name} ({len(chosen):,} requests over {span:.1f} s{scale}, "
+        "prompts of ShareGPT text)"
+    )
+    return SampledDataset(requests=requests, notes=notes, source=source)

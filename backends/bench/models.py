@@ -63,6 +63,9 @@ class SampledRequest(BaseModel):
     prompt: str
     prompt_len: int
     expected_output_len: int
+    arrival_s: float | None = Field(
+        default=None, description="trace replay: seconds from the level start (scaled); None: the level's"
+    )
 
 
 class Axis(StrEnum):

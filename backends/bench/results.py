@@ -54,6 +54,10 @@ class DatasetSpec(BaseModel):
     # document_len tokens, then a different ShareGPT question per request.
     document_path: str | None = None
     document_len: int = 4096
+    # "trace": a recorded trace at ``path`` (Mooncake JSON Lines or BurstGPT CSV) replayed: its arrival times
+    # (times trace_time_scale) and lengths, prompts of ShareGPT text (backends/bench/traces.py).
+    trace_format: str | None = None  # "mooncake" | "burstgpt"; None: from the file's suffix
+    trace_time_scale: float = 1.0
 
 
 class SweepConfig(BaseModel):

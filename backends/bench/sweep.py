@@ -47,6 +47,7 @@ from backends.bench.models import (
 )
 from backends.bench.results import DatasetSpec, LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.bench.tokenizers import pick_token_counter
+from backends.bench.traces import check_trace_levels, trace_arrivals
 from backends.errors import ConfigError, TargetError
 from backends.prometheus import MetricsScraper
 from backends.redaction import redact, remember_secret
@@ -106,6 +107,8 @@ def validate_config(config: SweepConfig) -> None:
             raise ConfigError(f"{flag} must be a number of seconds > 0, got {seconds:g}")
     if config.max_concurrency is not None and config.max_concurrency < 1:
         raise ConfigError(f"--max-concurrency must be >= 1, got {config.max_concurrency}")
+    if config.dataset.kind == "trace":
+        check_trace_levels(config.axis, config.levels, config.ramp_up_strategy)
     check_output_len(config.dataset, config.output_len, config.target)
 
 
@@ -114,7 +117,7 @@ def check_output_len(dataset: DatasetSpec, output_len: int | None, target: Targe
     at 2048 tokens, and the target's context caps every request (a llama.cpp server would silently stop
     at its slot's end, vLLM refuses each request)."""
     longest_sharegpt = MAX_TOTAL_LEN - MIN_SEQUENCE_LEN
-    if output_len is not None and dataset.kind != "random" and output_len > longest_sharegpt:
+    if output_len is not None and dataset.kind not in ("random", "trace") and output_len > longest_sharegpt:
         raise ConfigError(
             f"--output-len {output_len} cannot be sampled from ShareGPT: vLLM's rules keep prompt + output "
             f"<= {MAX_TOTAL_LEN} tokens with prompts of >= {MIN_SEQUENCE_LEN}, so at most "
@@ -234,6 +237,7 @@ async def _run_one_level(
         workers=config.workers,
         request_timeout_s=config.request_timeout_s,
         idle_timeout_s=config.idle_timeout_s,
+        arrivals=trace_arrivals(samples),
     )
     emit(LevelStarted(index=index, level=level, total=len(samples)))
     monitor = _LevelMonitor(index, level, len(samples), emit)

@@ -45,6 +45,7 @@ from backends.bench.sweep import (
     set_status_from_levels,
     validate_config,
 )
+from backends.errors import ConfigError
 from backends.kube.client import KubeClient, ObjectRef
 from backends.kube.errors import KubeError, KubeForbiddenError
 from backends.kube.logs import LogStream
@@ -482,6 +483,11 @@ class InClusterSweep:
         cancel: asyncio.Event | None = None,
         api_key: SecretStr | None = None,
     ) -> None:
+        if config.dataset.kind == "trace":
+            raise ConfigError(
+                "--in-cluster does not replay traces (its pods draw their own arrival times); "
+                "replay the trace without --in-cluster"
+            )
         self.kube = kube
         self.config = config
         self.options = options

@@ -30,6 +30,7 @@ from backends.bench.metrics import compute_metrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledRequest, ServerSnapshot
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.bench.tokenizers import TiktokenCounter, TokenCounter
+from backends.bench.traces import check_trace_levels, trace_arrivals
 from backends.errors import ConfigError
 from backends.twin.engine import TwinConfig, TwinEngine
 
@@ -90,7 +91,7 @@ def run_level(
     total = len(requests)
     if eos_after is not None and len(eos_after) != total:
         raise ConfigError(f"{len(eos_after)} EOS lengths for {total} requests")
-    arrivals = arrival_times(total, level.request_rate, level.burstiness, seed)
+    arrivals = trace_arrivals(requests) or arrival_times(total, level.request_rate, level.burstiness, seed)
     cap = level.concurrency_cap
     sent_at: list[float] = [0.0] * total
     first_token: list[float | None] = [None] * total
@@ -292,6 +293,8 @@ def run_sweep(
     engine: TwinEngine | None = None,
 ) -> SweepResult:
     """Every level of ``sweep`` through one twin engine; returns what ``run_sweep`` of the bench returns."""
+    if sweep.dataset.kind == "trace":
+        check_trace_levels(sweep.axis, sweep.levels, sweep.ramp_up_strategy)
     counter = counter or TiktokenCounter()
     dataset = dataset or sample_dataset(sweep, counter)
     use_dataset_lengths = (

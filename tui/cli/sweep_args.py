@@ -10,6 +10,7 @@ from typing import Any
 
 from backends.bench.models import Axis, Target
 from backends.bench.results import DatasetSpec, SweepConfig
+from backends.bench.traces import TRACE_FORMATS
 from backends.errors import ConfigError
 from tui.services.sweep_inputs import parse_goodput
 
@@ -148,6 +149,21 @@ def add_sweep_arguments(
     parser.add_argument("--random-range-ratio", type=float, default=0.0)
     parser.add_argument("--output-len", type=int, help="fixed output length (overrides the dataset's)")
     parser.add_argument(
+        "--trace",
+        metavar="PATH",
+        help="replay a trace: its arrival times and input/output lengths (Mooncake .jsonl or BurstGPT .csv), "
+        "prompts of ShareGPT text",
+    )
+    parser.add_argument(
+        "--trace-format", choices=TRACE_FORMATS, help="--trace's format (default: from its suffix)"
+    )
+    parser.add_argument(
+        "--trace-time-scale",
+        type=positive_number,
+        default=1.0,
+        help="--trace: multiply its times by this (0.5 replays twice as fast; default 1)",
+    )
+    parser.add_argument(
         "--same-prompts",
         action="store_true",
         help="send the same prompts at every level, as vllm bench serve does (from the second level on the "
@@ -183,6 +199,15 @@ def sweep_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:
     """The ``--dataset`` and ``--random-*`` flags; ConfigError when a dataset file does not exist."""
     name: str = args.dataset
+    trace: str | None = getattr(args, "trace", None)
+    if trace is not None:
+        if name != "sharegpt":
+            raise ConfigError("give the prompts once: --dataset or --trace")
+        if not Path(trace).is_file():
+            raise ConfigError(f"--trace: no such file {trace!r}")
+        return DatasetSpec(
+            kind="trace", path=trace, trace_format=args.trace_format, trace_time_scale=args.trace_time_scale
+        )
     if name in BUILTIN_DATASETS:
         dataset = DatasetSpec(kind=name)
     elif name == "custom" and getattr(args, "dataset_name", None) == "custom":

@@ -24,7 +24,7 @@ from backends.bench.loadgen.requests import Endpoint
 from backends.bench.loadgen.selfmon import merge_client_stats
 from backends.bench.loadgen.worker import WorkerJob, WorkerProgress, job_records, worker_main
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord
-from backends.errors import TargetError
+from backends.errors import ConfigError, TargetError
 
 _READY_TIMEOUT_S = 60.0
 _START_MARGIN_S = 0.05
@@ -42,6 +42,7 @@ class LevelPlan:
     request_timeout_s: float = 600.0
     idle_timeout_s: float = 60.0
     probe_timing: bool = False
+    arrivals: list[float] | None = None  # trace replay: each request's release time; None: the level's
 
 
 @dataclass
@@ -82,11 +83,26 @@ def _worker_cpus(workers: int) -> list[int | None]:
     return [available[-1 - i] for i in range(workers)]
 
 
+def _busiest_second(arrivals: list[float]) -> float:
+    """A trace's most releases within any one second, as a rate in req/s."""
+    busiest, first = 0, 0
+    for last, t in enumerate(arrivals):
+        while t - arrivals[first] >= 1.0:
+            first += 1
+        busiest = max(busiest, last - first + 1)
+    return float(busiest)
+
+
 def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
     level = plan.level
     total = len(plan.requests)
     workers = max(1, min(plan.workers, total or 1))
-    arrivals = arrival_times(total, level.request_rate, level.burstiness, plan.seed, ramp_up=level.ramp_up)
+    arrivals = plan.arrivals
+    if arrivals is None:
+        rate, burstiness = level.request_rate, level.burstiness
+        arrivals = arrival_times(total, rate, burstiness, plan.seed, ramp_up=level.ramp_up)
+    elif len(arrivals) != total:
+        raise ConfigError(f"{len(arrivals)} arrival times for {total} requests")
     cap = level.concurrency_cap
     cpus = _worker_cpus(workers)
     jobs = []
@@ -98,6 +114,8 @@ def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
         else:
             # Two seconds of arrivals (all of them at rate inf, all at once).
             rate = level.ramp_up[2] if level.ramp_up is not None else level.request_rate
+            if plan.arrivals is not None:
+                rate = _busiest_second(plan.arrivals)
             preopen = len(positions) if math.isinf(rate) else min(len(positions), max(8, math.ceil(rate * 2)))
         jobs.append(
             WorkerJob(
