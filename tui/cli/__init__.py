@@ -27,9 +27,9 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _command_modules() -> list[_CommandModule]:
-    from tui.cli import app, bench, bench_worker, cost, deploy, local, models, plan, runs, twin
+    from tui.cli import app, bench, bench_worker, cost, demo, deploy, local, models, plan, runs, twin
 
-    return [app, bench, bench_worker, cost, deploy, local, models, plan, runs, twin]
+    return [app, bench, bench_worker, cost, demo, deploy, local, models, plan, runs, twin]
 
 
 def build_parser() -> argparse.ArgumentParser:
