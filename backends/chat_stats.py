@@ -64,29 +64,40 @@ class StatsAccumulator:
         return len(self.chunk_times)
 
     def snapshot(self, *, partial: bool = True) -> AnswerStats:
-        times = self.chunk_times
         output_tokens = self.chunk_count
         source: Literal["usage", "chunks"] = "chunks"
         if self.usage_completion_tokens is not None:
             output_tokens = self.usage_completion_tokens
             source = "usage"
-        ttft = times[0] - self.started_at if times else None
-        e2e = times[-1] - self.started_at if times else None
-        tpot = None
-        if ttft is not None and e2e is not None and output_tokens > 1:
-            tpot = (e2e - ttft) / (output_tokens - 1)
-        return AnswerStats(
-            ttft_s=ttft,
-            tpot_s=tpot,
-            e2e_s=e2e,
-            itl_s=[later - earlier for earlier, later in itertools.pairwise(times)],
-            output_tokens=output_tokens,
-            output_tokens_source=source,
-            prompt_tokens=self.prompt_tokens,
-            finish_reason=self.finish_reason,
-            partial=partial,
-            server_timings=self.server_timings,
+        return _timing(self.started_at, self.chunk_times, output_tokens).model_copy(
+            update={
+                "output_tokens_source": source,
+                "prompt_tokens": self.prompt_tokens,
+                "finish_reason": self.finish_reason,
+                "partial": partial,
+                "server_timings": self.server_timings,
+            }
         )
+
+    def running(self, chunks: int) -> AnswerStats:
+        """The stats as they stood when token chunk number ``chunks`` arrived: the chunks' timing only
+        (usage, finish reason and server timings come with the end of the stream)."""
+        return _timing(self.started_at, self.chunk_times[:chunks], chunks)
+
+
+def _timing(started_at: float, times: list[float], output_tokens: int) -> AnswerStats:
+    ttft = times[0] - started_at if times else None
+    e2e = times[-1] - started_at if times else None
+    tpot = None
+    if ttft is not None and e2e is not None and output_tokens > 1:
+        tpot = (e2e - ttft) / (output_tokens - 1)
+    return AnswerStats(
+        ttft_s=ttft,
+        tpot_s=tpot,
+        e2e_s=e2e,
+        itl_s=[later - earlier for earlier, later in itertools.pairwise(times)],
+        output_tokens=output_tokens,
+    )
 
 
 def percentile(values: list[float], q: float) -> float | None:

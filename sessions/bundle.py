@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import from_json
 
-from backends.bench.results import RunStatus
+from backends.bench.results import STORED, RunStatus
 from backends.redaction import redact
 from sessions import run_rows
 from sessions.database import Database
@@ -77,7 +77,7 @@ def parse_bundle(text: str | bytes, source: str) -> RunBundle:
             f"({BUNDLE_VERSION}); upgrade ServeDeck to import it"
         )
     try:
-        return RunBundle.model_validate(raw)
+        return RunBundle.model_validate(raw, context=STORED)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])

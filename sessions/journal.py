@@ -29,7 +29,7 @@ from pydantic_core import from_json
 
 from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord, ServerSnapshot
-from backends.bench.results import RunStatus, SweepConfig
+from backends.bench.results import STORED, RunStatus, SweepConfig
 from sessions import run_rows
 from sessions.database import Database
 from sessions.errors import SessionStoreError, StoreBusyError
@@ -239,7 +239,7 @@ def _read_entries(handle_fd: int) -> list[Entry]:
         if not line.strip():
             continue
         try:
-            entries.append(_ENTRY.validate_python(from_json(line)))
+            entries.append(_ENTRY.validate_python(from_json(line), context=STORED))
         except (ValueError, ValidationError):
             continue
     return entries

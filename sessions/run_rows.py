@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord, ServerSnapshot
-from backends.bench.results import RunStatus, SweepConfig
+from backends.bench.results import STORED, RunStatus, SweepConfig
 from backends.redaction import redact, redact_url
 from sessions.errors import SessionStoreError
 from sessions.jsoncodec import dump_model
@@ -40,7 +40,7 @@ def incompatible(run_id: str, what: str, exc: ValidationError | RecordDecodeErro
 
 def parse_config(run_id: str, config_json: str) -> SweepConfig:
     try:
-        return SweepConfig.model_validate_json(config_json)
+        return SweepConfig.model_validate_json(config_json, context=STORED)
     except ValidationError as exc:
         raise incompatible(run_id, "configuration", exc) from None
 

@@ -114,9 +114,8 @@ def test_cancel_marks_partial_and_keeps_finished_requests(server: FakeSSEServer)
 
 
 def test_empty_levels_are_rejected(server: FakeSSEServer) -> None:
-    config = _config(_target(server), Axis.CONCURRENCY, [])
-    with pytest.raises(ConfigError, match="at least one level"):
-        _sweep(config)
+    with pytest.raises(ConfigError, match="at least one level"):  # SweepConfig's own validator
+        _sweep(_config(_target(server), Axis.CONCURRENCY, []))
 
 
 def _sweep_killing_server(

@@ -45,7 +45,7 @@ from backends.bench.metrics import (
     validate_percentiles,
 )
 from backends.bench.models import Axis, RequestRecord, ServerSnapshot
-from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
+from backends.bench.results import STORED, LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
 from backends.prometheus import prefix_cache_hit_rate, prefix_cache_warning
 
@@ -506,7 +506,7 @@ def read_level_results(path: Path | str) -> SavedSweep:
             f"{SWEEP_FILE_FORMAT_VERSION}"
         )
     try:
-        return SavedSweep.model_validate(data)
+        return SavedSweep.model_validate(data, context=STORED)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
+from typing import Any, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, ValidatorFunctionWrapHandler, model_validator
 
+from backends.bench.input_grammar import check_goodput, check_levels, check_percentiles
 from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import (
     Axis,
@@ -17,7 +20,12 @@ from backends.bench.models import (
     Target,
 )
 from backends.bench.search_record import SearchRecord
+from backends.errors import ConfigError
 from backends.telemetry.models import LevelGpuTelemetry
+
+# Validation context for a config read back from History, a journal, a bundle or a results file: it was
+# checked when it was planned, and a run saved under older limits (or a search's many levels) stays readable.
+STORED: dict[str, Any] = {"stored": True}
 
 
 class RunStatus(StrEnum):
@@ -100,6 +108,42 @@ class SweepConfig(BaseModel):
     workers: int = 1
     request_timeout_s: float = 600.0
     idle_timeout_s: float = 60.0
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _within_limits(cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Self:
+        if isinstance(data, cls):  # a config passed on (into a result, an event): checked when it was built
+            return data
+        config: Self = handler(data)
+        if not (info.context or {}).get("stored"):
+            config.check_limits()
+        return config
+
+    def check_limits(self) -> None:
+        """ConfigError (one line) for a field outside what a sweep can run. ``sweep.validate_config`` checks
+        the rest before a run: the endpoint (an export names a stored one it cannot write), and what needs
+        the dataset and the target."""
+        check_levels(self.axis, self.levels)
+        check_percentiles(self.percentiles)
+        check_goodput(self.goodput_slos_ms)
+        if self.num_prompts < 1:
+            raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
+        if self.output_len is not None and self.output_len < 1:
+            raise ConfigError(f"--output-len must be >= 1, got {self.output_len}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if not self.burstiness > 0:
+            raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), got {self.burstiness:g}")
+        for flag, seconds in (
+            ("--request-timeout", self.request_timeout_s),
+            ("--idle-timeout", self.idle_timeout_s),
+        ):
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ConfigError(f"{flag} must be a number of seconds > 0, got {seconds:g}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ConfigError(f"--max-concurrency must be >= 1, got {self.max_concurrency}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
 
     def load_levels(self) -> list[LoadLevel]:
         return [

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import threading
 import time
@@ -86,27 +85,11 @@ SweepEvent = SweepStarted | LevelStarted | ProgressSnapshot | RecordsBatch | Lev
 
 
 def validate_config(config: SweepConfig) -> None:
-    if not config.levels:
-        raise ConfigError("give at least one level (e.g. --concurrency 1,4,16 or --request-rate 1,10)")
-    for value in config.levels:
-        if not value > 0:
-            raise ConfigError(f"levels must be > 0, got {value:g}")
-    if config.num_prompts < 1:
-        raise ConfigError(f"--num-prompts must be >= 1, got {config.num_prompts}")
-    if config.output_len is not None and config.output_len < 1:
-        raise ConfigError(f"--output-len must be >= 1, got {config.output_len}")
+    """The config's own limits (again: ``model_copy`` does not validate), its endpoint, and what needs
+    its dataset and target."""
+    config.check_limits()
     if config.endpoint not in ("chat", "completions"):
         raise ConfigError(f"endpoint must be 'chat' or 'completions', got {config.endpoint!r}")
-    if not (math.isfinite(config.temperature) and config.temperature >= 0):
-        raise ConfigError(f"--temperature must be a finite number >= 0, got {config.temperature}")
-    for flag, seconds in (
-        ("--request-timeout", config.request_timeout_s),
-        ("--idle-timeout", config.idle_timeout_s),
-    ):
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise ConfigError(f"{flag} must be a number of seconds > 0, got {seconds:g}")
-    if config.max_concurrency is not None and config.max_concurrency < 1:
-        raise ConfigError(f"--max-concurrency must be >= 1, got {config.max_concurrency}")
     if config.dataset.kind == "trace":
         check_trace_levels(config.axis, config.levels, config.ramp_up_strategy)
     check_output_len(config.dataset, config.output_len, config.target)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from backends.bench.input_grammar import parse_goodput
 from backends.bench.models import Target
 from backends.bench.results import RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
@@ -28,11 +29,10 @@ from tui.cli.sweep_args import (
     add_sweep_arguments,
     config_from_args,
     dataset_from_args,
-    float_list,
     non_negative_number,
+    percentiles,
     positive_number,
 )
-from tui.services.sweep_inputs import parse_goodput
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,14 +48,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--target", help="base URL (http://host:port) or 'local'")
     parser.add_argument("--model", help="model id (default: the first one /v1/models lists)")
     parser.add_argument("--api-key-env", help="name of the environment variable holding the API key")
-    add_sweep_arguments(parser, positive_levels=False, num_prompts_default=100, vllm_rates=True)
+    add_sweep_arguments(parser, num_prompts_default=100, vllm_rates=True)
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--goodput", nargs="+", help="SLOs in ms: ttft:500 tpot:50 (vLLM's form) or ttft:500,tpot:50"
     )
     parser.add_argument(
-        "--percentiles", "--metric-percentiles", type=float_list, default=[99.0], help="e.g. 50,90,99"
+        "--percentiles", "--metric-percentiles", type=percentiles, default=[99.0], help="e.g. 50,90,99"
     )
     parser.add_argument(
         "--endpoint",
@@ -138,9 +138,6 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), got {args.burstiness:g}")
     if args.num_prompts < 1:
         raise ConfigError(f"--num-prompts must be >= 1, got {args.num_prompts}")
-    from backends.bench.metrics import validate_percentiles
-
-    validate_percentiles(args.percentiles)
 
 
 def run_bench(args: argparse.Namespace) -> int:

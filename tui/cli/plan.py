@@ -36,7 +36,7 @@ from tui.cli.deploy_render import (
 )
 from tui.cli.sweep_args import (
     add_sweep_arguments,
-    positive_float_list,
+    percentiles,
     sweep_fields_from_args,
 )
 
@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("--gpu", required=True, help=f"accelerator: {', '.join(g.value for g in GpuType)}")
     parser.add_argument("--count", type=int, default=1, help="GPUs per replica = tensor-parallel size")
-    add_sweep_arguments(parser, positive_levels=True, num_prompts_default=1000)
+    add_sweep_arguments(parser, num_prompts_default=1000)
     parser.add_argument("--ignore-eos", action="store_true", help="every answer runs to its output length")
     parser.add_argument(
         "--eos",
@@ -77,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--percentiles", type=positive_float_list, default=[99.0], help="e.g. 50,90,99")
+    parser.add_argument("--percentiles", type=percentiles, default=[99.0], help="e.g. 50,90,99")
     parser.add_argument("--max-model-len", type=int, help="default: the model's maximum")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--max-num-seqs", type=int, help="default: vLLM's for the GPU")

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backends.bench.input_grammar import parse_goodput, parse_levels, parse_percentiles
 from backends.bench.models import Axis, Target
 from backends.bench.results import DatasetSpec, SweepConfig
 from backends.bench.traces import TRACE_FORMATS
 from backends.errors import ConfigError
-from tui.services.sweep_inputs import parse_goodput
 
 BUILTIN_DATASETS = ("sharegpt", "random", "prefix_repetition", "codebase_qa")
 
@@ -24,22 +25,6 @@ def _numbers(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers (no inf or nan), got {text!r}")
-    return values
-
-
-def float_list(text: str) -> list[float]:
-    """An argparse type: a comma list of at least one number."""
-    values = _numbers(text)
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
-
-
-def positive_float_list(text: str) -> list[float]:
-    """An argparse type: a comma list of at least one number, each > 0."""
-    values = _numbers(text)
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
     return values
 
 
@@ -73,57 +58,46 @@ def whole_number_at_least_1(text: str) -> int:
     return value
 
 
-def rate_list(text: str) -> list[float]:
-    """An argparse type: a comma list of req/s, each finite or ``inf`` (vLLM's: every request at t = 0)."""
-    values: list[float] = []
-    for part in (piece.strip() for piece in text.split(",")):
-        if part.lower() in ("inf", "+inf", "infinity"):
-            values.append(math.inf)
-        elif part:
-            values.extend(_numbers(part))
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+def levels_of(axis: Axis, *, allow_inf: bool) -> Callable[[str], list[float]]:
+    """An argparse type: levels in the grammar the Bench form reads too (backends/bench/input_grammar)."""
+
+    def parse(text: str) -> list[float]:
+        try:
+            return parse_levels(axis, text, allow_inf=allow_inf)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
-def _whole_levels(values: list[float], text: str) -> list[float]:
-    if any(v != int(v) or v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"concurrency levels must be whole numbers >= 1, got {text!r}")
-    return values
-
-
-def concurrency_list(text: str) -> list[float]:
-    """An argparse type: a comma list of whole in-flight counts >= 1."""
-    return _whole_levels(float_list(text), text)
-
-
-def positive_concurrency_list(text: str) -> list[float]:
-    """As ``concurrency_list``, but a count <= 0 gets ``positive_float_list``'s message."""
-    return _whole_levels(positive_float_list(text), text)
+def percentiles(text: str) -> list[float]:
+    """An argparse type: metric percentiles, e.g. 50,90,99."""
+    try:
+        return parse_percentiles(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_sweep_arguments(
     parser: argparse.ArgumentParser,
     *,
-    positive_levels: bool,
     num_prompts_default: int,
     vllm_rates: bool = False,
 ) -> None:
     """--concurrency | --request-rate (one required), arrivals, prompts per level, dataset, output length.
 
-    With ``positive_levels`` a level <= 0 is refused by the parser ("expected numbers > 0"). With
-    ``vllm_rates`` a rate may be ``inf`` and neither flag is required (the caller defaults to vLLM's
-    ``--request-rate inf``).
+    Levels are read as the Bench form reads them (``input_grammar.parse_levels``). With ``vllm_rates`` a
+    rate may be ``inf`` and neither flag is required (the caller defaults to vLLM's ``--request-rate inf``).
     """
     axis = parser.add_mutually_exclusive_group(required=not vllm_rates)
     axis.add_argument(
         "--concurrency",
-        type=positive_concurrency_list if positive_levels else concurrency_list,
+        type=levels_of(Axis.CONCURRENCY, allow_inf=False),
         help="closed loop: comma list of in-flight counts",
     )
     axis.add_argument(
         "--request-rate",
-        type=rate_list if vllm_rates else positive_float_list if positive_levels else float_list,
+        type=levels_of(Axis.REQUEST_RATE, allow_inf=vllm_rates),
         help="open loop: comma list of req/s"
         + (" (inf: every request at once, vllm bench serve's default)" if vllm_rates else ""),
     )

@@ -12,16 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from backends.bench.metrics import validate_goodput_slos
+from backends.bench.input_grammar import parse_goodput, parse_levels
 from backends.bench.models import Axis, Target
 from backends.bench.results import DatasetSpec, SweepConfig
 from backends.bench.sweep import validate_config
 from backends.errors import ConfigError
 from tui.services.bench_cost import PRICE_SOURCE_LABELS, PriceSource
-from tui.services.sweep_inputs import parse_goodput
 
 DatasetKind = Literal["sharegpt", "random", "file"]
-MAX_LEVELS = 32
 
 
 class BenchFormValues(BaseModel):
@@ -68,27 +66,6 @@ def _whole(field: str, text: str, *, blank_ok: bool = False, example: str = "100
     if number < 1:
         raise ConfigError(f"{field} must be at least 1, got {number}")
     return number
-
-
-def parse_levels(axis: Axis, text: str) -> list[float]:
-    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
-    example = "1,4,16" if axis is Axis.CONCURRENCY else "1,5,10"
-    if not parts:
-        raise ConfigError(f"levels: give at least one level, e.g. {example}")
-    if len(parts) > MAX_LEVELS:
-        raise ConfigError(f"levels: at most {MAX_LEVELS} levels per sweep, got {len(parts)}")
-    values: list[float] = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            raise ConfigError(f"levels: {part!r} is not a number; give a comma list like {example}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"levels must be > 0, got {part}")
-        if axis is Axis.CONCURRENCY and value != int(value):
-            raise ConfigError(f"concurrency levels are whole numbers of requests in flight, got {part}")
-        values.append(value)
-    return values
 
 
 def parse_price(text: str) -> float:
@@ -151,7 +128,7 @@ def build_runs(
     num_prompts = _whole("prompts per level", values.num_prompts, example="100")
     assert num_prompts is not None
     output_len = _whole("output length", values.output_len, blank_ok=True, example="256")
-    slos = validate_goodput_slos(parse_goodput(values.slos)) if values.slos.strip() else {}
+    slos = parse_goodput(values.slos)
     custom_price = parse_price(values.usd_per_hour) if values.price_source is PriceSource.CUSTOM else None
     label = values.label.strip() or None
     runs = []

@@ -16,9 +16,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, Select, SelectionList, Static
 
+from backends.bench.input_grammar import parse_levels
 from backends.bench.models import Axis, Target, TargetKind
 from backends.errors import ServeDeckError
-from tui.services.bench_config import BenchFormValues, DatasetKind, _whole, parse_levels
+from tui.services.bench_config import BenchFormValues, DatasetKind, _whole
 from tui.services.bench_cost import PRICE_SOURCE_LABELS, PriceSource
 from tui.widgets.bench.estimate import (
     GPU_DEFAULTS,
