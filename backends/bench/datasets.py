@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import numpy as np
 from pydantic import BaseModel, Field
 
-from backends.bench.models import SampledRequest
+from backends.bench.models import SampledConversation, SampledRequest
 from backends.bench.results import DatasetSpec, PromptSampling
 from backends.bench.tokenizers import TokenCounter
 from backends.bench.traces import load_trace
@@ -55,9 +55,17 @@ class SampledDataset(BaseModel):
 
     requests: list[SampledRequest]
     level_requests: list[list[SampledRequest]] = Field(default_factory=list)
+    # Multi-turn: each level's sessions (``requests`` then holds their first turns).
+    level_conversations: list[list[SampledConversation]] = Field(default_factory=list)
     sampling: PromptSampling = PromptSampling.SAME
     notes: list[str] = Field(default_factory=list)
     source: str = ""
+
+    def conversations_for_level(self, index: int) -> list[SampledConversation] | None:
+        """A multi-turn level's sessions; None for a dataset of single requests."""
+        if not self.level_conversations:
+            return None
+        return self.level_conversations[min(index, len(self.level_conversations) - 1)]
 
     def for_level(self, index: int) -> list[SampledRequest]:
         if not self.level_requests:
@@ -308,6 +316,8 @@ def sample_requests(
         return sample_custom(spec, num_prompts, counter, seed, output_len, levels=levels)
     if spec.kind == "codebase_qa":
         return sample_codebase_qa(spec, num_prompts, counter, seed, output_len, levels=levels)
+    if spec.kind == "multi_turn":
+        return _sample_multi_turn(spec, num_prompts, counter, seed, output_len, levels=levels)
     if spec.kind == "trace":
         return sample_trace(spec, num_prompts, counter, seed, output_len)
     if spec.kind == "sharegpt":
@@ -321,7 +331,7 @@ def sample_requests(
     else:
         raise DatasetError(
             f"unknown dataset kind {spec.kind!r}; use 'sharegpt', 'file', 'random', 'prefix_repetition', "
-            "'custom' or 'codebase_qa'"
+            "'custom', 'codebase_qa' or 'multi_turn'"
         )
     notes = []
     truncation = parsed.truncation_note
@@ -332,6 +342,31 @@ def sample_requests(
     sampled.notes[:0] = notes
     sampled.source = source
     return sampled
+
+
+def _sample_multi_turn(
+    spec: DatasetSpec,
+    num_sessions: int,
+    counter: TokenCounter,
+    seed: int,
+    output_len: int | None,
+    *,
+    levels: int | None,
+) -> SampledDataset:
+    from backends.bench import multi_turn
+
+    per_level, notes, source = multi_turn.sample_multi_turn(
+        spec, num_sessions, counter, seed, output_len, levels=levels
+    )
+    firsts = [multi_turn.first_turns(sessions) for sessions in per_level]
+    return SampledDataset(
+        requests=firsts[0],
+        level_requests=firsts if levels is not None else [],
+        level_conversations=per_level,
+        sampling=PromptSampling.OWN if levels is not None else PromptSampling.SAME,
+        notes=notes,
+        source=source,
+    )
 
 
 def same_prompts_note(num_prompts: int) -> str:

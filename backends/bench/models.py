@@ -68,6 +68,22 @@ class SampledRequest(BaseModel):
     )
 
 
+class SampledTurn(BaseModel):
+    """One user turn of a conversation, with the dataset's answer to it."""
+
+    user: str
+    answer: str
+    user_len: int
+    answer_len: int
+    expected_output_len: int
+
+
+class SampledConversation(BaseModel):
+    """A conversation replayed turn by turn by one simulated user (a session)."""
+
+    turns: list[SampledTurn]
+
+
 class Axis(StrEnum):
     CONCURRENCY = "concurrency"
     REQUEST_RATE = "request-rate"
@@ -134,6 +150,8 @@ class RequestRecord(BaseModel):
     error: str | None = None
     success: bool = False
     server_timings: dict[str, float] | None = None
+    session: int | None = Field(default=None, description="multi-turn: the session (user) it belongs to")
+    turn: int | None = Field(default=None, description="multi-turn: its turn index in the session, from 0")
     probe_emit_arrival_ns: list[int] | None = Field(
         default=None,
         description="calibration only: server emit_ns, client arrival time_ns, flat pairs, per chunk "
@@ -162,6 +180,21 @@ class RequestRecord(BaseModel):
     def itls(self) -> list[float]:
         times = self.chunk_times
         return [b - a for a, b in itertools.pairwise(times)]
+
+
+class TurnMetrics(BaseModel):
+    """Multi-turn: the requests of one turn index across a level's sessions."""
+
+    turn: int = Field(description="from 0")
+    requests: int
+    completed: int
+    mean_prompt_len: float = Field(description="tokens, history included")
+    mean_ttft_ms: float | None = None
+    median_ttft_ms: float | None = None
+    p99_ttft_ms: float | None = None
+    prefix_cache_hit_rate: float | None = Field(
+        default=None, description="0..1, from the server's per-request counts (llama.cpp timings.cache_n)"
+    )
 
 
 class ClientStats(BaseModel):

@@ -18,6 +18,7 @@ from backends.bench.models import (
     RequestRecord,
     ServerSnapshot,
     Target,
+    TurnMetrics,
 )
 from backends.bench.search_record import SearchRecord
 from backends.errors import ConfigError
@@ -66,6 +67,13 @@ class DatasetSpec(BaseModel):
     # (times trace_time_scale) and lengths, prompts of ShareGPT text (backends/bench/traces.py).
     trace_format: str | None = None  # "mooncake" | "burstgpt"; None: from the file's suffix
     trace_time_scale: float = 1.0
+    # "multi_turn": ShareGPT conversations (bundled, or a user's file at ``path``) replayed turn by turn,
+    # one session per conversation; history = earlier turns and the model's own answers (or the dataset's).
+    turns: int = 4
+    dataset_answers: bool = False
+    think_time_s: float = 0.0
+    think_time_dist: str = "fixed"  # "fixed" | "exponential" (mean think_time_s)
+    max_context_len: int = 2048
 
 
 class SweepConfig(BaseModel):
@@ -172,6 +180,7 @@ class LevelResult(BaseModel):
     message: str | None = None
     prompt_sampling: PromptSampling | None = Field(default=None, description="None: not known")
     gpu: LevelGpuTelemetry | None = Field(default=None, description="None: no GPU telemetry was read")
+    turns: list[TurnMetrics] | None = Field(default=None, description="multi-turn: TTFT by turn index")
 
 
 class SweepResult(BaseModel):

@@ -44,6 +44,7 @@ from backends.bench.models import (
     Target,
     TargetKind,
 )
+from backends.bench.multi_turn import per_turn_metrics
 from backends.bench.results import DatasetSpec, LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.bench.tokenizers import pick_token_counter
 from backends.bench.traces import check_trace_levels, trace_arrivals
@@ -148,6 +149,11 @@ class _LevelMonitor:
         self.server_snapshots: list[ServerSnapshot] = []
         self.started = time.perf_counter()
         self.gpu: LevelGpuMonitor | None = None
+        # llama.cpp counts its prefix-cache reuse per answer (timings.cache_n, prompt_n), not in /metrics:
+        # summed over the level's answers, they stand in for vLLM's hits/queries counters.
+        self.cached_tokens = 0.0
+        self.evaluated_tokens = 0.0
+        self.timings_seen = False
 
     def on_progress(self, progress: LevelProgress) -> None:
         self.progress = progress
@@ -156,10 +162,30 @@ class _LevelMonitor:
             ttft = record.ttft
             if record.success and ttft is not None:
                 self.recent_ttft_ms.append(ttft * 1000.0)
+            timings = record.server_timings
+            if record.success and timings is not None and "prompt_n" in timings:
+                self.timings_seen = True
+                self.cached_tokens += timings.get("cache_n", 0.0)
+                self.evaluated_tokens += timings["prompt_n"]
         if progress.new_records:
             self.emit(RecordsBatch(level_index=self.index, records=progress.new_records))
 
     def on_server(self, snapshot: ServerSnapshot) -> None:
+        if snapshot.source == "llamacpp" and snapshot.prefix_cache_hits_total is None:
+            if not self.server_snapshots:
+                # The level's own counts start at zero, whenever the first scrape comes.
+                self.server_snapshots.append(
+                    ServerSnapshot(
+                        t=0.0, source="llamacpp", prefix_cache_hits_total=0.0, prefix_cache_queries_total=0.0
+                    )
+                )
+            if self.timings_seen:
+                snapshot = snapshot.model_copy(
+                    update={
+                        "prefix_cache_hits_total": self.cached_tokens,
+                        "prefix_cache_queries_total": self.cached_tokens + self.evaluated_tokens,
+                    }
+                )
         self.server = snapshot
         self.server_snapshots.append(snapshot)
 
@@ -211,19 +237,30 @@ async def _run_one_level(
         api_key=_api_key(config),
     )
     samples = dataset.for_level(index)
+    conversations = dataset.conversations_for_level(index)
+    spec = config.dataset
     plan = LevelPlan(
         level=level,
-        requests=[render_request(endpoint, render_body(s, options), options) for s in samples],
+        requests=(
+            []
+            if conversations is not None
+            else [render_request(endpoint, render_body(s, options), options) for s in samples]
+        ),
         prompt_lens=[s.prompt_len for s in samples],
         output_lens=[s.expected_output_len for s in samples],
         seed=config.seed,
         workers=config.workers,
         request_timeout_s=config.request_timeout_s,
         idle_timeout_s=config.idle_timeout_s,
+        conversations=conversations,
+        options=options,
+        dataset_answers=spec.dataset_answers,
+        think_time_s=spec.think_time_s,
+        think_time_dist=spec.think_time_dist,
         arrivals=trace_arrivals(samples),
     )
-    emit(LevelStarted(index=index, level=level, total=len(samples)))
-    monitor = _LevelMonitor(index, level, len(samples), emit)
+    emit(LevelStarted(index=index, level=level, total=plan.total))
+    monitor = _LevelMonitor(index, level, plan.total, emit)
     started_at = datetime.now(UTC)
     stop_scraper = asyncio.Event()
     background: list[asyncio.Task[None]] = [asyncio.create_task(_tick_snapshots(monitor))]
@@ -304,6 +341,7 @@ async def _run_one_level(
         server_snapshots=monitor.server_snapshots,
         message=redact(message),
         prompt_sampling=dataset.sampling,
+        turns=per_turn_metrics(outcome.records) if conversations is not None else None,
         gpu=(
             monitor.gpu.result(
                 metrics.total_output_tokens,

@@ -20,6 +20,7 @@ natural answer length (fast-forward takes it from the dataset's completion when 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from backends.errors import ServeDeckError
 from backends.twin.capacity import MemoryPlan, plan_memory
 from backends.twin.engine_config import TwinConfig
-from backends.twin.kv_blocks import BlockOwner, BlockPool
+from backends.twin.kv_blocks import BlockOwner, BlockPool, chained_block_hashes
 from backends.twin.roofline import Roofline, StepCost
 
 __all__ = [
@@ -169,8 +170,9 @@ class _Request(BlockOwner):
         arrival_time: float,
         prefix_key: str | None,
         prefix_blocks: int,
+        token_hashes: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(request_id, prefix_key, prefix_blocks)
+        super().__init__(request_id, prefix_key, prefix_blocks, token_hashes)
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.stop_after = stop_after
@@ -221,8 +223,11 @@ class TwinEngine:
         *,
         eos_after: int | None = None,
         prefix_len: int | None = None,
+        token_ids: Sequence[int] | None = None,
     ) -> None:
-        """Queue a request. ``prefix_key`` names the prompt's content (same key, same leading tokens);
+        """Queue a request. ``token_ids`` (the prompt's, then the answer's the twin will give) make the
+        prefix cache block-level, as vLLM's: any request starting with the same token blocks hits them.
+        Without them ``prefix_key`` names the prompt's content (same key, same leading tokens) and
         ``prefix_len`` says how many leading tokens it covers (default: the whole prompt)."""
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in the engine")
@@ -237,8 +242,20 @@ class TwinEngine:
             stop_after = max(1, min(max_tokens, eos_after))
         shared = prompt_tokens if prefix_len is None else max(0, min(prefix_len, prompt_tokens))
         prefix_blocks = shared // self.block_size if prefix_key is not None else 0
+        token_hashes = (
+            chained_block_hashes(token_ids, self.block_size)
+            if token_ids is not None and self.pool.enable_caching
+            else None
+        )
         request = _Request(
-            request_id, prompt_tokens, max_tokens, stop_after, arrival_time, prefix_key, prefix_blocks
+            request_id,
+            prompt_tokens,
+            max_tokens,
+            stop_after,
+            arrival_time,
+            prefix_key,
+            prefix_blocks,
+            token_hashes,
         )
         self._requests[request_id] = request
         self.waiting.append(request)

@@ -29,10 +29,11 @@ from backends.bench.loadgen.arrivals import arrival_times
 from backends.bench.metrics import compute_metrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledRequest, ServerSnapshot
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
-from backends.bench.tokenizers import TiktokenCounter, TokenCounter
+from backends.bench.tokenizers import TiktokenCounter, TokenCounter, load_offline_encoding
 from backends.bench.traces import check_trace_levels, trace_arrivals
 from backends.errors import ConfigError
 from backends.twin.engine import TwinConfig, TwinEngine
+from backends.twin.text import BOS_TOKEN_ID
 
 SIMULATED_NOTE = "fast-forward prediction of the vLLM twin (simulated, no HTTP)"
 _SNAPSHOT_INTERVAL_S = 1.0
@@ -248,7 +249,14 @@ def _submit(
         sent,
         prefix_key,
         eos_after=None if eos_after is None else eos_after[i],
+        # The twin's stand-in tokenizer: prompts sharing leading token blocks share cached blocks (vLLM's
+        # block hashes), not only prompts that repeat whole.
+        token_ids=_prompt_token_ids(sample.prompt) if engine.pool.enable_caching else None,
     )
+
+
+def _prompt_token_ids(prompt: str) -> list[int]:
+    return [BOS_TOKEN_ID, *load_offline_encoding().encode_ordinary(prompt)]
 
 
 def _snapshot(engine: TwinEngine, now: float) -> ServerSnapshot:

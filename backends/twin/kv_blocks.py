@@ -4,10 +4,13 @@ A request holds ``blocks`` blocks of ``block_size`` tokens. Each block takes ``f
 per full-attention layer group) plus, while it lies in the last window, ``sliding_groups`` pages (one
 per sliding-window group); see ``capacity.KvLayout``. Pages are counted, not named.
 
-Prefix caching works on full blocks: a full block gets a hash — the request's ``prefix_key`` and the
-block index for blocks inside the shared prefix, the request's own id and the index after it — so
-identical prompts share blocks and a preempted request finds its own blocks again, as vLLM's chained
-block hashes do. A freed hashed block stays cached (evictable, counted as free) with the pages it held:
+Prefix caching works on full blocks: a full block gets a hash. With the request's token ids it is vLLM's
+chained hash (``chained_block_hashes``: each block's tokens and the hash of the block before), so any two
+prompts that start with the same token blocks share them: a multi-turn conversation's next turn finds the
+previous turn's prompt and answer, K prefixes x M suffixes find their prefix. Without token ids (or past
+them) it is the request's ``prefix_key`` and the block index inside the shared prefix; after the hashed
+blocks, the request's own id and the index, so a preempted request finds its own blocks again.
+A freed hashed block stays cached (evictable, counted as free) with the pages it held:
 its full-attention pages, plus its sliding-window pages when it lay in the request's last window. A hit
 needs every block of the hit prefix cached, and the blocks of its last window cached with their sliding
 pages (vLLM's hybrid manager checks the same). Eviction is least recently freed first, a request's blocks
@@ -18,26 +21,47 @@ share only full-attention pages of a common prefix; each keeps its own sliding-w
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 from backends.twin.capacity import KvLayout
+
+
+def chained_block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
+    """vLLM's block hashes: one per full block, each over the block's tokens and the previous hash."""
+    hashes: list[int] = []
+    previous = 0
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        previous = hash((previous, tuple(token_ids[start : start + block_size])))
+        hashes.append(previous)
+    return hashes
 
 
 class BlockOwner:
     """The KV state one request keeps; the engine's request type extends it."""
 
-    __slots__ = ("blocks", "hashes", "prefix_blocks", "prefix_key", "request_id")
+    __slots__ = ("blocks", "hashes", "prefix_blocks", "prefix_key", "request_id", "token_hashes")
 
-    def __init__(self, request_id: str, prefix_key: str | None, prefix_blocks: int) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        prefix_key: str | None,
+        prefix_blocks: int,
+        token_hashes: Sequence[int] | None = None,
+    ) -> None:
         self.request_id = request_id
         self.prefix_key = prefix_key
         self.prefix_blocks = prefix_blocks
+        # Chained hashes of the request's token blocks (prompt, then the answer it will give), when known.
+        self.token_hashes = token_hashes
         self.blocks = 0
         # Hash of each leading full block registered for sharing; None for a block kept private.
         self.hashes: list[Hashable | None] = []
 
     def block_hash(self, index: int) -> Hashable:
-        if index < self.prefix_blocks:
+        token_hashes = self.token_hashes
+        if token_hashes is not None and index < len(token_hashes):
+            return token_hashes[index]
+        if index < self.prefix_blocks:  # past the known tokens, the prompt's content still names it
             return (self.prefix_key, index)
         return (self.request_id, index)
 
@@ -87,9 +111,11 @@ class BlockPool:
                 if pages == self.full_pages and self.sliding_pages:
                     last_without_window = hits
             hits += 1
-        cap = self.sliding_cap
-        if cap is not None:
+        if self.sliding_cap is not None:
             # The hit's last window must have its sliding pages: cut the hit back before such a block.
+            # The window is vLLM's cdiv(sliding_window - 1, block_size) blocks, one fewer than a running
+            # request holds (``sliding_cap``: its window may straddle one more block).
+            cap = self.sliding_cap - 1
             while last_without_window >= 0 and hits - cap <= last_without_window:
                 hits = last_without_window
                 last_without_window = -1

@@ -387,6 +387,7 @@ class _TwinState:
                     admission.ignore_eos,
                     generation.arrival,
                     admission.prefix_key,
+                    token_ids=admission.token_ids,
                 )
             except InvalidRequestError as exc:  # validated on arrival; kept for any rule added later
                 self.generations.pop(generation.request_id, None)
@@ -742,6 +743,11 @@ class _TwinHandler:
             state.text.start_for(state.request_count),
         )
         token_ids = None
+        if state.engine.pool.enable_caching:
+            # The answer's tokens follow the prompt's in the block hashes, so a next turn that sends this
+            # answer back finds its blocks cached, as in vLLM.
+            answer = state.text.text(generation.text_start, min(max_tokens, MAX_HASHED_ANSWER_TOKENS))
+            token_ids = prompt_ids + state.tokenizer.encoding.encode_ordinary(answer)
         connection.begin(generation)
         if stream:
             connection.write(SSE_HEAD + (b"\r\n" if request.keep_alive else CLOSE_HEADER + b"\r\n"))

@@ -34,9 +34,13 @@ class FinishedRequest(NamedTuple):
     tail_events: list[bytes]
     probe: array[int] | None
     """Calibration only: server emit_ns, client time_ns, flat pairs."""
+    prompt_len: int | None = None
+    """Multi-turn: the turn's prompt (history included), known only once the earlier answers came."""
 
     @classmethod
-    def from_state(cls, position: int, queued_at: float, state: StreamState) -> FinishedRequest:
+    def from_state(
+        cls, position: int, queued_at: float, state: StreamState, prompt_len: int | None = None
+    ) -> FinishedRequest:
         return cls(
             position,
             queued_at,
@@ -48,11 +52,18 @@ class FinishedRequest(NamedTuple):
             state.error,
             state.tail_events,
             state.probe,
+            prompt_len,
         )
 
 
 def build_record(
-    finished: FinishedRequest, start_at: float, index: int, prompt_len: int, expected_output_len: int
+    finished: FinishedRequest,
+    start_at: float,
+    index: int,
+    prompt_len: int,
+    expected_output_len: int,
+    session: int | None = None,
+    turn: int | None = None,
 ) -> RequestRecord:
     """The record of one finished request; ``start_at`` is the level's perf_counter() time zero."""
     tail = parse_tail_events(finished.tail_events) if finished.tail_events else {}
@@ -69,7 +80,7 @@ def build_record(
     # floats a record would double the receiver's cost (22 -> ~10 µs a 256-chunk record).
     return RequestRecord.model_construct(
         index=index,
-        prompt_len=prompt_len,
+        prompt_len=prompt_len if finished.prompt_len is None else finished.prompt_len,
         expected_output_len=expected_output_len,
         queued_at=finished.queued_at,
         sent_at=None if finished.sent_at is None else finished.sent_at - start_at,
@@ -83,6 +94,8 @@ def build_record(
         error=error,
         success=success,
         server_timings=tail.get("timings"),
+        session=session,
+        turn=turn,
         probe_emit_arrival_ns=None if probe is None else probe.tolist(),
     )
 

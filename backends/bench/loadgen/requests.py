@@ -67,6 +67,26 @@ def render_body(sample: SampledRequest, options: RequestOptions) -> dict[str, ob
     return body
 
 
+def render_turn_body(
+    history: list[tuple[str, str]], user: str, max_tokens: int, options: RequestOptions
+) -> dict[str, object]:
+    """A multi-turn request: the history's (user, answer) pairs, then the new user turn; a completions
+    prompt gets the same turns as a plain transcript the next answer continues."""
+    body = render_body(SampledRequest(prompt=user, prompt_len=0, expected_output_len=max_tokens), options)
+    if options.endpoint == "chat":
+        messages: list[dict[str, str]] = []
+        for past_user, past_answer in history:
+            messages.append({"role": "user", "content": past_user})
+            messages.append({"role": "assistant", "content": past_answer})
+        messages.append({"role": "user", "content": user})
+        body["messages"] = messages
+    else:
+        parts = [f"User: {u}\n\nAssistant: {a}" for u, a in history]
+        parts.append(f"User: {user}\n\nAssistant:")
+        body["prompt"] = "\n\n".join(parts)
+    return body
+
+
 def render_request(endpoint: Endpoint, body: dict[str, object], options: RequestOptions) -> bytes:
     path = endpoint.path_prefix + (
         "/v1/chat/completions" if options.endpoint == "chat" else "/v1/completions"

@@ -20,10 +20,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from backends.bench.loadgen.arrivals import arrival_times
-from backends.bench.loadgen.requests import Endpoint
+from backends.bench.loadgen.requests import Endpoint, RequestOptions
 from backends.bench.loadgen.selfmon import merge_client_stats
-from backends.bench.loadgen.worker import WorkerJob, WorkerProgress, job_records, worker_main
-from backends.bench.models import ClientStats, LoadLevel, RequestRecord
+from backends.bench.loadgen.worker import SessionPlan, WorkerJob, WorkerProgress, job_records, worker_main
+from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledConversation
 from backends.errors import ConfigError, TargetError
 
 _READY_TIMEOUT_S = 60.0
@@ -43,6 +43,19 @@ class LevelPlan:
     idle_timeout_s: float = 60.0
     probe_timing: bool = False
     arrivals: list[float] | None = None  # trace replay: each request's release time; None: the level's
+    # Multi-turn: the level's sessions (``requests`` is then empty: a turn's bytes need the answers before
+    # it), how to render their turns, and the think time between turns.
+    conversations: list[SampledConversation] | None = None
+    options: RequestOptions | None = None
+    dataset_answers: bool = False
+    think_time_s: float = 0.0
+    think_time_dist: str = "fixed"
+
+    @property
+    def total(self) -> int:
+        if self.conversations is not None:
+            return sum(len(c.turns) for c in self.conversations)
+        return len(self.requests)
 
 
 @dataclass
@@ -83,6 +96,83 @@ def _worker_cpus(workers: int) -> list[int | None]:
     return [available[-1 - i] for i in range(workers)]
 
 
+def _session_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
+    """Multi-turn: sessions dealt round-robin to workers; the arrival schedule is the sessions'."""
+    import numpy as np
+
+    conversations = plan.conversations or []
+    assert plan.options is not None
+    level = plan.level
+    count = len(conversations)
+    workers = max(1, min(plan.workers, count or 1))
+    arrivals = arrival_times(count, level.request_rate, level.burstiness, plan.seed, ramp_up=level.ramp_up)
+    rng = np.random.default_rng(plan.seed + 1)
+    offsets = [0]
+    for conversation in conversations:
+        offsets.append(offsets[-1] + len(conversation.turns))
+    cap = level.concurrency_cap
+    cpus = _worker_cpus(workers)
+    jobs = []
+    for w in range(workers):
+        ids = list(range(w, count, workers))
+        sessions: list[list[int]] = []
+        indices: list[int] = []
+        users: list[str] = []
+        answers: list[str] = []
+        user_lens: list[int] = []
+        answer_lens: list[int] = []
+        output_lens: list[int] = []
+        think: list[float] = []
+        for s in ids:
+            positions = []
+            for t, turn in enumerate(conversations[s].turns):
+                positions.append(len(indices))
+                indices.append(offsets[s] + t)
+                users.append(turn.user)
+                answers.append(turn.answer)
+                user_lens.append(turn.user_len)
+                answer_lens.append(turn.answer_len)
+                output_lens.append(turn.expected_output_len)
+                if t == 0 or plan.think_time_s <= 0:
+                    think.append(0.0)
+                elif plan.think_time_dist == "exponential":
+                    think.append(float(rng.exponential(plan.think_time_s)))
+                else:
+                    think.append(plan.think_time_s)
+            sessions.append(positions)
+        worker_cap = None if cap is None else max(1, _split(cap, workers, w))
+        preopen = len(ids) if worker_cap is None else min(worker_cap, len(ids))
+        jobs.append(
+            WorkerJob(
+                worker_index=w,
+                endpoint=endpoint,
+                requests=[],
+                indices=indices,
+                prompt_lens=user_lens,
+                output_lens=output_lens,
+                arrivals=[0.0] * len(indices),
+                concurrency=worker_cap,
+                preopen=min(max(1, preopen), _MAX_PREOPEN),
+                request_timeout_s=plan.request_timeout_s,
+                idle_timeout_s=plan.idle_timeout_s,
+                cpu=cpus[w],
+                session_plan=SessionPlan(
+                    sessions=sessions,
+                    session_ids=ids,
+                    session_arrivals=[arrivals[s] for s in ids],
+                    users=users,
+                    answers=answers,
+                    user_lens=user_lens,
+                    answer_lens=answer_lens,
+                    think_s=think,
+                    dataset_answers=plan.dataset_answers,
+                    options=plan.options,
+                ),
+            )
+        )
+    return jobs
+
+
 def _busiest_second(arrivals: list[float]) -> float:
     """A trace's most releases within any one second, as a rate in req/s."""
     busiest, first = 0, 0
@@ -94,6 +184,8 @@ def _busiest_second(arrivals: list[float]) -> float:
 
 
 def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
+    if plan.conversations is not None:
+        return _session_jobs(plan, endpoint)
     level = plan.level
     total = len(plan.requests)
     workers = max(1, min(plan.workers, total or 1))

@@ -32,6 +32,7 @@ class StreamState:
     __slots__ = (
         "chunk_times",
         "chunk_tokens",
+        "content",
         "continuous_usage_seen",
         "done",
         "error",
@@ -52,6 +53,8 @@ class StreamState:
         # Arrays, not lists: they go to the parent process as one block of bytes each.
         self.chunk_times: array[float] = array("d")
         self.chunk_tokens: array[int] = array("q")
+        # Multi-turn with the model's own answers: the content events, to read the answer from afterwards.
+        self.content: list[bytes] | None = None
         self.last_completion_tokens = 0
         self.continuous_usage_seen = False
         self.http_status: int | None = None
@@ -193,6 +196,8 @@ class StreamConnection(asyncio.Protocol):
             else:
                 tokens = 1
             state.chunk_tokens.append(tokens)
+            if state.content is not None:
+                state.content.append(payload)
             if self.on_tokens is not None:
                 self.on_tokens(tokens)
             if b'"finish_reason":"' in payload or b'"timings"' in payload or b'"finish_reason": "' in payload:
@@ -250,6 +255,25 @@ def _read_int(data: bytes, pos: int) -> int:
     while end < len(data) and 0x30 <= data[end] <= 0x39:
         end += 1
     return int(data[pos:end]) if end > pos else 0
+
+
+def answer_text(events: list[bytes]) -> str:
+    """The text an answer streamed (chat ``delta.content`` or completions ``text``), from its events."""
+    parts: list[str] = []
+    for raw in events:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+    return "".join(parts)
 
 
 def _describe_http_error(status: int | None, body: bytes) -> str:

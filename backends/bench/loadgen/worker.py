@@ -29,12 +29,13 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, Field
 
 from backends.bench.loadgen.finished import FinishedRequest, build_record
-from backends.bench.loadgen.requests import Endpoint
+from backends.bench.loadgen.requests import Endpoint, RequestOptions, render_request, render_turn_body
 from backends.bench.loadgen.selfmon import LoopLagSampler, client_stats
 from backends.bench.loadgen.stream_protocol import (
     ProbingStreamConnection,
     StreamConnection,
     StreamState,
+    answer_text,
 )
 from backends.bench.models import ClientStats, RequestRecord
 
@@ -45,6 +46,21 @@ _MAX_SEND_ATTEMPTS = 3
 # Finished requests per progress message: pickling one costs the loop a few µs (its chunk times go as
 # one block of bytes), so a message holds the loop ~0.1 ms and sockets are read in between messages.
 _FINISHED_PER_MESSAGE = 16
+
+
+class SessionPlan(BaseModel):
+    """Multi-turn: this worker's sessions. Lists indexed by position hold one entry per turn."""
+
+    sessions: list[list[int]] = Field(description="each session's positions, turn by turn")
+    session_ids: list[int]
+    session_arrivals: list[float] = Field(description="seconds after start; all 0 for closed loop")
+    users: list[str]
+    answers: list[str] = Field(description="the dataset's answer of each turn")
+    user_lens: list[int]
+    answer_lens: list[int]
+    think_s: list[float] = Field(description="think time before each turn (0 before the first)")
+    dataset_answers: bool = False
+    options: RequestOptions
 
 
 class WorkerJob(BaseModel):
@@ -62,6 +78,7 @@ class WorkerJob(BaseModel):
     connect_timeout_s: float = 10.0
     cpu: int | None = None
     probe_timing: bool = False
+    session_plan: SessionPlan | None = None
 
 
 class WorkerProgress(NamedTuple):
@@ -78,6 +95,22 @@ class WorkerProgress(NamedTuple):
 
 def job_records(job: WorkerJob, start_at: float, finished: list[FinishedRequest]) -> list[RequestRecord]:
     """The records of a worker's finished requests (``start_at``: the level's perf_counter time zero)."""
+    plan = job.session_plan
+    if plan is not None:
+        where = {
+            p: (plan.session_ids[s], t) for s, turns in enumerate(plan.sessions) for t, p in enumerate(turns)
+        }
+        return [
+            build_record(
+                f,
+                start_at,
+                job.indices[f.position],
+                job.prompt_lens[f.position],
+                job.output_lens[f.position],
+                *where[f.position],
+            )
+            for f in finished
+        ]
     return [
         build_record(
             f, start_at, job.indices[f.position], job.prompt_lens[f.position], job.output_lens[f.position]
@@ -196,18 +229,28 @@ class LevelWorker:
         self.in_flight: dict[StreamConnection, StreamState] = {}
         self.finished: list[FinishedRequest] = []
         self.cancelled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def _count_tokens(self, n: int) -> None:
         self.tokens += n
 
-    async def _run_one(self, position: int) -> None:
+    async def _run_one(
+        self,
+        position: int,
+        request: bytes | None = None,
+        queued_at: float | None = None,
+        prompt_len: int | None = None,
+        keep_content: bool = False,
+    ) -> StreamState:
         job = self.job
-        arrival = job.arrivals[position]
+        arrival = job.arrivals[position] if queued_at is None else queued_at
+        payload = job.requests[position] if request is None else request
         state = StreamState()
         conn: StreamConnection | None = None
         for attempt in range(_MAX_SEND_ATTEMPTS):
             state = StreamState()
+            if keep_content:
+                state.content = []
             try:
                 conn = await self.pool.acquire()
             except ConnectionError as exc:
@@ -219,7 +262,7 @@ class LevelWorker:
             if attempt == 0:
                 self.sent += 1
             try:
-                await conn.send(job.requests[position], state)
+                await conn.send(payload, state)
             finally:
                 self.in_flight.pop(conn, None)
             retry = state.error is not None and state.error.startswith("retry: ")
@@ -230,8 +273,9 @@ class LevelWorker:
         if conn is not None:
             self.pool.release(conn)
         if self.cancelled and state.error is not None and state.error.startswith("cancelled"):
-            return
-        self.finished.append(FinishedRequest.from_state(position, arrival, state))
+            return state
+        self.finished.append(FinishedRequest.from_state(position, arrival, state, prompt_len))
+        return state
 
     async def _watchdog(self) -> None:
         job = self.job
@@ -278,7 +322,7 @@ class LevelWorker:
             )
         )
 
-    def _spawn(self, position: int) -> asyncio.Task[None]:
+    def _spawn(self, position: int) -> asyncio.Task[StreamState]:
         task = self.loop.create_task(self._run_one(position))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -323,6 +367,73 @@ class LevelWorker:
         lanes = job.concurrency or len(job.requests)
         await asyncio.gather(*(lane() for _ in range(min(lanes, len(job.requests)))))
 
+    async def _session(self, plan: SessionPlan, index: int) -> None:
+        """One user's conversation: each turn waits for the previous answer, then the think time."""
+        job = self.job
+        options = plan.options
+        history: list[tuple[str, str]] = []
+        context = 0
+        for turn, position in enumerate(plan.sessions[index]):
+            think = plan.think_s[position]
+            if turn and think > 0:
+                await asyncio.sleep(think)
+            if self.cancelled:
+                return
+            user = plan.users[position]
+            body = render_turn_body(history, user, job.output_lens[position], options)
+            request = render_request(job.endpoint, body, options)
+            context += plan.user_lens[position]
+            state = await self._run_one(
+                position,
+                request,
+                queued_at=_perf_counter() - self.start_at,
+                prompt_len=context,
+                keep_content=not plan.dataset_answers,
+            )
+            if state.error is not None or state.http_status != 200:
+                return  # the next turn would resend an answer that never came: the session ends here
+            if plan.dataset_answers:
+                answer, answer_len = plan.answers[position], plan.answer_lens[position]
+            else:
+                answer = answer_text(state.content or [])
+                answer_len = int(sum(state.chunk_tokens))
+            history.append((user, answer))
+            context += answer_len
+
+    async def _session_loop(self, plan: SessionPlan) -> None:
+        job = self.job
+        count = len(plan.sessions)
+        if all(a == 0.0 for a in plan.session_arrivals) and job.concurrency is not None:
+            sessions = iter(range(count))
+
+            async def user() -> None:
+                for index in sessions:
+                    if self.cancelled:
+                        return
+                    await self._session(plan, index)
+
+            await asyncio.gather(*(user() for _ in range(min(job.concurrency, count))))
+            return
+        semaphore = asyncio.Semaphore(job.concurrency) if job.concurrency else None
+
+        async def start(index: int) -> None:
+            if semaphore is None:
+                await self._session(plan, index)
+                return
+            async with semaphore:
+                if not self.cancelled:
+                    await self._session(plan, index)
+
+        tasks = []
+        for index, arrival in enumerate(plan.session_arrivals):
+            delay = self.start_at + arrival - _perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.cancelled:
+                break
+            tasks.append(self.loop.create_task(start(index)))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def cancel(self) -> None:
         self.cancelled = True
         for conn in list(self.in_flight):
@@ -339,7 +450,9 @@ class LevelWorker:
         wall_before = _perf_counter()
         helpers = [self.loop.create_task(self._watchdog()), self.loop.create_task(self._progress())]
         try:
-            if closed_loop:
+            if self.job.session_plan is not None:
+                await self._session_loop(self.job.session_plan)
+            elif closed_loop:
                 await self._closed_loop()
             else:
                 await self._open_loop()
