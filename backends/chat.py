@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from backends.bench.models import Target, TargetKind
 from backends.chat_stats import AnswerStats, StatsAccumulator
 from backends.engines.gemma_model import MODEL_ID as LOCAL_BASE_MODEL_ID
 from backends.errors import ConfigError, TargetError
 from backends.redaction import redact, remember_secret
+from backends.target_types import Target, TargetKind
 
 if TYPE_CHECKING:
     import openai

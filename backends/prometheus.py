@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends.bench.models import ServerSnapshot
 from backends.bench.results import PromptSampling
 from backends.errors import TargetError
+from backends.target_types import ServerSnapshot
 
 logger = logging.getLogger(__name__)
 

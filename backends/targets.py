@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from backends.bench.models import Target, TargetCapabilities, TargetKind
 from backends.errors import TargetError
 from backends.prometheus import Exposition, parse_exposition
 from backends.redaction import looks_like_secret, redact, redact_url, remember_secret, url_has_credentials
+from backends.target_types import Target, TargetCapabilities, TargetKind
 
 SIMULATED_HEADER = "x-servedeck-simulated"
 TWIN_MODEL_SUFFIX = "-twin"

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field, JsonValue
 from pydantic_core import from_json
 
-from backends.bench.models import Target
+from backends.target_types import Target
 from sessions.database import Database
 from sessions.errors import SessionStoreError
 from sessions.jsoncodec import dump_model, dump_plain

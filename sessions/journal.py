@@ -28,8 +28,9 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic_core import from_json
 
 from backends.bench.metrics import BenchmarkMetrics
-from backends.bench.models import ClientStats, LoadLevel, RequestRecord, ServerSnapshot
+from backends.bench.models import ClientStats, LoadLevel, RequestRecord
 from backends.bench.results import STORED, RunStatus, SweepConfig
+from backends.target_types import ServerSnapshot
 from sessions import run_rows
 from sessions.database import Database
 from sessions.errors import SessionStoreError, StoreBusyError

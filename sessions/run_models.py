@@ -8,8 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from backends.bench.metrics import BenchmarkMetrics
-from backends.bench.models import ClientStats, LoadLevel, RequestRecord, ServerSnapshot
+from backends.bench.models import ClientStats, LoadLevel, RequestRecord
 from backends.bench.results import RunStatus, SweepConfig
+from backends.target_types import ServerSnapshot
 
 
 class RunFilter(BaseModel):

@@ -11,7 +11,6 @@ import sys
 import threading
 from pathlib import Path
 
-from backends.bench.models import Target, TargetKind
 from backends.bench.sweep import (
     LevelFinished,
     LevelStarted,
@@ -21,6 +20,7 @@ from backends.bench.sweep import (
     SweepStarted,
 )
 from backends.errors import ServeDeckError
+from backends.target_types import Target, TargetKind
 from sessions.run_writer import RunWriter
 from sessions.store import SessionStore
 

@@ -10,9 +10,10 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from backends.bench.metrics import BenchmarkMetrics
-from backends.bench.models import ClientStats, LoadLevel, RequestRecord, ServerSnapshot
+from backends.bench.models import ClientStats, LoadLevel, RequestRecord
 from backends.bench.results import STORED, RunStatus, SweepConfig
 from backends.redaction import redact, redact_url
+from backends.target_types import ServerSnapshot
 from sessions.errors import SessionStoreError
 from sessions.jsoncodec import dump_model
 from sessions.record_codec import CODEC_COLUMNAR, RecordDecodeError, decode_records, encode_records

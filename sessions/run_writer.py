@@ -22,9 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from backends.bench.models import LoadLevel, RequestRecord, ServerSnapshot
+from backends.bench.models import LoadLevel, RequestRecord
 from backends.bench.results import LevelResult, RunStatus, SweepConfig
 from backends.redaction import redact
+from backends.target_types import ServerSnapshot
 from sessions import journal
 from sessions.database import Database
 from sessions.errors import SessionStoreError, StoreBusyError

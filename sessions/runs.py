@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from backends.bench.models import RequestRecord, ServerSnapshot
+from backends.bench.models import RequestRecord
 from backends.bench.results import LevelResult, RunStatus, SweepResult
+from backends.target_types import ServerSnapshot
 from sessions import run_rows
 from sessions.database import Database
 from sessions.errors import SessionStoreError

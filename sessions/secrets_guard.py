@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from backends.bench.models import RequestRecord, Target
+from backends.bench.models import RequestRecord
 from backends.redaction import redact, redact_url
+from backends.target_types import Target
 from sessions.errors import SessionStoreError
 
 _SECRET_WORDS = ("api_key", "apikey", "secret", "password", "authorization", "credential", "bearer")

@@ -9,10 +9,11 @@ import pytest
 
 from backends.advisor.advise import Search, Verdict, rank, search_shapes, unservable_line
 from backends.advisor.knee import find_knee, run_trial
-from backends.bench.models import Axis, LoadLevel, SampledRequest, Target, TargetKind
+from backends.bench.models import Axis, LoadLevel, SampledRequest
 from backends.bench.results import RunStatus, SweepConfig
 from backends.bench.slo import parse_slo
 from backends.errors import ConfigError
+from backends.target_types import Target, TargetKind
 from backends.twin.engine import TwinConfig, TwinEngine
 from backends.twin.fastforward import run_level, sample_dataset
 from manifests.catalog import default_catalog

@@ -7,10 +7,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from backends.bench.models import Axis, Target
+from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec, RunStatus, SweepConfig, SweepResult
 from backends.bench.sweep import SweepEvent, run_sweep
 from backends.engines.local import LocalEngine
+from backends.target_types import Target
 from backends.targets import discover_target
 
 pytestmark = pytest.mark.engine

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends.bench.models import Target
 from backends.chat import (
     AnswerEnd,
     ChatError,
@@ -25,6 +24,7 @@ from backends.chat import (
 )
 from backends.chat_stats import StatsAccumulator
 from backends.engines.local import LocalEngine
+from backends.target_types import Target
 from tests.fakes.sse_server import VOCAB, FakeSSEServer
 
 TIMEOUT_S = 60.0

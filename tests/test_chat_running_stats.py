@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends.bench.models import Target
 from backends.chat import AnswerEnd, ChatParams, ChatStream, ChatTurn, TokenDelta
 from backends.chat_stats import StatsAccumulator
+from backends.target_types import Target
 from tests.fakes.sse_server import FakeSSEServer
 
 

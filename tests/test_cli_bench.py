@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import SweepConfig
 from backends.bench.sweep import SweepStarted
+from backends.target_types import Target, TargetKind
 from manifests.cost import usd_per_million_tokens
 from sessions.database import DB_FILENAME
 from sessions.run_recorder import HistoryRecorder

@@ -17,18 +17,10 @@ from backends.bench.export import (
     write_level_results,
 )
 from backends.bench.metrics import compute_metrics
-from backends.bench.models import (
-    Axis,
-    ClientStats,
-    LoadLevel,
-    RequestRecord,
-    ServerSnapshot,
-    Target,
-    TargetCapabilities,
-    TargetKind,
-)
+from backends.bench.models import Axis, ClientStats, LoadLevel, RequestRecord
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
+from backends.target_types import ServerSnapshot, Target, TargetCapabilities, TargetKind
 
 LATENCY_KEYS = [
     f"{stat}_{metric}_ms"

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from backends.bench.input_grammar import MAX_LEVELS, parse_goodput, parse_levels, parse_percentiles
-from backends.bench.models import Axis, Target
+from backends.bench.models import Axis
 from backends.bench.results import STORED, RunStatus, SweepConfig
 from backends.errors import ConfigError
+from backends.target_types import Target
 from sessions import SessionStore
 from tests.cli_runner import run_main
 

@@ -11,15 +11,7 @@ from typing import Any
 import pytest
 
 from backends.bench.datasets import SampledDataset
-from backends.bench.models import (
-    Axis,
-    ClientStats,
-    ProgressSnapshot,
-    RequestRecord,
-    SampledRequest,
-    Target,
-    TargetKind,
-)
+from backends.bench.models import Axis, ClientStats, ProgressSnapshot, RequestRecord, SampledRequest
 from backends.bench.results import RunStatus, SweepConfig, SweepResult
 from backends.bench.sweep import (
     LevelFinished,
@@ -34,6 +26,7 @@ from backends.kube_bench.clock import server_clock_offset
 from backends.kube_bench.codec import PodReady, PodStart, PodSummary, encode
 from backends.kube_bench.driver import InClusterOptions, InClusterSweep, LoadgenBundle
 from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, parse_plan
+from backends.target_types import Target, TargetKind
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.kube_jobs import (
     Behaviour,

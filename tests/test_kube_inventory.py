@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.bench.models import TargetKind
 from backends.kube.client import KubeClient
 from backends.kube.inventory import DeploymentStatus, list_vllm_deployments, model_of
+from backends.target_types import TargetKind
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.kube_objects import foreign_app, foreign_service, gke_tutorial_deployment, servedeck_objects
 from tests.fakes.kube_rollout import ScriptedRollout

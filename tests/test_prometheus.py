@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends.bench.models import ServerSnapshot
 from backends.errors import TargetError
 from backends.prometheus import (
     MetricsFormatError,
@@ -18,6 +17,7 @@ from backends.prometheus import (
     parse_exposition,
     snapshot_from_metrics,
 )
+from backends.target_types import ServerSnapshot
 from tests.fakes.openai_like_server import (
     LLAMACPP_METRICS,
     VLLM_V0_METRICS,

@@ -21,10 +21,11 @@ from textual.widgets import Checkbox, Static
 from backends.bench.datasets import sample_requests
 from backends.bench.loadgen.selfmon import client_stats, judge_client
 from backends.bench.metrics import BenchmarkMetrics, Distribution
-from backends.bench.models import Axis, ClientStats, ServerSnapshot, Target
+from backends.bench.models import Axis, ClientStats
 from backends.bench.results import DatasetSpec, LevelResult, PromptSampling, SweepConfig, SweepResult
 from backends.bench.sweep import run_sweep
 from backends.prometheus import prefix_cache_hit_rate
+from backends.target_types import ServerSnapshot, Target
 from backends.targets import discover_target
 from backends.twin.engine_config import TwinConfig
 from backends.twin.process import TwinProcess, start_twin_process

@@ -91,7 +91,8 @@ def test_a_saved_search_is_a_search_run_with_its_verdicts_and_chart(
 
 
 def test_a_plain_sweep_has_no_search_chart() -> None:
-    from backends.bench.models import Axis, Target
+    from backends.bench.models import Axis
+    from backends.target_types import Target
 
     config = SweepConfig(
         target=Target(name="t", base_url="http://127.0.0.1:1", model="m"), axis=Axis.CONCURRENCY, levels=[1.0]

@@ -320,8 +320,8 @@ def test_render_still_takes_ordinary_extra_args(tmp_path: Path) -> None:
 def test_a_chat_answer_refused_with_the_key_quoted_back_does_not_show_it(
     echoing_server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backends.bench.models import Target
     from backends.chat import AnswerEnd, ChatParams, ChatStream, ChatTurn
+    from backends.target_types import Target
 
     monkeypatch.setenv(CANARY_ENV, CANARY)
     target = Target(name="echo", base_url=echoing_server.url, model="fake-model", api_key_env=CANARY_ENV)

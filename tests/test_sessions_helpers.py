@@ -13,16 +13,9 @@ import sys
 from datetime import UTC, datetime
 
 from backends.bench.metrics import BenchmarkMetrics, Distribution
-from backends.bench.models import (
-    Axis,
-    ClientStats,
-    RequestRecord,
-    ServerSnapshot,
-    Target,
-    TargetCapabilities,
-    TargetKind,
-)
+from backends.bench.models import Axis, ClientStats, RequestRecord
 from backends.bench.results import DatasetSpec, LevelResult, RunStatus, SweepConfig
+from backends.target_types import ServerSnapshot, Target, TargetCapabilities, TargetKind
 
 API_KEY_ENV = "SERVEDECK_TEST_API_KEY"
 

@@ -7,12 +7,13 @@ import os
 
 import pytest
 
-from backends.bench.models import Axis, Target
+from backends.bench.models import Axis
 from backends.bench.results import SweepConfig
 from backends.bench.slo import parse_slo
 from backends.bench.slo_search import LevelWatch, find_max
 from backends.bench.sweep import run_sweep, sample_for
 from backends.engines.local import LocalEngine
+from backends.target_types import Target
 from backends.targets import discover_target
 from backends.twin.engine_config import TwinConfig
 from backends.twin.process import start_twin_process
@@ -60,7 +61,8 @@ def test_search_on_a_live_twin_finds_the_knee_of_a_dense_sweep() -> None:
 
 
 def test_a_level_over_its_ttft_target_stops_with_the_signal_named() -> None:
-    from backends.bench.models import ProgressSnapshot, RequestRecord, ServerSnapshot
+    from backends.bench.models import ProgressSnapshot, RequestRecord
+    from backends.target_types import ServerSnapshot
 
     slo = parse_slo("p99_ttft:100")
     watch = LevelWatch(slo, Axis.REQUEST_RATE, 10.0, total=100)

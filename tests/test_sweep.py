@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from backends.bench.models import Axis, ProgressSnapshot, Target
+from backends.bench.models import Axis, ProgressSnapshot
 from backends.bench.results import DatasetSpec, RunStatus, SweepConfig, SweepResult
 from backends.bench.sweep import (
     LevelFinished,
@@ -22,6 +22,7 @@ from backends.bench.sweep import (
     run_sweep,
 )
 from backends.errors import ConfigError
+from backends.target_types import Target
 from backends.targets import discover_target
 from tests.fakes.sse_server import FakeSSEServer
 from tests.fakes.threaded_aiohttp import ThreadedAiohttpServer

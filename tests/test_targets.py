@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.bench.models import ServerSnapshot, Target, TargetCapabilities, TargetKind
 from backends.config import cache_dir
 from backends.errors import TargetError
 from backends.prometheus import MetricsScraper
+from backends.target_types import ServerSnapshot, Target, TargetCapabilities, TargetKind
 from backends.targets import discover_target, error_message_from_body, normalize_base_url
 from tests.fakes.openai_like_server import FakeServer, Flavor, ModelsMode
 

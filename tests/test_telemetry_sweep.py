@@ -7,9 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from backends.bench.models import Axis, ProgressSnapshot, Target
+from backends.bench.models import Axis, ProgressSnapshot
 from backends.bench.results import DatasetSpec, SweepConfig, SweepResult
 from backends.bench.sweep import SweepEvent, run_sweep
+from backends.target_types import Target
 from backends.targets import discover_target
 from backends.twin.dcgm import POWER_MODELS
 from backends.twin.engine_config import TwinConfig

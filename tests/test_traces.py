@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from backends.bench.datasets import sample_requests, sharegpt_words
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec, RunStatus, SweepConfig
 from backends.bench.sweep import run_sweep
 from backends.bench.tokenizers import TiktokenCounter
 from backends.bench.traces import load_trace
 from backends.errors import ConfigError, DatasetError
+from backends.target_types import Target, TargetKind
 from backends.targets import discover_target
 from backends.twin.engine import TwinConfig
 from backends.twin.fastforward import run_sweep as fast_forward

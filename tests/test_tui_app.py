@@ -15,8 +15,8 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
-from backends.bench.models import Target, TargetKind
 from backends.target_registry import MANUAL_TARGETS_FILE
+from backends.target_types import Target, TargetKind
 from tui.app import VIEWS, WELCOME_MARKER, JumpScreen, ServeDeckApp, View, resolve_view
 from tui.context import AppContext
 from tui.messages import TargetsChanged
@@ -446,7 +446,8 @@ async def test_bench_form_picks_defaults_per_target_and_shows_an_estimate() -> N
 async def test_live_numbers_do_not_keep_a_finished_levels_server_counts() -> None:
     from textual.app import App
 
-    from backends.bench.models import Axis, ProgressSnapshot, ServerSnapshot
+    from backends.bench.models import Axis, ProgressSnapshot
+    from backends.target_types import ServerSnapshot
     from tests.test_tui_bench import fixed_sweep
     from tui.widgets.bench.progress import SweepProgressPanel
 

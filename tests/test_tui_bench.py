@@ -21,17 +21,10 @@ from textual.widgets import Input, Select, Static, TabbedContent
 
 from backends.bench.export import read_level_results
 from backends.bench.metrics import compute_metrics
-from backends.bench.models import (
-    Axis,
-    ClientStats,
-    LoadLevel,
-    ProgressSnapshot,
-    RequestRecord,
-    Target,
-    TargetKind,
-)
+from backends.bench.models import Axis, ClientStats, LoadLevel, ProgressSnapshot, RequestRecord
 from backends.bench.results import DatasetSpec, LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
+from backends.target_types import Target, TargetKind
 from backends.targets import discover_target
 from manifests.cost import usd_per_million_tokens
 from sessions.run_models import BundleLevel, RunBundle

@@ -18,8 +18,9 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Input
 
-from backends.bench.models import ProgressSnapshot, ServerSnapshot
+from backends.bench.models import ProgressSnapshot
 from backends.bench.results import RunStatus
+from backends.target_types import ServerSnapshot
 from tests.test_tui_bench import (
     BenchHarness,
     bench,

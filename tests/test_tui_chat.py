@@ -12,8 +12,8 @@ from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from backends.bench.models import Target, TargetKind
 from backends.engines.local import LocalEngine
+from backends.target_types import Target, TargetKind
 from sessions import MessageRole, MessageStatus, SessionStore
 from tests.fakes.sse_server import VOCAB, FakeSSEServer
 from tui.context import AppContext

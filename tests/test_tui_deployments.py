@@ -335,7 +335,7 @@ async def test_deleting_a_manual_url_asks_first(isolated: Path) -> None:
 
 
 async def test_health_check_marks_a_dead_given_target_unreachable() -> None:
-    from backends.bench.models import Target
+    from backends.target_types import Target
 
     ctx = AppContext(targets=[Target(name="gone", base_url=dead_url(), model="m")])
     app = make_app(ctx, check_health=True)
@@ -702,7 +702,7 @@ async def _back_to_deployments(pilot: Pilot[Any], app: ServeDeckApp) -> None:
 
 
 async def test_every_action_with_a_failing_backend_is_a_toast(isolated: Path) -> None:
-    from backends.bench.models import Target
+    from backends.target_types import Target
 
     ctx = AppContext(targets=[Target(name="given-one", base_url=dead_url(), model="m")])
     app = make_app(ctx)

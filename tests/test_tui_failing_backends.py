@@ -17,8 +17,8 @@ from textual.pilot import Pilot
 from textual.screen import ModalScreen
 from textual.widgets import Input
 
-from backends.bench.models import Target
 from backends.target_registry import ManualTargetStore
+from backends.target_types import Target
 from tests.test_tui_deployments import BACKEND_DOWN, FailingRegistry
 from tui.app import VIEWS, ServeDeckApp
 from tui.context import AppContext

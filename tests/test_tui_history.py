@@ -14,8 +14,9 @@ from textual.notifications import SeverityLevel
 from textual.pilot import Pilot
 from textual.widgets import Input, SelectionList, TabbedContent
 
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import RunStatus
+from backends.target_types import Target, TargetKind
 from sessions.run_models import RunSummary
 from sessions.store import SessionStore
 from tests.test_tui_bench import RUN_START, fixed_sweep, seed

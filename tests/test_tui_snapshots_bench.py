@@ -17,7 +17,8 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from backends.bench.models import ProgressSnapshot, ServerSnapshot, Target, TargetKind
+from backends.bench.models import ProgressSnapshot
+from backends.target_types import ServerSnapshot, Target, TargetKind
 from tests.test_tui_bench import BenchHarness, fixed_sweep, inject_finished_sweep, seed
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen

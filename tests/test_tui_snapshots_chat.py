@@ -16,7 +16,7 @@ from pydantic import JsonValue
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from backends.bench.models import Target, TargetKind
+from backends.target_types import Target, TargetKind
 from sessions import AnswerTiming, MessageRole, MessageStatus, SessionStore
 from tests.test_tui_chat import ChatTestApp, chat_screen, wait_until
 from tui.context import AppContext

@@ -15,7 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Select
 
-from backends.bench.models import Target, TargetKind
+from backends.target_types import Target, TargetKind
 from tui.app import VIEWS, ServeDeckApp
 from tui.context import AppContext
 

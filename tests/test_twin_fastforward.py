@@ -13,8 +13,9 @@ import pytest
 
 from backends.bench.datasets import SampledDataset
 from backends.bench.loadgen.arrivals import arrival_times
-from backends.bench.models import Axis, LoadLevel, SampledRequest, Target, TargetKind
+from backends.bench.models import Axis, LoadLevel, SampledRequest
 from backends.bench.results import RunStatus, SweepConfig
+from backends.target_types import Target, TargetKind
 from backends.twin.engine import TwinConfig, TwinEngine
 from backends.twin.fastforward import OutputLengths, run_level, run_sweep, sample_dataset
 

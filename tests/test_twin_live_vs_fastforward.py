@@ -25,9 +25,10 @@ import pytest
 
 from backends.bench.loadgen.selfmon import CPU_LIMIT_PERCENT
 from backends.bench.metrics import BenchmarkMetrics
-from backends.bench.models import Axis, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import RunStatus, SweepConfig
 from backends.bench.sweep import SweepEvent, run_sweep, sample_for
+from backends.target_types import TargetKind
 from backends.targets import discover_target
 from backends.twin import fastforward
 from backends.twin.engine_config import TwinConfig

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from backends.bench.models import TargetKind
 from backends.bench.tokenizers import TiktokenCounter
 from backends.errors import ConfigError
 from backends.prometheus import parse_exposition, snapshot_from_metrics
+from backends.target_types import TargetKind
 from backends.targets import discover_target
 from backends.twin.engine_config import TwinConfig
 from backends.twin.http_server import TwinServerError

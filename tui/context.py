@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backends.bench.models import Target
+from backends.target_types import Target
 
 if TYPE_CHECKING:
     from sessions.store import SessionStore

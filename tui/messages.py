@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from backends.bench.models import Target
+from backends.target_types import Target
 
 
 class TargetsChanged(Message):

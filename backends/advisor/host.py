@@ -21,12 +21,13 @@ from typing import Literal
 from pydantic import BaseModel, Field, TypeAdapter
 
 from backends.advisor.advise import DEFAULT_MAX_GPUS, DEFAULT_MAX_REPLICAS, Advice, advise
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec, SweepConfig
 from backends.bench.search_record import SearchLevel
 from backends.bench.slo import parse_slo
 from backends.bench.slo_search import DEFAULT_MAX_LEVELS, SearchResult
 from backends.errors import ConfigError, ServeDeckError
+from backends.target_types import Target, TargetKind
 from manifests.gpus import GpuType
 from manifests.model_profiles import ModelProfile
 

@@ -44,10 +44,11 @@ from backends.bench.metrics import (
     summarize,
     validate_percentiles,
 )
-from backends.bench.models import Axis, RequestRecord, ServerSnapshot
+from backends.bench.models import Axis, RequestRecord
 from backends.bench.results import STORED, LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
 from backends.prometheus import prefix_cache_hit_rate, prefix_cache_warning
+from backends.target_types import ServerSnapshot
 
 SWEEP_FILE_FORMAT_VERSION = 1
 

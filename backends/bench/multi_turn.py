@@ -16,13 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.bench.models import (
-    RequestRecord,
-    SampledConversation,
-    SampledRequest,
-    SampledTurn,
-    TurnMetrics,
-)
+from backends.bench.models import RequestRecord, SampledConversation, SampledRequest, SampledTurn, TurnMetrics
 from backends.bench.results import DatasetSpec
 from backends.bench.tokenizers import TokenCounter
 from backends.errors import DatasetError

@@ -11,17 +11,10 @@ from pydantic import BaseModel, Field, ValidationInfo, ValidatorFunctionWrapHand
 
 from backends.bench.input_grammar import check_goodput, check_levels, check_percentiles
 from backends.bench.metrics import BenchmarkMetrics
-from backends.bench.models import (
-    Axis,
-    ClientStats,
-    LoadLevel,
-    RequestRecord,
-    ServerSnapshot,
-    Target,
-    TurnMetrics,
-)
+from backends.bench.models import Axis, ClientStats, LoadLevel, RequestRecord, TurnMetrics
 from backends.bench.search_record import SearchRecord
 from backends.errors import ConfigError
+from backends.target_types import ServerSnapshot, Target
 from backends.telemetry.models import LevelGpuTelemetry
 
 # Validation context for a config read back from History, a journal, a bundle or a results file: it was

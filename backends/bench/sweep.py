@@ -36,14 +36,7 @@ from backends.bench.loadgen.requests import (
 from backends.bench.loadgen.runner import LevelOutcome, LevelPlan, LevelProgress, run_level
 from backends.bench.loadgen.selfmon import judge_client
 from backends.bench.metrics import compute_metrics, describe_failures, failure_causes, never_reached_server
-from backends.bench.models import (
-    LoadLevel,
-    ProgressSnapshot,
-    RequestRecord,
-    ServerSnapshot,
-    Target,
-    TargetKind,
-)
+from backends.bench.models import LoadLevel, ProgressSnapshot, RequestRecord
 from backends.bench.multi_turn import per_turn_metrics
 from backends.bench.results import DatasetSpec, LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.bench.tokenizers import pick_token_counter
@@ -51,6 +44,7 @@ from backends.bench.traces import check_trace_levels, trace_arrivals
 from backends.errors import ConfigError, TargetError
 from backends.prometheus import MetricsScraper
 from backends.redaction import redact, remember_secret
+from backends.target_types import ServerSnapshot, Target, TargetKind
 from backends.telemetry.scrape import LevelGpuMonitor, telemetry_url
 
 _SNAPSHOT_INTERVAL_S = 0.5  # live charts redraw at 2-4 Hz; twice a second keeps them moving

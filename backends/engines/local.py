@@ -19,12 +19,12 @@ from types import TracebackType
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends.bench.models import Target, TargetCapabilities, TargetKind
 from backends.config import CACHE_DIR_ENV, cache_dir
 from backends.engines.child_process import GuardedChild
 from backends.engines.gemma_model import MODEL_ID, ensure_gemma_model
 from backends.engines.llama_binary import LlamaServerBinary, find_llama_server, llama_server_at
 from backends.errors import ConfigError, EngineError
+from backends.target_types import Target, TargetCapabilities, TargetKind
 
 HOST = "127.0.0.1"
 LOG_TAIL_LINES = 10

@@ -21,10 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from backends.bench.models import Target, TargetKind
 from backends.kube.client import KubeClient
 from backends.kube.errors import KubeForbiddenError
 from backends.kube.resources import is_managed, labels_of
+from backends.target_types import Target, TargetKind
 
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -17,9 +17,11 @@ from kubernetes import config as k8s_config
 from pydantic import BaseModel, ConfigDict
 
 from backends.kube.errors import KubeconfigError
+from backends.kube.kubeconfig_paths import (
+    kubeconfig_paths,
+    missing_kubeconfig_message,
+)
 
-KUBECONFIG_ENV = "KUBECONFIG"
-DEFAULT_KUBECONFIG = Path("~/.kube/config")
 DEFAULT_NAMESPACE = "default"
 
 
@@ -64,23 +66,6 @@ class Kubeconfig(BaseModel):
         return os.pathsep.join(str(path) for path in self.paths)
 
 
-def kubeconfig_paths(explicit: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The kubeconfig files to read, in precedence order (they may not exist)."""
-    if explicit:
-        return [Path(explicit).expanduser()]
-    env = os.environ.get(KUBECONFIG_ENV, "")
-    from_env = [Path(part).expanduser() for part in env.split(os.pathsep) if part.strip()]
-    return from_env or [DEFAULT_KUBECONFIG.expanduser()]
-
-
-def _missing_message(paths: list[Path]) -> str:
-    where = os.pathsep.join(str(path) for path in paths)
-    return (
-        f"no kubeconfig found at {where}; set KUBECONFIG or pass --kubeconfig PATH "
-        "(for GKE: gcloud container clusters get-credentials CLUSTER --region REGION)"
-    )
-
-
 def _read_document(path: Path) -> dict[str, Any]:
     try:
         loaded: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -112,7 +97,7 @@ def load_kubeconfig(explicit: str | os.PathLike[str] | None = None) -> Kubeconfi
     paths = kubeconfig_paths(explicit)
     existing = [path for path in paths if path.is_file()]
     if not existing:
-        raise KubeconfigError(_missing_message(paths))
+        raise KubeconfigError(missing_kubeconfig_message(paths, flag_hint=True))
     clusters: dict[str, dict[str, Any]] = {}
     contexts: dict[str, dict[str, Any]] = {}
     current: str | None = None

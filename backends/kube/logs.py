@@ -17,10 +17,10 @@ import urllib3
 from kubernetes.watch.watch import iter_resp_lines
 from pydantic import BaseModel, ConfigDict
 
-from backends.bench.models import ServerSnapshot
 from backends.kube.client import KubeClient
 from backends.kube.errors import KubeError, KubeNotFoundError, KubeRequestError
 from backends.kube.vllm_log import VllmStatsLine, parse_vllm_stats_line
+from backends.target_types import ServerSnapshot
 
 FOLLOW_READ_TIMEOUT_S = 24 * 3600.0
 

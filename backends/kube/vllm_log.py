@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from backends.bench.models import ServerSnapshot
+from backends.target_types import ServerSnapshot
 
 _STATS_START = "Avg prompt throughput:"
 _ENGINE_PREFIX = re.compile(r"(?:Engine\s+(?P<engine>\d+)|(?P<aggregated>\d+)\s+Engines\s+Aggregated):\s*$")

@@ -16,11 +16,11 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from backends.bench.loadgen.requests import parse_endpoint
-from backends.bench.models import Target, TargetCapabilities, TargetKind
 from backends.errors import ConfigError
 from backends.kube.client import KubeClient, Request
 from backends.kube.errors import KubeForbiddenError, KubeNotFoundError
 from backends.kube.inventory import DEFAULT_VLLM_PORT, describe_deployment
+from backends.target_types import Target, TargetCapabilities, TargetKind
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 

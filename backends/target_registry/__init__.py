@@ -6,10 +6,9 @@ Kubernetes client are imported where they are used: the app's first frame does n
 cost a noticeable part of its start-up time.
 """
 
+from backends.kube.kubeconfig_paths import DEFAULT_KUBECONFIG, KUBECONFIG_ENV
 from backends.target_registry.cluster import (
     CLUSTER_KEY,
-    DEFAULT_KUBECONFIG,
-    KUBECONFIG_ENV,
     ClusterEvent,
     ClusterPod,
     ClusterState,

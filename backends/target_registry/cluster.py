@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.errors import ConfigError
+from backends.kube.kubeconfig_paths import missing_kubeconfig
 from backends.target_registry.core import RegistryCore
 from backends.target_registry.logs import LOG_TAIL_LINES, LineQueueReader
 from backends.target_registry.rows import DeploymentRow, TargetSource, TargetStatus
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from backends.kube.portforward import PortForwarder
 
 CLUSTER_KEY = "kube"
-KUBECONFIG_ENV = "KUBECONFIG"
-DEFAULT_KUBECONFIG = Path("~/.kube/config")
 
 
 class ClusterPod(BaseModel):
@@ -81,19 +79,6 @@ def _cluster_ref(key: str) -> tuple[str, str]:
     if not key.startswith("kube:") or not namespace or not name:
         raise ConfigError(f"{key} is not a Kubernetes deployment")
     return namespace, name
-
-
-def _missing_kubeconfig() -> str | None:
-    """Why there is no cluster when no kubeconfig file exists (checked without importing the client)."""
-    listed = [part for part in os.environ.get(KUBECONFIG_ENV, "").split(os.pathsep) if part.strip()]
-    paths = [Path(part).expanduser() for part in listed] or [DEFAULT_KUBECONFIG.expanduser()]
-    if any(path.is_file() for path in paths):
-        return None
-    where = os.pathsep.join(str(path) for path in paths)
-    return (
-        f"no kubeconfig found at {where}; set KUBECONFIG to use a cluster "
-        "(for GKE: gcloud container clusters get-credentials CLUSTER --region REGION)"
-    )
 
 
 def _current_context() -> str:
@@ -233,7 +218,7 @@ class ClusterTargets(RegistryCore):
 
     def refresh_cluster(self) -> None:
         """Read the kubeconfig and list the context's vLLM deployments (blocking; from a worker thread)."""
-        missing = _missing_kubeconfig()
+        missing = missing_kubeconfig()
         if missing is not None:
             self._no_cluster(missing)
             return

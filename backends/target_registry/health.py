@@ -6,8 +6,8 @@ import functools
 import socket
 import ssl
 
-from backends.bench.models import Target
 from backends.errors import TargetError
+from backends.target_types import Target
 
 PROBE_TIMEOUT_S = 3.0
 

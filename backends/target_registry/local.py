@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from backends.bench.models import Target
 from backends.errors import EngineError, ServeDeckError
 from backends.target_registry.core import RegistryCore
 from backends.target_registry.rows import DeploymentRow, TargetSource, TargetStatus
+from backends.target_types import Target
 
 if TYPE_CHECKING:
     from backends.engines.local import LocalEngine, LocalEngineConfig

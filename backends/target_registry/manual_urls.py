@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backends.bench.models import Target, TargetKind
 from backends.config import CONFIG_DIR_ENV
 from backends.errors import ConfigError
 from backends.target_registry.core import RegistryCore
 from backends.target_registry.rows import DeploymentRow, TargetSource, endpoint_row
+from backends.target_types import Target, TargetKind
 
 MANUAL_TARGETS_FILE = "manual_targets.json"
 MANUAL_TARGETS_VERSION = 1

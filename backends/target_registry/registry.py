@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from backends.bench.models import Target
 from backends.errors import ConfigError, EngineError, TargetError
 from backends.target_registry.cluster import ClusterConnection, ClusterTargets
 from backends.target_registry.health import PROBE_TIMEOUT_S, probe_endpoint
@@ -28,6 +27,7 @@ from backends.target_registry.twins import (
     default_twin_specs,
     twin_key,
 )
+from backends.target_types import Target
 from manifests.spec import DeploymentSpec
 
 if TYPE_CHECKING:

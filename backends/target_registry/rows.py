@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from backends.bench.models import Target, TargetKind
+from backends.target_types import Target, TargetKind
 from manifests.spec import model_short_name
 
 

@@ -14,12 +14,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from backends.bench.models import Target, TargetKind
 from backends.config import engine_log_dir
 from backends.engines.child_process import GuardedChild
 from backends.errors import ConfigError, EngineError, ServeDeckError
 from backends.target_registry.core import RegistryCore
 from backends.target_registry.rows import DeploymentRow, TargetSource, TargetStatus
+from backends.target_types import Target, TargetKind
 from manifests.cost import deployment_usd_per_hour
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType

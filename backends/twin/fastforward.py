@@ -27,11 +27,12 @@ from backends.bench.datasets import (
 )
 from backends.bench.loadgen.arrivals import arrival_times
 from backends.bench.metrics import compute_metrics
-from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledRequest, ServerSnapshot
+from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledRequest
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.bench.tokenizers import TiktokenCounter, TokenCounter, load_offline_encoding
 from backends.bench.traces import check_trace_levels, trace_arrivals
 from backends.errors import ConfigError
+from backends.target_types import ServerSnapshot
 from backends.twin.engine import TwinConfig, TwinEngine
 from backends.twin.text import BOS_TOKEN_ID
 

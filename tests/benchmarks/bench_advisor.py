@@ -17,9 +17,10 @@ import statistics
 import time
 
 from backends.advisor.advise import rank, search_shapes
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import SweepConfig
 from backends.bench.slo import parse_slo
+from backends.target_types import Target, TargetKind
 from backends.twin.fastforward import sample_dataset
 from manifests.catalog import default_catalog
 

@@ -21,9 +21,10 @@ import statistics
 import sys
 from typing import Any
 
-from backends.bench.models import Axis, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec, SweepConfig, SweepResult
 from backends.bench.sweep import run_sweep
+from backends.target_types import TargetKind
 from backends.targets import discover_target
 from backends.twin.engine_config import TwinConfig
 from backends.twin.server import TwinServer

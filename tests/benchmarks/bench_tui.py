@@ -214,7 +214,7 @@ def keypress_to_paint(root: Path, presses: int) -> dict[str, dict[str, float]]:
 
 
 async def _stalls(with_engine: bool) -> dict[str, Any]:
-    from backends.bench.models import Target
+    from backends.target_types import Target
     from tests.fakes.openai_like_server import FakeServer, FakeServerConfig, ModelsMode
     from tui.app import VIEWS, ServeDeckApp
     from tui.context import AppContext

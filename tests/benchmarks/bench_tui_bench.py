@@ -51,7 +51,8 @@ from textual.screen import Screen
 from textual.widgets import Input, Select, Static, TabbedContent
 
 import tui.app
-from backends.bench.models import ProgressSnapshot, ServerSnapshot, Target
+from backends.bench.models import ProgressSnapshot
+from backends.target_types import ServerSnapshot, Target
 from backends.targets import discover_target
 from backends.twin.engine_config import TwinConfig
 from backends.twin.process import start_twin_process

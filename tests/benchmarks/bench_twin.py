@@ -41,10 +41,11 @@ from pydantic import BaseModel
 
 from backends.bench.datasets import SampledDataset
 from backends.bench.loadgen.requests import RequestOptions, parse_endpoint, render_body, render_request
-from backends.bench.models import Axis, LoadLevel, SampledRequest, Target
+from backends.bench.models import Axis, LoadLevel, SampledRequest
 from backends.bench.results import SweepConfig
 from backends.bench.tokenizers import TiktokenCounter
 from backends.prometheus import parse_exposition
+from backends.target_types import Target
 from backends.twin.engine import TwinEngine
 from backends.twin.engine_config import TwinConfig
 from backends.twin.fastforward import run_level, sample_dataset

@@ -14,8 +14,9 @@ import argparse
 import statistics
 import time
 
-from backends.bench.models import Axis, LoadLevel, Target, TargetKind
+from backends.bench.models import Axis, LoadLevel
 from backends.bench.results import SweepConfig
+from backends.target_types import Target, TargetKind
 from backends.twin.engine import TwinConfig, TwinEngine
 from backends.twin.fastforward import run_level, sample_dataset
 

@@ -27,10 +27,11 @@ from backends.advisor.advise import (
     unservable_line,
 )
 from backends.advisor.knee import DEFAULT_MAX_LEVELS, DEFAULT_TOLERANCE
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import SweepConfig
 from backends.bench.slo import describe, parse_slo
 from backends.errors import ConfigError
+from backends.target_types import Target, TargetKind
 from backends.twin.fastforward import sample_dataset
 from manifests.gpus import GpuType
 from tui.cli.sweep_args import dataset_from_args

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from backends.bench.input_grammar import parse_goodput
-from backends.bench.models import Target
 from backends.bench.results import RunStatus, SweepConfig, SweepResult
 from backends.errors import ConfigError
+from backends.target_types import Target
 from tui.cli.bench_foreground import (
     StoppedBySignal,
     report_interrupted,
@@ -200,8 +200,8 @@ async def _discover(base_url: str, args: argparse.Namespace) -> Target:
     """The target. A vLLM command names the real model; where the server is a twin of it (serving
     ``google/gemma-3-27b-it`` as ``gemma-3-27b-it-twin``) or llama.cpp (one model, whatever a request
     names, as vLLM's client finds it), its own model is used with a note, so the command runs unchanged."""
-    from backends.bench.models import TargetKind
     from backends.errors import TargetError
+    from backends.target_types import TargetKind
     from backends.targets import discover_target
     from backends.twin.server import TWIN_SUFFIX
 

@@ -27,11 +27,11 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from backends.bench.datasets import SampledDataset
-    from backends.bench.models import Target
     from backends.bench.results import SweepConfig, SweepResult
     from backends.bench.sweep import SweepEvent
     from backends.kube.client import KubeClient
     from backends.kube_bench.driver import InClusterOptions, LoadgenBundle
+    from backends.target_types import Target
     from tui.cli.bench_display import SweepDisplay
 
 _IN_CLUSTER_ONLY = {

@@ -14,11 +14,12 @@ import math
 import re
 import sys
 
-from backends.bench.models import Axis, Target
+from backends.bench.models import Axis
 from backends.bench.search_record import SearchLevel
 from backends.bench.slo import Slo, parse_slo
 from backends.bench.slo_search import DEFAULT_MAX_LEVELS, DEFAULT_TOLERANCE, SearchResult
 from backends.errors import ConfigError, ServeDeckError
+from backends.target_types import Target
 from tui.cli.sweep_args import config_from_args
 
 _HARDWARE = re.compile(r"^\s*(?P<count>\d+)\s*x\s*(?P<gpu>[a-z0-9-]+)")
@@ -80,8 +81,8 @@ def predicted_start(target: Target, hardware: str | None, axis: Axis, slo: Slo) 
     if match is None:
         return None, f"probe (hardware {label!r} unknown to the twin)"
     from backends.advisor.knee import find_knee
-    from backends.bench.models import TargetKind
     from backends.bench.results import SweepConfig
+    from backends.target_types import TargetKind
     from backends.twin.engine import TwinConfig
     from backends.twin.fastforward import sample_dataset
     from backends.twin.server import TWIN_SUFFIX

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from backends.bench.export import summarize_server, to_vllm_result
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import LevelResult, SweepConfig, SweepResult
 from backends.errors import ConfigError
 from backends.prometheus import prefix_cache_warning
+from backends.target_types import Target, TargetKind
 from backends.twin.capacity import GIB, MemoryPlan
 from backends.twin.engine import TwinConfig, TwinEngine
 from backends.twin.fastforward import OutputLengths, run_sweep, sample_dataset

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from backends.bench.input_grammar import parse_goodput, parse_levels, parse_percentiles
-from backends.bench.models import Axis, Target
+from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec, SweepConfig
 from backends.bench.traces import TRACE_FORMATS
 from backends.errors import ConfigError
+from backends.target_types import Target
 
 BUILTIN_DATASETS = ("sharegpt", "random", "prefix_repetition", "codebase_qa")
 

@@ -34,10 +34,11 @@ from backends.advisor.host import (
     VerifyLevel,
     run_in_child,
 )
-from backends.bench.models import Axis, Target
+from backends.bench.models import Axis
 from backends.bench.results import SweepConfig
 from backends.bench.search_record import SearchLevel, SearchRecord
 from backends.errors import ConfigError, ServeDeckError
+from backends.target_types import Target
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from manifests.model_catalog import all_profiles, load_custom_profile

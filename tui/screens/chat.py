@@ -19,9 +19,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Header, Input, Static
 
-from backends.bench.models import Target
 from backends.chat_stats import AnswerStats
 from backends.errors import ServeDeckError
+from backends.target_types import Target
 from sessions import ChatSession, ChatSummary
 from tui.messages import TargetsChanged
 from tui.services.chat_records import RACE_KEY, RaceSeat, params_from_session, race_group

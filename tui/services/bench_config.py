@@ -13,10 +13,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from backends.bench.input_grammar import parse_goodput, parse_levels
-from backends.bench.models import Axis, Target
+from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec, SweepConfig
 from backends.bench.sweep import validate_config
 from backends.errors import ConfigError
+from backends.target_types import Target
 from tui.services.bench_cost import PRICE_SOURCE_LABELS, PriceSource
 
 DatasetKind = Literal["sharegpt", "random", "file"]

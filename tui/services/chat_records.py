@@ -12,10 +12,10 @@ from types import TracebackType
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from backends.bench.models import Target
 from backends.chat import AnswerEnd, ChatParams
 from backends.chat_stats import AnswerStats
 from backends.errors import ServeDeckError
+from backends.target_types import Target
 from sessions import AnswerTiming, ChatSession, MessageRole, MessageStatus, SessionStore
 from tui.context import AppContext
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.bench.results import SweepConfig
+from backends.target_types import Target, TargetKind
 from backends.twin.engine import TwinConfig
 from backends.twin.fastforward import run_sweep, sample_dataset
 

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from backends.bench.models import Target
+from backends.target_types import Target
 
 DEFAULT_PROMPTS = 100
 DEFAULT_LEVELS = 6

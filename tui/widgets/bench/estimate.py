@@ -13,7 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backends.bench.models import Axis, TargetKind
+from backends.bench.models import Axis
+from backends.target_types import TargetKind
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, Select, SelectionList, Static
 
 from backends.bench.input_grammar import parse_levels
-from backends.bench.models import Axis, Target, TargetKind
+from backends.bench.models import Axis
 from backends.errors import ServeDeckError
+from backends.target_types import Target, TargetKind
 from tui.services.bench_config import BenchFormValues, DatasetKind, _whole
 from tui.services.bench_cost import PRICE_SOURCE_LABELS, PriceSource
 from tui.widgets.bench.estimate import (

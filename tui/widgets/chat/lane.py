@@ -18,7 +18,6 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
-from backends.bench.models import Target
 from backends.chat import (
     AnswerEnd,
     ChatError,
@@ -30,6 +29,7 @@ from backends.chat import (
     target_note,
 )
 from backends.chat_stats import AnswerStats, StatsAccumulator
+from backends.target_types import Target
 from sessions import ChatSession, MessageRole, MessageStatus
 from tui.context import AppContext
 from tui.services.chat_records import AnswerRecorder, RaceSeat, stats_from_timing

@@ -10,8 +10,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label
 
-from backends.bench.models import Target
 from backends.chat import ChatParams
+from backends.target_types import Target
 from tui.widgets.chat.targets import TargetPicker
 
 MAX_LANES = 3

@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from backends.bench.models import Target
+from backends.target_types import Target
 
 
 def target_row(target: Target, ticked: bool) -> Content:
