@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.servedeck-installed
 
-.PHONY: run test install lint typecheck imports unit bench-perf clean
+.PHONY: run test demo install lint typecheck imports unit bench-perf clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/servedeck
+
+# The app drives itself for an audience (about 3 minutes): local chat, a race, a twin sweep, History, an export.
+demo: install
+	$(BIN)/servedeck demo --out demo-run
 
 lint: install
 	$(BIN)/ruff check .
