@@ -88,6 +88,35 @@ def test_plan_runs_for_a_quantized_model_from_its_config(capsys: pytest.CaptureF
     assert document["levels"][0]["output_throughput"] > 0
 
 
+ADVISE = ["plan", "--advise", "--slo", "p99_ttft:2000,p99_tpot:100", "--max-gpus", "2", "--json", *SMALL]
+
+
+def test_the_advisor_ranks_shapes_for_a_moe_model(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(
+        capsys, *ADVISE, "--model", "Qwen/Qwen3-30B-A3B", "--rate", "5", "--gpus", "l4,h100"
+    )
+    assert code == 0, err
+    document = json.loads(out)
+    passing = [row for row in document["shapes"] if row["verdict"] == "ok"]
+    assert [(row["gpu"], row["gpu_count"]) for row in passing] == [("h100", 1), ("h100", 2)]
+    assert (
+        passing[0]["knee"]["rate"] > 5 and 0 < passing[0]["usd_per_million"] < passing[1]["usd_per_million"]
+    )
+    unfit = {row["label"]: row["why"] for row in document["skipped"]}
+    assert set(unfit) == {"1xL4 24GB", "2xL4 24GB"} and all("does not fit" in why for why in unfit.values())
+
+
+def test_the_advisor_ranks_shapes_for_a_quantized_model(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model-config", str(CONFIGS / "qwen3-32b-awq"), "--rate", "2", "--gpus", "l4,a100-80gb"]
+    code, out, err = run_main(capsys, *ADVISE, *argv, "--kv-cache-dtype", "fp8")
+    assert code == 0, err
+    document = json.loads(out)
+    passing = [row for row in document["shapes"] if row["verdict"] == "ok"]
+    assert [(row["gpu"], row["gpu_count"]) for row in passing] == [("l4", 2)]
+    reasons = {row["label"]: row["why"] for row in document["skipped"]}
+    assert "needs fp8 support, which NVIDIA A100 80GB lacks" in reasons["2xA100 80GB"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
