@@ -31,18 +31,19 @@ from sessions.run_models import BundleLevel, RunBundle
 from sessions.store import SessionStore
 from tests.fakes.sse_server import FakeSSEServer
 from tui.context import AppContext
+from tui.messages import SweepHostEvent
 from tui.screens.bench import BenchScreen
 from tui.screens.history import HistoryScreen
 from tui.services.bench_config import BenchFormValues, build_runs, parse_levels, values_from_config
 from tui.services.bench_cost import PriceSource
-from tui.services.sweep_host import thin
-from tui.services.sweep_runner import (
-    AllRunsDone,
-    LevelBegan,
-    LevelDone,
-    LiveSample,
-    RunFinished,
-    RunStarted,
+from tui.services.sweep_host import (
+    HostAllDone,
+    HostFinished,
+    HostLevelBegan,
+    HostLevelDone,
+    HostSample,
+    HostStarted,
+    thin,
 )
 from tui.widgets.bench.export import ExportDialog
 from tui.widgets.bench.live import LiveCharts
@@ -437,12 +438,28 @@ def inject_finished_sweep(screen: BenchScreen, sweeps: list[tuple[SweepResult, f
     ]
     screen._sweeping = True
     for index, (sweep, _) in enumerate(sweeps):
-        screen.post_message(RunStarted(index, sweep.run_id, sweep.config, []))
+        screen.post_message(
+            SweepHostEvent(HostStarted(run_index=index, run_id=sweep.run_id, config=sweep.config, notes=[]))
+        )
         for level in sweep.levels:
-            screen.post_message(LevelBegan(index, level.index, level.level, 10, float(level.index)))
-            screen.post_message(LevelDone(index, level))
-        screen.post_message(RunFinished(index, sweep, sweep.run_id, None))
-    screen.post_message(AllRunsDone(False))
+            screen.post_message(
+                SweepHostEvent(
+                    HostLevelBegan(
+                        run_index=index,
+                        level_index=level.index,
+                        level=level.level,
+                        total=10,
+                        x=float(level.index),
+                    )
+                )
+            )
+            screen.post_message(SweepHostEvent(HostLevelDone(run_index=index, result=level)))
+        screen.post_message(
+            SweepHostEvent(
+                HostFinished(run_index=index, result=sweep, saved_as=sweep.run_id, save_error=None)
+            )
+        )
+    screen.post_message(SweepHostEvent(HostAllDone(cancelled=False)))
 
 
 async def test_charts_redraw_only_when_visible_and_throttled(tmp_path: Path) -> None:
@@ -453,7 +470,16 @@ async def test_charts_redraw_only_when_visible_and_throttled(tmp_path: Path) -> 
         live = screen.query_one(LiveCharts)
         samples = 40
         for i in range(samples):  # the Setup tab is showing: the live charts are hidden
-            screen.post_message(LiveSample(0, float(i), snapshot_at(float(i)), [(float(i), 20.0)]))
+            screen.post_message(
+                SweepHostEvent(
+                    HostSample(
+                        run_index=0,
+                        x=float(i),
+                        snapshot=snapshot_at(float(i)),
+                        ttft_points=[(float(i), 20.0)],
+                    )
+                )
+            )
         await pilot.pause()
         assert len(live.chart("live-tokens").buffers["output tok/s"]) == samples
         assert all(chart.stats.redraws == 0 and chart.dirty for chart in live.charts)
@@ -462,7 +488,11 @@ async def test_charts_redraw_only_when_visible_and_throttled(tmp_path: Path) -> 
         await wait_until(pilot, lambda: all(chart.stats.redraws >= 1 for chart in live.charts), 10)
         before = live.chart("live-tokens").stats.redraws
         for i in range(samples, 2 * samples):  # visible now: a burst is coalesced, not drawn 40 times
-            screen.post_message(LiveSample(0, float(i), snapshot_at(float(i)), []))
+            screen.post_message(
+                SweepHostEvent(
+                    HostSample(run_index=0, x=float(i), snapshot=snapshot_at(float(i)), ttft_points=[])
+                )
+            )
         await pilot.pause()
         await wait_until(pilot, lambda: not live.chart("live-tokens").dirty, 10)
         assert live.chart("live-tokens").stats.redraws - before < samples // 2

@@ -31,8 +31,9 @@ from tests.test_tui_bench import (
     wait_until,
 )
 from tui.context import AppContext
+from tui.messages import SweepHostEvent
 from tui.screens.bench import BenchScreen
-from tui.services.sweep_runner import LevelBegan, LevelDone, LiveSample, RunStarted
+from tui.services.sweep_host import HostLevelBegan, HostLevelDone, HostSample, HostStarted
 from tui.widgets.bench.export import ExportDialog
 from tui.widgets.bench.sweep_chart import CostChart, SweepChart
 from tui.widgets.charts import LiveChart, level_segments, segment_points
@@ -198,14 +199,42 @@ def live_snapshot(t: float, tokens_per_s: float) -> ProgressSnapshot:
 def live_two_levels(screen: BenchScreen) -> None:
     """A 12 s first level at 100 tok/s, then a 288 s second level at 400 tok/s."""
     sweep = fixed_sweep("twin", "runlive", 1.0)
-    screen.post_message(RunStarted(0, sweep.run_id, sweep.config, []))
-    screen.post_message(LevelBegan(0, 0, sweep.levels[0].level, 10, 0.0))
+    screen.post_message(
+        SweepHostEvent(HostStarted(run_index=0, run_id=sweep.run_id, config=sweep.config, notes=[]))
+    )
+    screen.post_message(
+        SweepHostEvent(
+            HostLevelBegan(run_index=0, level_index=0, level=sweep.levels[0].level, total=10, x=0.0)
+        )
+    )
     for i in range(12):
-        screen.post_message(LiveSample(0, float(i), live_snapshot(float(i), 100.0), [(float(i), 40.0)]))
-    screen.post_message(LevelDone(0, sweep.levels[0]))
-    screen.post_message(LevelBegan(0, 1, sweep.levels[1].level, 10, 12.0))
+        screen.post_message(
+            SweepHostEvent(
+                HostSample(
+                    run_index=0,
+                    x=float(i),
+                    snapshot=live_snapshot(float(i), 100.0),
+                    ttft_points=[(float(i), 40.0)],
+                )
+            )
+        )
+    screen.post_message(SweepHostEvent(HostLevelDone(run_index=0, result=sweep.levels[0])))
+    screen.post_message(
+        SweepHostEvent(
+            HostLevelBegan(run_index=0, level_index=1, level=sweep.levels[1].level, total=10, x=12.0)
+        )
+    )
     for i in range(12, 300):
-        screen.post_message(LiveSample(0, float(i), live_snapshot(float(i), 400.0), [(float(i), 120.0)]))
+        screen.post_message(
+            SweepHostEvent(
+                HostSample(
+                    run_index=0,
+                    x=float(i),
+                    snapshot=live_snapshot(float(i), 400.0),
+                    ttft_points=[(float(i), 120.0)],
+                )
+            )
+        )
 
 
 async def live_bench(app: BenchHarness, pilot: Any) -> BenchScreen:

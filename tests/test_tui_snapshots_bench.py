@@ -21,8 +21,9 @@ from backends.bench.models import ProgressSnapshot
 from backends.target_types import ServerSnapshot, Target, TargetKind
 from tests.test_tui_bench import BenchHarness, fixed_sweep, inject_finished_sweep, seed
 from tui.context import AppContext
+from tui.messages import SweepHostEvent
 from tui.screens.bench import BenchScreen
-from tui.services.sweep_runner import LevelBegan, LiveSample, RunStarted
+from tui.services.sweep_host import HostLevelBegan, HostLevelDone, HostSample, HostStarted
 from tui.widgets.charts import LiveChart
 
 SIZE = (120, 40)
@@ -137,22 +138,45 @@ def test_bench_live_level(snap_compare: Any, tmp_path: Path) -> None:
         sweep = fixed_sweep("twin-1xH100", "runh100", 1.0)
         from tui.screens.bench import _RunState
         from tui.services.bench_config import PlannedRun
-        from tui.services.sweep_runner import LevelDone
 
         priced = sweep.config.model_copy(update={"usd_per_hour": 11.0})
         screen._runs = [_RunState(planned=PlannedRun(config=priced))]
         screen.show_tab("bench-live")
-        screen.post_message(RunStarted(0, sweep.run_id, sweep.config, []))
-        screen.post_message(LevelBegan(0, 0, sweep.levels[0].level, 10, 0.0))
+        screen.post_message(
+            SweepHostEvent(HostStarted(run_index=0, run_id=sweep.run_id, config=sweep.config, notes=[]))
+        )
+        screen.post_message(
+            SweepHostEvent(
+                HostLevelBegan(run_index=0, level_index=0, level=sweep.levels[0].level, total=10, x=0.0)
+            )
+        )
         for i in range(12):
             screen.post_message(
-                LiveSample(0, float(i), live_snapshot(float(i)), [(float(i), 40.0 + 5 * (i % 4))])
+                SweepHostEvent(
+                    HostSample(
+                        run_index=0,
+                        x=float(i),
+                        snapshot=live_snapshot(float(i)),
+                        ttft_points=[(float(i), 40.0 + 5 * (i % 4))],
+                    )
+                )
             )
-        screen.post_message(LevelDone(0, sweep.levels[0]))
-        screen.post_message(LevelBegan(0, 1, sweep.levels[1].level, 10, 12.0))
+        screen.post_message(SweepHostEvent(HostLevelDone(run_index=0, result=sweep.levels[0])))
+        screen.post_message(
+            SweepHostEvent(
+                HostLevelBegan(run_index=0, level_index=1, level=sweep.levels[1].level, total=10, x=12.0)
+            )
+        )
         for i in range(12, 30):
             screen.post_message(
-                LiveSample(0, float(i), live_snapshot(float(i)), [(float(i), 120.0 + 9 * (i % 5))])
+                SweepHostEvent(
+                    HostSample(
+                        run_index=0,
+                        x=float(i),
+                        snapshot=live_snapshot(float(i)),
+                        ttft_points=[(float(i), 120.0 + 9 * (i % 5))],
+                    )
+                )
             )
         await pilot.pause()
 
@@ -209,21 +233,44 @@ def test_bench_live_level_at_demo_sizes(snap_compare: Any, tmp_path: Path, size:
         sweep = fixed_sweep("twin-1xH100", "runh100", 1.0)
         from tui.screens.bench import _RunState
         from tui.services.bench_config import PlannedRun
-        from tui.services.sweep_runner import LevelDone
 
         screen._runs = [_RunState(planned=PlannedRun(config=sweep.config))]
         screen.show_tab("bench-live")
-        screen.post_message(RunStarted(0, sweep.run_id, sweep.config, []))
-        screen.post_message(LevelBegan(0, 0, sweep.levels[0].level, 10, 0.0))
+        screen.post_message(
+            SweepHostEvent(HostStarted(run_index=0, run_id=sweep.run_id, config=sweep.config, notes=[]))
+        )
+        screen.post_message(
+            SweepHostEvent(
+                HostLevelBegan(run_index=0, level_index=0, level=sweep.levels[0].level, total=10, x=0.0)
+            )
+        )
         for i in range(12):  # a short first level, then a long second one: each gets half the width
             screen.post_message(
-                LiveSample(0, float(i), live_snapshot(float(i)), [(float(i), 40.0 + 5 * (i % 4))])
+                SweepHostEvent(
+                    HostSample(
+                        run_index=0,
+                        x=float(i),
+                        snapshot=live_snapshot(float(i)),
+                        ttft_points=[(float(i), 40.0 + 5 * (i % 4))],
+                    )
+                )
             )
-        screen.post_message(LevelDone(0, sweep.levels[0]))
-        screen.post_message(LevelBegan(0, 1, sweep.levels[1].level, 10, 12.0))
+        screen.post_message(SweepHostEvent(HostLevelDone(run_index=0, result=sweep.levels[0])))
+        screen.post_message(
+            SweepHostEvent(
+                HostLevelBegan(run_index=0, level_index=1, level=sweep.levels[1].level, total=10, x=12.0)
+            )
+        )
         for i in range(12, 120):
             screen.post_message(
-                LiveSample(0, float(i), live_snapshot(float(i)), [(float(i), 120.0 + 9 * (i % 5))])
+                SweepHostEvent(
+                    HostSample(
+                        run_index=0,
+                        x=float(i),
+                        snapshot=live_snapshot(float(i)),
+                        ttft_points=[(float(i), 120.0 + 9 * (i % 5))],
+                    )
+                )
             )
         await pilot.pause()
 

@@ -59,8 +59,9 @@ from backends.twin.process import start_twin_process
 from tests.fakes.sse_server import start_in_process, stop_process
 from tui.app import VIEWS, ServeDeckApp
 from tui.context import AppContext
+from tui.messages import SweepHostEvent
 from tui.screens.bench import BenchScreen
-from tui.services.sweep_runner import LiveSample
+from tui.services.sweep_host import HostSample
 from tui.widgets.bench.live import LiveCharts
 from tui.widgets.bench.results import SweepResultsPanel
 from tui.widgets.charts import LiveChart
@@ -288,7 +289,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while time.monotonic() - started < args.idle_s:
                 t += 0.25
                 points = [(t, 50.0 + (i * 37) % 200) for i in range(50)]
-                screen.post_message(LiveSample(0, t, synthetic_snapshot(t), points))
+                screen.post_message(
+                    SweepHostEvent(
+                        HostSample(run_index=0, x=t, snapshot=synthetic_snapshot(t), ttft_points=points)
+                    )
+                )
                 if time.perf_counter() >= next_key:
                     keys.probe_key("idle, 4 Hz samples")
                     next_key = time.perf_counter() + KEY_INTERVAL_S

@@ -3,9 +3,10 @@
 Tabs: Setup (the form), Live (progress and time series while a level runs) and Sweep (the article's
 chart: throughput bars, p99 TTFT, $ per 1M tokens, plus the per-level table). The screen is thin:
 ``SweepRunner`` (on a worker thread) runs the sweeps in a separate sweep-host process, which has
-load-generator processes of its own and saves to History, and posts coalesced messages; the handlers
-here only update widgets. Cancelling keeps every finished
-level and the finished requests of the current one, saved in History as a partial run.
+load-generator processes of its own and saves to History, and posts each of its typed events as one
+``SweepHostEvent`` message; the one handler here dispatches with ``match`` and only updates widgets.
+Cancelling keeps every finished level and the finished requests of the current one, saved in
+History as a partial run.
 """
 
 from __future__ import annotations
@@ -29,21 +30,21 @@ from backends.errors import ConfigError, ServeDeckError
 from sessions.run_models import RunFilter
 from sessions.store import SessionStore
 from tui.context import AppContext
-from tui.messages import TargetsChanged
+from tui.messages import SweepHostEvent, TargetsChanged
 from tui.services.bench_config import PlannedRun, build_runs, format_level, values_from_config
 from tui.services.bench_cost import catalog_price_per_hour
-from tui.services.sweep_runner import (
-    AllRunsDone,
-    LevelBegan,
-    LevelDone,
-    LiveSample,
-    LiveTick,
-    RunFailed,
-    RunFinished,
-    RunPreparing,
-    RunStarted,
-    SweepRunner,
+from tui.services.sweep_host import (
+    HostAllDone,
+    HostFailed,
+    HostFinished,
+    HostLevelBegan,
+    HostLevelDone,
+    HostPreparing,
+    HostSample,
+    HostStarted,
+    HostTick,
 )
+from tui.services.sweep_runner import SweepRunner
 from tui.shell import app_context
 from tui.store_access import open_store
 from tui.widgets.bench.export import ExportDialog, write_exports
@@ -257,7 +258,7 @@ class BenchScreen(Screen[None]):
         self.results.clear()
         self.progress.set_status(f"starting {len(planned)} sweep(s) ...")
         self.show_tab("bench-live")
-        self._runner = SweepRunner(self.post_message, data)
+        self._runner = SweepRunner(lambda event: self.post_message(SweepHostEvent(event)), data)
         self._run_sweeps(self._runner, planned)
 
     @work(thread=True, exclusive=True, group=SWEEP_WORKER_GROUP, exit_on_error=False, name="bench sweep")
@@ -295,90 +296,100 @@ class BenchScreen(Screen[None]):
         name = run.name if run is not None else "?"
         return f"{name} ({index + 1}/{len(self._runs)})" if len(self._runs) > 1 else name
 
-    @on(RunPreparing)
-    def _preparing(self, message: RunPreparing) -> None:
-        self.progress.set_status(f"{self._label(message.run_index)} · {message.what} ...")
+    @on(SweepHostEvent)
+    def _host_event(self, message: SweepHostEvent) -> None:
+        match message.event:
+            case HostPreparing() as event:
+                self.progress.set_status(f"{self._label(event.run_index)} · {event.what} ...")
+            case HostStarted() as event:
+                self._run_started(event)
+            case HostLevelBegan() as event:
+                self._level_began(event)
+            case HostSample() as event:
+                self._live_sample(event)
+            case HostTick() as event:
+                self._live_tick(event)
+            case HostLevelDone() as event:
+                self._level_done(event)
+            case HostFinished() as event:
+                self._run_finished(event)
+            case HostFailed() as event:
+                self._run_failed(event)
+            case HostAllDone() as event:
+                self._all_done(event)
 
-    @on(RunStarted)
-    def _run_started(self, message: RunStarted) -> None:
-        run = self._run(message.run_index)
+    def _run_started(self, event: HostStarted) -> None:
+        run = self._run(event.run_index)
         if run is None:
             return
-        run.run_id = message.run_id
+        run.run_id = event.run_id
         self._run_offset = self._x_end
-        config = message.config
-        self.progress.begin_run(self._label(message.run_index), config.axis, config.levels)
-        for note in message.notes:
+        config = event.config
+        self.progress.begin_run(self._label(event.run_index), config.axis, config.levels)
+        for note in event.notes:
             self.log.info(f"bench {run.name}: {note}")
 
-    @on(LevelBegan)
-    def _level_began(self, message: LevelBegan) -> None:
-        run = self._run(message.run_index)
+    def _level_began(self, event: HostLevelBegan) -> None:
+        run = self._run(event.run_index)
         if run is None:
             return
-        self.progress.begin_level(message.level_index, message.total)
-        label = format_level(message.level.axis, message.level.value)
-        self.live.mark_level(self._run_offset + message.x, label)
-        self.results.table.level_started(message.run_index, run.name, message.level_index, message.level)
+        self.progress.begin_level(event.level_index, event.total)
+        label = format_level(event.level.axis, event.level.value)
+        self.live.mark_level(self._run_offset + event.x, label)
+        self.results.table.level_started(event.run_index, run.name, event.level_index, event.level)
 
-    @on(LiveSample)
-    def _live_sample(self, message: LiveSample) -> None:
+    def _live_sample(self, event: HostSample) -> None:
         offset = self._run_offset
-        self._x_end = offset + message.x
-        self.progress.show_snapshot(message.snapshot)
-        points = [(offset + x, y) for x, y in message.ttft_points] if offset else message.ttft_points
-        self.live.add_sample(self._x_end, message.snapshot, points)
+        self._x_end = offset + event.x
+        self.progress.show_snapshot(event.snapshot)
+        points = [(offset + x, y) for x, y in event.ttft_points] if offset else event.ttft_points
+        self.live.add_sample(self._x_end, event.snapshot, points)
 
-    @on(LiveTick)
-    def _live_tick(self, message: LiveTick) -> None:
-        self.progress.show_counts(message.done, message.failed, message.total)
-        if message.ttft_points:
+    def _live_tick(self, event: HostTick) -> None:
+        self.progress.show_counts(event.done, event.failed, event.total)
+        if event.ttft_points:
             offset = self._run_offset
-            self.live.add_ttft([(offset + x, y) for x, y in message.ttft_points])
+            self.live.add_ttft([(offset + x, y) for x, y in event.ttft_points])
 
-    @on(LevelDone)
-    def _level_done(self, message: LevelDone) -> None:
-        run = self._run(message.run_index)
+    def _level_done(self, event: HostLevelDone) -> None:
+        run = self._run(event.run_index)
         if run is None:
             return
-        result = message.result
+        result = event.result
         run.levels[result.index] = result
         self.progress.finish_level(result)
-        self.results.table.level_finished(message.run_index, run.name, result, run.planned.usd_per_hour)
+        self.results.table.level_finished(event.run_index, run.name, result, run.planned.usd_per_hour)
         self.results.set_series(self.series())
         if result.message:
             severity: SeverityLevel = "error" if result.status is RunStatus.FAILED else "warning"
             self.notify(f"{run.name}, {result.level.label}: {result.message}", severity=severity, timeout=8)
 
-    @on(RunFinished)
-    def _run_finished(self, message: RunFinished) -> None:
-        run = self._run(message.run_index)
+    def _run_finished(self, event: HostFinished) -> None:
+        run = self._run(event.run_index)
         if run is None:
             return
-        run.result = message.result
-        run.run_id = message.saved_as or run.run_id
-        run.saved = message.saved_as is not None and message.save_error is None
-        if message.save_error:
-            self.notify(f"{run.name}: {message.save_error}", severity="warning", timeout=10)
+        run.result = event.result
+        run.run_id = event.saved_as or run.run_id
+        run.saved = event.saved_as is not None and event.save_error is None
+        if event.save_error:
+            self.notify(f"{run.name}: {event.save_error}", severity="warning", timeout=10)
         self.results.set_caption(self._caption())
 
-    @on(RunFailed)
-    def _run_failed(self, message: RunFailed) -> None:
-        run = self._run(message.run_index)
+    def _run_failed(self, event: HostFailed) -> None:
+        run = self._run(event.run_index)
         if run is not None:
-            run.failed = message.message
-        self.progress.set_status(f"[red]{message.message}[/]")
-        self.form.show_message(message.message, error=True)
-        self.notify(message.message, severity="error", timeout=12)
+            run.failed = event.message
+        self.progress.set_status(f"[red]{event.message}[/]")
+        self.form.show_message(event.message, error=True)
+        self.notify(event.message, severity="error", timeout=12)
 
-    @on(AllRunsDone)
-    def _all_done(self, message: AllRunsDone) -> None:
+    def _all_done(self, event: HostAllDone) -> None:
         self._sweeping = False
         self._runner = None
         finished = [run for run in self._runs if run.result is not None]
         failed = [run for run in self._runs if run.failed is not None]
         self.results.set_caption(self._caption())
-        if message.cancelled:
+        if event.cancelled:
             text = "sweep cancelled: finished levels and requests were kept and saved as a partial run"
             self.notify(text, severity="warning", timeout=8)
         elif finished and not failed:

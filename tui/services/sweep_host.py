@@ -2,7 +2,7 @@
 request records, never waits on the sweep's Python work (one interpreter lock) and never pauses for
 a garbage collection of tens of thousands of records.
 
-``host_main`` is the child's entry point (spawned by ``bench_runner.SweepRunner``). For each planned
+``host_main`` is the child's entry point (spawned by ``sweep_runner.SweepRunner``). For each planned
 target it checks the endpoint (a dead one becomes one ``HostFailed`` line), samples the prompts, then
 runs ``run_sweep`` (load generation in its own worker processes) and saves the run to History with
 ``HistoryRecorder``. Towards the UI it sends small typed events over the pipe: one ``HostSample`` per

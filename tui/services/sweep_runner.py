@@ -1,11 +1,11 @@
-"""The Bench view's side of a sweep: starts the sweep host process and turns its events into
-Textual messages for the screen.
+"""The Bench view's side of a sweep: starts the sweep host process and hands its typed events on.
 
 ``SweepRunner.run`` is blocking: the screen calls it from a thread worker. It spawns
-``bench_host.host_main`` (which checks the targets, samples prompts, runs the sweeps with their own
-load-generator processes and saves them to History), reads the host's events from a pipe and posts
-one message per event. No request record ever enters the UI process: levels and results arrive with
-metrics only, and exports read the saved run back from History. ``cancel()`` may be called from any
+``sweep_host.host_main`` (which checks the targets, samples prompts, runs the sweeps with their own
+load-generator processes and saves them to History), reads the host's typed events from a pipe and
+passes each one to ``post`` as it came (the screen wraps it in one ``SweepHostEvent`` message). No
+request record ever enters the UI process: levels and results arrive with metrics only, and exports
+read the saved run back from History. ``cancel()`` may be called from any
 thread: the host keeps finished levels and the finished requests of the current level.
 """
 
@@ -20,139 +20,11 @@ from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from textual.message import Message
-
-from backends.bench.models import LoadLevel, ProgressSnapshot
-from backends.bench.results import LevelResult, SweepConfig, SweepResult
 from tui.services.bench_config import PlannedRun
-from tui.services.sweep_host import (
-    PLANNED_RUNS,
-    HostAllDone,
-    HostEvent,
-    HostFailed,
-    HostFinished,
-    HostLevelBegan,
-    HostLevelDone,
-    HostPreparing,
-    HostSample,
-    HostStarted,
-    HostTick,
-    host_main,
-)
+from tui.services.sweep_host import PLANNED_RUNS, HostAllDone, HostEvent, HostFailed, host_main
 
 HOST_EXIT_TIMEOUT_S = 30.0
 _TRACKER_LOCK = threading.Lock()
-
-
-class RunPreparing(Message):
-    """Checking target ``run_index`` and sampling its prompts."""
-
-    def __init__(self, run_index: int, what: str) -> None:
-        super().__init__()
-        self.run_index = run_index
-        self.what = what
-
-
-class RunStarted(Message):
-    def __init__(self, run_index: int, run_id: str, config: SweepConfig, notes: list[str]) -> None:
-        super().__init__()
-        self.run_index = run_index
-        self.run_id = run_id
-        self.config = config
-        self.notes = notes
-
-
-class LevelBegan(Message):
-    def __init__(self, run_index: int, level_index: int, level: LoadLevel, total: int, x: float) -> None:
-        super().__init__()
-        self.run_index = run_index
-        self.level_index = level_index
-        self.level = level
-        self.total = total
-        self.x = x
-
-
-class LiveSample(Message):
-    """One progress snapshot; ``x`` is seconds since this target's sweep began (all levels)."""
-
-    def __init__(
-        self, run_index: int, x: float, snapshot: ProgressSnapshot, ttft_points: list[tuple[float, float]]
-    ) -> None:
-        super().__init__()
-        self.run_index = run_index
-        self.x = x
-        self.snapshot = snapshot
-        self.ttft_points = ttft_points
-
-
-class LiveTick(Message):
-    """Requests finished since the last message (between snapshots, at most 4 a second)."""
-
-    def __init__(
-        self, run_index: int, done: int, failed: int, total: int, ttft_points: list[tuple[float, float]]
-    ) -> None:
-        super().__init__()
-        self.run_index = run_index
-        self.done = done
-        self.failed = failed
-        self.total = total
-        self.ttft_points = ttft_points
-
-
-class LevelDone(Message):
-    def __init__(self, run_index: int, result: LevelResult) -> None:
-        super().__init__()
-        self.run_index = run_index
-        self.result = result
-
-
-class RunFinished(Message):
-    """A target's sweep ended (complete, partial or failed); ``saved_as``/``save_error`` say what
-    happened to its History record."""
-
-    def __init__(
-        self, run_index: int, result: SweepResult, saved_as: str | None, save_error: str | None
-    ) -> None:
-        super().__init__()
-        self.run_index = run_index
-        self.result = result
-        self.saved_as = saved_as
-        self.save_error = save_error
-
-
-class RunFailed(Message):
-    """A target's sweep could not start (dead endpoint, bad dataset); ``message`` says what to do."""
-
-    def __init__(self, run_index: int, message: str) -> None:
-        super().__init__()
-        self.run_index = run_index
-        self.message = message
-
-
-class AllRunsDone(Message):
-    def __init__(self, cancelled: bool) -> None:
-        super().__init__()
-        self.cancelled = cancelled
-
-
-def to_message(event: HostEvent) -> Message:
-    if isinstance(event, HostSample):
-        return LiveSample(event.run_index, event.x, event.snapshot, event.ttft_points)
-    if isinstance(event, HostTick):
-        return LiveTick(event.run_index, event.done, event.failed, event.total, event.ttft_points)
-    if isinstance(event, HostLevelBegan):
-        return LevelBegan(event.run_index, event.level_index, event.level, event.total, event.x)
-    if isinstance(event, HostLevelDone):
-        return LevelDone(event.run_index, event.result)
-    if isinstance(event, HostPreparing):
-        return RunPreparing(event.run_index, event.what)
-    if isinstance(event, HostStarted):
-        return RunStarted(event.run_index, event.run_id, event.config, event.notes)
-    if isinstance(event, HostFinished):
-        return RunFinished(event.run_index, event.result, event.saved_as, event.save_error)
-    if isinstance(event, HostFailed):
-        return RunFailed(event.run_index, event.message)
-    return AllRunsDone(event.cancelled)
 
 
 def start_resource_tracker() -> None:
@@ -172,7 +44,7 @@ def start_resource_tracker() -> None:
 
 
 class SweepRunner:
-    def __init__(self, post: Callable[[Message], object], data_dir: Path | None) -> None:
+    def __init__(self, post: Callable[[HostEvent], object], data_dir: Path | None) -> None:
         self.post = post
         self.data_dir = data_dir
         self._cancelled = threading.Event()
@@ -218,9 +90,9 @@ class SweepRunner:
                     break
                 if isinstance(event, HostAllDone):
                     finished = True
-                    self.post(AllRunsDone(event.cancelled or self.cancelled))
+                    self.post(HostAllDone(cancelled=event.cancelled or self.cancelled))
                     break
-                self.post(to_message(event))
+                self.post(event)
         finally:
             with self._lock:
                 self._conn = None
@@ -231,10 +103,10 @@ class SweepRunner:
                 process.join()
             if not finished:
                 self.post(
-                    RunFailed(
-                        -1,
-                        f"the sweep process stopped unexpectedly (exit code {process.exitcode}); "
+                    HostFailed(
+                        run_index=-1,
+                        message=f"the sweep process stopped unexpectedly (exit code {process.exitcode}); "
                         "levels that finished are saved in History",
                     )
                 )
-                self.post(AllRunsDone(self.cancelled))
+                self.post(HostAllDone(cancelled=self.cancelled))

@@ -1,9 +1,10 @@
 """One target's side of a chat: its messages, and the worker that streams its answers.
 
 The answer streams in a thread worker (its own event loop, its own store connection) that never
-touches widgets: it posts ``AnswerProgress`` (coalesced, at most ~20 per second) and one
-``AnswerDone``; the lane updates the screen from those on the UI thread. A race is two or three
-lanes side by side, each sending the same prompt at once.
+touches widgets: it posts ``AnswerProgress`` (coalesced, at most ~20 per second, with the running
+stats the stream's ``TokenDelta`` carries) and one ``AnswerDone``; the lane updates the screen from
+those on the UI thread. A race is two or three lanes side by side, each sending the same prompt at
+once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from backends.chat import (
     is_simulated,
     target_note,
 )
-from backends.chat_stats import AnswerStats, StatsAccumulator
+from backends.chat_stats import AnswerStats
 from backends.target_types import Target
 from sessions import ChatSession, MessageRole, MessageStatus
 from tui.context import AppContext
@@ -224,8 +225,8 @@ class ChatLane(Vertical):
     async def _stream_and_save(
         self, stream: ChatStream, prompt: str, race: RaceSeat | None, session_id: str | None
     ) -> None:
-        live = StatsAccumulator(0.0)
         pieces: list[str] = []
+        last: TokenDelta | None = None  # its stats are the answer's timing so far
         last_post = 0.0
         with AnswerRecorder(self._ctx) as recorder:
             recorder.begin(self.target, session_id, prompt, stream.params, race)
@@ -236,24 +237,25 @@ class ChatLane(Vertical):
                 async for event in stream.events():
                     if isinstance(event, TokenDelta):
                         pieces.append(event.text)
-                        live.on_token_chunk(event.t)
+                        last = event
                         now = time.monotonic()
                         if event.index == 0 or now - last_post >= PROGRESS_INTERVAL_S:
                             last_post = now
                             text = "".join(pieces)
-                            self.post_message(self.AnswerProgress(self, text, live.snapshot()))
+                            self.post_message(self.AnswerProgress(self, text, event.stats))
                             recorder.update(text)
                     else:
                         end = event
             except Exception as exc:  # a bug must not leave the lane stuck "streaming"
                 end = AnswerEnd(
                     text="".join(pieces),
-                    stats=live.snapshot(),
+                    stats=AnswerStats() if last is None else last.stats,
                     error=f"the chat failed unexpectedly ({type(exc).__name__}: {exc}); "
                     "the partial answer is kept, please report this",
                 )
             if end is None:
-                end = AnswerEnd(text="".join(pieces), stats=live.snapshot(), stopped=True)
+                stats = AnswerStats() if last is None else last.stats
+                end = AnswerEnd(text="".join(pieces), stats=stats, stopped=True)
             status = recorder.finish(end)
             self.post_message(self.AnswerDone(end, status, recorder.failure))
 
