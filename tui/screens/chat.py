@@ -446,15 +446,16 @@ class ChatScreen(Screen[None]):
             session_id = next((lane.session_id for lane in self.lanes if lane.session_id), None)
         if session_id is None:
             return None
-        title = next((chat.title for chat in listing.chats if chat.id == session_id), "")
-        return session_id, title
+        return session_id, self._listed_title(session_id)
+
+    def _listed_title(self, session_id: str) -> str:
+        return next(
+            (chat.title for chat in self.query_one(ChatSessionList).chats if chat.id == session_id), ""
+        )
 
     @on(ChatSessionList.RenameRequested)
     def _rename_requested(self, message: ChatSessionList.RenameRequested) -> None:
-        title = next(
-            (c.title for c in self.query_one(ChatSessionList).chats if c.id == message.session_id), ""
-        )
-        self._ask_rename(message.session_id, title)
+        self._ask_rename(message.session_id, self._listed_title(message.session_id))
 
     def action_rename(self) -> None:
         chosen = self._chosen_session()
@@ -483,10 +484,7 @@ class ChatScreen(Screen[None]):
 
     @on(ChatSessionList.DeleteRequested)
     def _delete_requested(self, message: ChatSessionList.DeleteRequested) -> None:
-        title = next(
-            (c.title for c in self.query_one(ChatSessionList).chats if c.id == message.session_id), ""
-        )
-        self._ask_delete(message.session_id, title)
+        self._ask_delete(message.session_id, self._listed_title(message.session_id))
 
     def action_delete(self) -> None:
         chosen = self._chosen_session()

@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -31,6 +31,14 @@ MIN_TIMER_S = 0.001
 SeriesKind = Literal["line", "scatter"]
 
 
+def _bucket_bounds(n: int, buckets: int) -> Iterator[tuple[int, int]]:
+    """[lo, hi) of each of ``buckets`` consecutive, non-empty runs of ``n`` points."""
+    for b in range(buckets):
+        lo, hi = b * n // buckets, (b + 1) * n // buckets
+        if hi > lo:
+            yield lo, hi
+
+
 def downsample_mean(
     xs: Sequence[float], ys: Sequence[float], buckets: int
 ) -> tuple[list[float], list[float]]:
@@ -40,11 +48,7 @@ def downsample_mean(
         return list(xs), list(ys)
     out_x: list[float] = []
     out_y: list[float] = []
-    for b in range(buckets):
-        lo = b * n // buckets
-        hi = (b + 1) * n // buckets
-        if hi <= lo:
-            continue
+    for lo, hi in _bucket_bounds(n, buckets):
         out_x.append(sum(xs[lo:hi]) / (hi - lo))
         out_y.append(sum(ys[lo:hi]) / (hi - lo))
     return out_x, out_y
@@ -60,11 +64,7 @@ def downsample_envelope(
         return list(xs), list(ys)
     out_x: list[float] = []
     out_y: list[float] = []
-    for b in range(buckets):
-        lo = b * n // buckets
-        hi = (b + 1) * n // buckets
-        if hi <= lo:
-            continue
+    for lo, hi in _bucket_bounds(n, buckets):
         low = min(range(lo, hi), key=ys.__getitem__)
         high = max(range(lo, hi), key=ys.__getitem__)
         for i in sorted({low, high}):
