@@ -50,9 +50,9 @@ def _decode_kj_per_1m(config: TwinConfig, batch: int) -> float:
         kv_full_tokens=batch * context,
         attn_full_pairs=batch * context,
     )
-    busy, dram, flops = activity.step_activity(cost, step)
+    _, dram, flops = activity.step_activity(cost, step)
     power = POWER_MODELS[config.gpu]
-    watts = power.watts(busy / step, dram / (activity.peak_bw * step), flops / (activity.peak_flops * step))
+    watts = power.watts(dram / (activity.peak_bw * step), flops / (activity.peak_flops * step))
     return watts * step / batch * 1e6 / 1000.0
 
 

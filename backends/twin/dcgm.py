@@ -8,7 +8,8 @@ dcgm-exporter sampling a few times a second and averaging would) that gives
 - ``DCGM_FI_DEV_GPU_UTIL`` / ``DCGM_FI_PROF_GR_ENGINE_ACTIVE``: busy seconds / wall seconds;
 - ``DCGM_FI_PROF_DRAM_ACTIVE``: bytes / (peak HBM bandwidth x wall seconds);
 - ``DCGM_FI_PROF_PIPE_TENSOR_ACTIVE``: FLOPs / (peak dense bf16 x wall seconds);
-- ``DCGM_FI_DEV_POWER_USAGE``: ``PowerModel`` of those three, per step, averaged over the window;
+- ``DCGM_FI_DEV_POWER_USAGE``: ``PowerModel`` of the DRAM and tensor activity, per step, averaged
+  over the window;
 - ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION``: the integral of that power since the twin started (mJ);
 - ``DCGM_FI_DEV_FB_USED`` / ``FB_FREE``: what vLLM allocates at start-up (weights, runtime,
   activation peak, the KV cache pool: ``capacity.plan_memory``), constant as on a real GPU; how full
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from backends.twin.capacity import MemoryPlan
 from backends.twin.engine_config import TwinConfig
 from backends.twin.metrics_text import _Writer
-from backends.twin.roofline import Roofline, StepCost
+from backends.twin.roofline import GPU_WEIGHT_BANDWIDTH_EFFICIENCY, Roofline, StepCost
 from manifests.gpus import GpuType
 
 MIB = 1024**2
@@ -38,55 +39,56 @@ _SNAPSHOT_EVERY_S = 0.05
 
 
 class PowerModel(BaseModel):
-    """Board power of one GPU: ``idle + busy x u + dram x d + tensor x t`` W, capped at ``tdp``.
+    """Board power of one GPU: ``idle + dram x min(d / dram_full, 1) + tensor x t`` W, capped at ``tdp``.
 
-    ``u``, ``d``, ``t`` are the busy, DRAM-active and tensor-active fractions of the interval.
-    ``idle`` is a GPU with vLLM resident and no kernel running. The H100 coefficients are NOT yet
-    measured (the lent GPU never started this session): tests/benchmarks/gpu_power.py is the run that
-    should fit them; the other GPUs are scaled from the H100 by their dynamic range.
+    ``d`` and ``t`` are the fractions of peak HBM bandwidth and of peak dense bf16 the interval
+    reached. ``dram_full`` is the ``d`` of memory streaming flat out (the roofline's weight-streaming
+    efficiency), so the DRAM term is its full ``dram_w`` whenever the step is bandwidth-bound, however
+    close to the datasheet peak a part gets. ``idle`` is a GPU with memory allocated and no kernel
+    running. H100: fitted to scripts/gpu_power.py on the lent H100 (CALIBRATION.md, "GPU power"); the
+    other GPUs are the H100's terms scaled by their TDP (no measurement of them).
     """
 
     model_config = ConfigDict(frozen=True)
 
     idle_w: float
-    busy_w: float
     dram_w: float
     tensor_w: float
     tdp_w: float
+    dram_full: float = GPU_WEIGHT_BANDWIDTH_EFFICIENCY
     source: str
 
-    def watts(self, busy: float, dram: float, tensor: float) -> float:
-        power = self.idle_w + self.busy_w * busy + self.dram_w * dram + self.tensor_w * tensor
+    def watts(self, dram: float, tensor: float) -> float:
+        # No busy term: on the measured GPU every busy interval was DRAM- or tensor-active (util 99 %
+        # in every loaded phase), so busy and DRAM activity cannot be told apart by the fit.
+        power = self.idle_w + self.dram_w * min(dram / self.dram_full, 1.0) + self.tensor_w * tensor
         return min(power, self.tdp_w)
 
 
-# H100 SXM, W: a GPU with vLLM resident and no kernel running, then the extra draw at 100 % busy,
-# DRAM-active and tensor-active (the last two at their peaks: 3.35 TB/s, 989 TFLOP/s).
-H100_IDLE_W = 110.0
-H100_BUSY_W = 100.0
-H100_DRAM_W = 250.0
-H100_TENSOR_W = 300.0
+# H100 SXM, least-squares fit to scripts/gpu_power.py's phases below the cap (tests/benchmarks/
+# twin_calibration/h100_power.json: idle before and after, decode M = 1, 16, 64): idle W, the DRAM term at
+# full streaming (M = 1 streamed at 0.79 of 3.35 TB/s, util 99 %), the tensor term per unit of 989 TFLOP/s.
+H100_IDLE_W = 124.9
+H100_DRAM_W = 340.7
+H100_TENSOR_W = 1145.0
+H100_TDP_W = 700.0  # datasheet; M >= 256 read 697-698 W with the SM clock held down to ~1360 MHz
 
-# H100 SXM: 700 W TDP (datasheet). idle 110 W is near the recorded EKS sample's H100 holding a vLLM pod
-# at 0 % util (113.6 W, tests/data/dcgm); busy/dram/tensor are provisional estimates, not a fit.
 H100_POWER = PowerModel(
     idle_w=H100_IDLE_W,
-    busy_w=H100_BUSY_W,
     dram_w=H100_DRAM_W,
     tensor_w=H100_TENSOR_W,
-    tdp_w=700.0,
-    source="provisional: 700 W TDP (datasheet), idle near a recorded H100; activity terms unmeasured",
+    tdp_w=H100_TDP_W,
+    source="measured: H100 80GB HBM3, scripts/gpu_power.py (CALIBRATION.md, GPU power); 700 W TDP",
 )
 
 
-def _scaled(idle_w: float, tdp_w: float, source: str) -> PowerModel:
-    """Another GPU: its own idle and TDP, the H100's activity coefficients scaled to its dynamic range."""
-    scale = (tdp_w - idle_w) / (H100_POWER.tdp_w - H100_POWER.idle_w)
+def _scaled(tdp_w: float, source: str) -> PowerModel:
+    """A GPU not measured here: the H100's idle, DRAM and tensor terms scaled by TDP / 700 W."""
+    scale = tdp_w / H100_TDP_W
     return PowerModel(
-        idle_w=idle_w,
-        busy_w=H100_POWER.busy_w * scale,
-        dram_w=H100_POWER.dram_w * scale,
-        tensor_w=H100_POWER.tensor_w * scale,
+        idle_w=H100_IDLE_W * scale,
+        dram_w=H100_DRAM_W * scale,
+        tensor_w=H100_TENSOR_W * scale,
         tdp_w=tdp_w,
         source=source,
     )
@@ -95,15 +97,10 @@ def _scaled(idle_w: float, tdp_w: float, source: str) -> PowerModel:
 POWER_MODELS: dict[GpuType, PowerModel] = {
     GpuType.H100: H100_POWER,
     GpuType.H100_MEGA: H100_POWER,
-    GpuType.A100_80: _scaled(
-        62.0, 400.0, "A100 SXM4 80GB: 400 W TDP (NVIDIA A100 datasheet); idle assumed, not measured here"
-    ),
-    GpuType.A100_40: _scaled(
-        55.0, 400.0, "A100 SXM4 40GB: 400 W TDP (NVIDIA A100 datasheet); idle assumed, not measured here"
-    ),
-    GpuType.L4: _scaled(
-        16.0, 72.0, "L4: 72 W max TDP (NVIDIA L4 datasheet); idle assumed, not measured here"
-    ),
+    GpuType.A100_80: _scaled(400.0, "A100 SXM4 80GB: 400 W TDP (NVIDIA A100 datasheet), H100 fit x 400/700"),
+    GpuType.A100_40: _scaled(400.0, "A100 SXM4 40GB: 400 W TDP (NVIDIA A100 datasheet), H100 fit x 400/700"),
+    # 72 W: /work/shared/reference/vllm_k8s_facts.md section 7.
+    GpuType.L4: _scaled(72.0, "L4: 72 W TDP (vllm_k8s_facts.md section 7), H100 fit x 72/700"),
 }
 
 
@@ -175,7 +172,6 @@ class GpuActivity:
         if busy == 0.0:
             return
         power = self.power.watts(
-            busy / duration_s,
             min(dram / (self.peak_bw * duration_s), 1.0),
             min(flops / (self.peak_flops * duration_s), 1.0),
         )
