@@ -7,6 +7,7 @@ prepared protocol lines or run the real worker module against the fake SSE serve
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import socket
 import sys
@@ -16,11 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from backends.bench.datasets import sample_requests
 from backends.bench.metrics import compute_metrics
+from backends.bench.results import DatasetSpec
+from backends.bench.tokenizers import TiktokenCounter
 from backends.errors import ConfigError, ServeDeckError
 from backends.kube.resources import MANAGED_BY_LABEL
+from backends.kube_bench.bundle import DATASET_BLOB, part_key
 from backends.kube_bench.job import BENCH_RUN_LABEL
-from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, parse_plan
+from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, decode_dataset, parse_plan
 from backends.kube_bench.shares import all_shares
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.kube_jobs import (
@@ -787,3 +792,87 @@ def test_core_endpoints_are_read_where_endpoint_slices_are_not_listed(
             )
         )
     assert code == 0, capsys.readouterr().err
+
+
+# --- issue 13 workloads: a shared-prefix dataset reaches the pods; multi-turn is refused ----------------
+
+
+PREFIX_FLAGS = [
+    "--dataset",
+    "prefix_repetition",
+    "--prefix-repetition-prefix-len",
+    "64",
+    "--prefix-repetition-suffix-len",
+    "16",
+    "--prefix-repetition-num-prefixes",
+    "2",
+    "--prefix-repetition-output-len",
+    "8",
+]
+
+
+def _workload_argv(kubeconfig: Path, *extra: str) -> list[str]:
+    return ["bench", "--in-cluster", "--kubeconfig", str(kubeconfig), "--plain", "--no-save", *extra]
+
+
+def _bundled_dataset(api: FakeKubeApi) -> bytes:
+    parts: dict[int, bytes] = {}
+    for request in api.requests:
+        if "/configmaps" not in request.path or request.method not in ("POST", "PATCH", "PUT"):
+            continue
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            continue
+        for key, value in (body.get("binaryData") or {}).items():
+            for index in range(100):
+                if key == part_key(DATASET_BLOB, index):
+                    parts[index] = base64.b64decode(value)
+    assert parts, "no dataset parts were sent in ConfigMaps"
+    return b"".join(parts[i] for i in sorted(parts))
+
+
+def test_a_shared_prefix_dataset_reaches_the_pods_as_sampled(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path
+) -> None:
+    with FakeJobController(kube_api, scripted_worker()):
+        code = run_cli(
+            _workload_argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "m",
+                "--concurrency",
+                "2",
+                "--num-prompts",
+                "6",
+                "--start-delay",
+                "0.2",
+                "--loadgen-wheel",
+                str(small_wheel),
+                *PREFIX_FLAGS,
+            )
+        )
+    assert code == 0
+    sent = decode_dataset(_bundled_dataset(kube_api))
+    spec = DatasetSpec(
+        kind="prefix_repetition", prefix_len=64, suffix_len=16, num_prefixes=2, prefix_output_len=8
+    )
+    local = sample_requests(spec, 6, TiktokenCounter(), 0, None).requests
+    assert [r.prompt for r in sent] == [r.prompt for r in local]
+    # Two shared prefixes: the six prompts start in two ways.
+    assert len({r.prompt[:80] for r in sent}) == 2
+    assert {r.expected_output_len for r in sent} == {8}
+
+
+@pytest.mark.parametrize("workload", [["--dataset", "multi_turn"], ["--turns", "3"]])
+def test_a_multi_turn_workload_in_cluster_is_one_line_and_creates_nothing(
+    workload: list[str], kube_api: FakeKubeApi, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli(_workload_argv(kubeconfig, "--target", IN_CLUSTER_URL, "--concurrency", "2", *workload))
+    assert code == 1
+    errors = _stderr_errors(capsys.readouterr().err)
+    assert len(errors) == 1 and "not multi-turn sessions (--turns) yet" in errors[0], errors
+    assert _leftovers(kube_api) == []
+    assert not [r for r in kube_api.requests if r.method == "POST"]

@@ -310,10 +310,15 @@ def to_vllm_result(
         "same_prompts": config.same_prompts,
         "prefix_cache_warning": prefix_cache_warning(
             prefix_cache_hit_rate(level_result.server_snapshots), level_result.prompt_sampling
-        ),
+        )
+        if level_result.turns is None  # multi-turn resends its history: hits are the point
+        else None,
     }
     if level_result.gpu is not None:
         result["servedeck"]["gpu"] = level_result.gpu.model_dump(mode="json")
+    if level_result.turns is not None:
+        # Multi-turn: TTFT by turn index (ms) and each turn's cached share of its prompts where known.
+        result["servedeck"]["turns"] = [turn.model_dump(mode="json") for turn in level_result.turns]
     if metrics.ttft_minus_server_prompt is not None:
         result["servedeck"]["ttft_minus_server_prompt"] = distribution_keys(
             "ttft_minus_server_prompt", metrics.ttft_minus_server_prompt
@@ -363,13 +368,40 @@ def _gpu_cells(level: LevelResult) -> list[object]:
     ]
 
 
+# Multi-turn sweeps only: the level's prefix-cache hit rate, then these per turn index k.
+CSV_TURN_FIELDS = ("median_ttft_ms", "p99_ttft_ms", "prefix_cache_hit_rate")
+
+
+def _turn_columns(turn_count: int) -> list[str]:
+    if not turn_count:
+        return []
+    return ["prefix_cache_hit_rate"] + [
+        f"turn{k}_{field}" for k in range(turn_count) for field in CSV_TURN_FIELDS
+    ]
+
+
+def _turn_cells(level: LevelResult, turn_count: int) -> list[object]:
+    rate = prefix_cache_hit_rate(level.server_snapshots)
+    cells: list[object] = ["" if rate is None else rate]
+    by_index = {turn.turn: turn for turn in level.turns or []}
+    for k in range(turn_count):
+        turn = by_index.get(k)
+        for field in CSV_TURN_FIELDS:
+            value = None if turn is None else getattr(turn, field)
+            cells.append("" if value is None else value)
+    return cells
+
+
 def sweep_to_csv(sweep: SweepResult) -> str:
     """One row per level; percentile columns are the sweep's configured percentiles (default p99)."""
     words = [percentile_key(p) for p in validate_percentiles(sweep.config.percentiles)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     with_gpu = any(level.gpu is not None for level in sweep.levels)
-    writer.writerow(_csv_columns(words) + (list(CSV_GPU_COLUMNS) if with_gpu else []))
+    turn_count = max((len(level.turns or []) for level in sweep.levels), default=0)
+    writer.writerow(
+        _csv_columns(words) + (list(CSV_GPU_COLUMNS) if with_gpu else []) + _turn_columns(turn_count)
+    )
     for level_result in sweep.levels:
         metrics = level_result.metrics
         row: list[object] = [
@@ -395,6 +427,8 @@ def sweep_to_csv(sweep: SweepResult) -> str:
         ]
         if with_gpu:
             row += _gpu_cells(level_result)
+        if turn_count:
+            row += _turn_cells(level_result, turn_count)
         writer.writerow(row)
     return buffer.getvalue()
 

@@ -93,7 +93,9 @@ def run_level(
     total = len(requests)
     if eos_after is not None and len(eos_after) != total:
         raise ConfigError(f"{len(eos_after)} EOS lengths for {total} requests")
-    arrivals = trace_arrivals(requests) or arrival_times(total, level.request_rate, level.burstiness, seed)
+    arrivals = trace_arrivals(requests) or arrival_times(
+        total, level.request_rate, level.burstiness, seed, ramp_up=level.ramp_up
+    )
     cap = level.concurrency_cap
     sent_at: list[float] = [0.0] * total
     first_token: list[float | None] = [None] * total
@@ -183,7 +185,7 @@ def run_level(
             _submit(engine, requests[i], f"{index}-{i}", sent_at[i], ignore_eos, eos_after, i)
         deferred.clear()
         if now >= next_snapshot:
-            snapshots.append(_snapshot(engine, now))
+            snapshots.append(snapshot(engine, now))
             next_snapshot = math.floor(now / _SNAPSHOT_INTERVAL_S + 1) * _SNAPSHOT_INTERVAL_S
             if early_stop is not None:
                 stopped = early_stop(now, sent_at, next_arrival, first_token)
@@ -218,7 +220,7 @@ def run_level(
     metrics = compute_metrics(
         records, duration, goodput_slos_ms=goodput_slos_ms or None, percentiles=list(percentiles)
     )
-    snapshots.append(_snapshot(engine, now))
+    snapshots.append(snapshot(engine, now))
     return LevelResult(
         index=index,
         level=level,
@@ -260,7 +262,7 @@ def _prompt_token_ids(prompt: str) -> list[int]:
     return [BOS_TOKEN_ID, *load_offline_encoding().encode_ordinary(prompt)]
 
 
-def _snapshot(engine: TwinEngine, now: float) -> ServerSnapshot:
+def snapshot(engine: TwinEngine, now: float) -> ServerSnapshot:
     return ServerSnapshot(
         t=now,
         source="twin",
@@ -314,6 +316,25 @@ def run_sweep(
         run_id=uuid.uuid4().hex[:12], config=sweep, started_at=datetime.now(UTC), message=SIMULATED_NOTE
     )
     for index, level in enumerate(sweep.load_levels()):
+        conversations = dataset.conversations_for_level(index)
+        if conversations is not None:
+            from backends.twin.fastforward_sessions import run_sessions_level
+
+            level_result = run_sessions_level(
+                engine,
+                level,
+                conversations,
+                sweep.dataset,
+                index=index,
+                seed=sweep.seed,
+                ignore_eos=sweep.ignore_eos,
+                chat=sweep.endpoint == "chat",
+                percentiles=sweep.percentiles,
+                goodput_slos_ms=sweep.goodput_slos_ms,
+            )
+            level_result.prompt_sampling = dataset.sampling
+            result.levels.append(level_result)
+            continue
         eos_after = completion_lengths(dataset, sweep, counter, index) if use_dataset_lengths else None
         level_result = run_level(
             engine,

@@ -82,7 +82,7 @@ def level_footnotes(level: LevelResult) -> list[str]:
     if level.client.note:
         notes.append(level.client.note)
     warning = prefix_cache_warning(prefix_cache_hit_rate(level.server_snapshots), level.prompt_sampling)
-    if warning:
+    if warning and level.turns is None:  # multi-turn resends its history: hits are the point
         notes.append(warning)
     tokens_note = input_tokens_note(level)
     if tokens_note:
@@ -108,7 +108,7 @@ def _hit_rate_cell(level: LevelResult) -> str:
     if rate is None:
         return "n/a"
     text = f"{rate:.0%}"
-    if prefix_cache_warning(rate, level.prompt_sampling):
+    if prefix_cache_warning(rate, level.prompt_sampling) and level.turns is None:
         return f"[yellow]{text}[/]"
     return text
 
@@ -196,6 +196,37 @@ def gpu_cells(level: LevelResult) -> list[str]:
         "-" if kj is None else f"{kj:,.0f}",
         "-" if usd is None else f"{usd:.3f}",
     ]
+
+
+def turns_table(result: SweepResult) -> Table | None:
+    """Multi-turn: TTFT by turn index per level, with the level's prefix-cache hit rate (the server's
+    counters) and each turn's where the server says per request; None for a single-turn sweep."""
+    levels = [lv for lv in result.levels if lv.turns]
+    if not levels:
+        return None
+    spec = result.config.dataset
+    answers = "the dataset's answers" if spec.dataset_answers else "the model's own answers"
+    table = Table(title=f"per turn (multi-turn, {spec.turns} turns a session, history with {answers})")
+    table.add_column(
+        "concurrency" if result.config.axis is Axis.CONCURRENCY else "sessions/s", justify="right"
+    )
+    for header in ("level prefix hit", "turn", "ok/sent", "mean prompt", "TTFT p50", "TTFT p99", "turn hit"):
+        table.add_column(header, justify="right")
+    for level in levels:
+        level_hit = _hit_rate_cell(level)
+        for i, turn in enumerate(level.turns or []):
+            hit = turn.prefix_cache_hit_rate
+            table.add_row(
+                f"{level.level.value:g}" if i == 0 else "",
+                level_hit if i == 0 else "",
+                str(turn.turn),
+                f"{turn.completed}/{turn.requests}",
+                _fmt(turn.mean_prompt_len, 0),
+                _fmt(turn.median_ttft_ms),
+                _fmt(turn.p99_ttft_ms),
+                "n/a" if hit is None else f"{hit:.0%}",
+            )
+    return table
 
 
 def _level_row(level: LevelResult, marks: str = "") -> list[str]:
@@ -306,6 +337,9 @@ class SweepDisplay:
         out = Console(file=sys.stdout, width=wide) if self.console.stderr else self.console
         if result.levels:
             out.print(results_table(result))
+            turns = turns_table(result)
+            if turns is not None:
+                out.print(turns)
             gpus = gpu_table(result)
             if gpus is not None:
                 out.print(gpus)

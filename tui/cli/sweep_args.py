@@ -17,6 +17,7 @@ from backends.errors import ConfigError
 from backends.target_types import Target
 
 BUILTIN_DATASETS = ("sharegpt", "random", "prefix_repetition", "codebase_qa")
+THINK_TIME_DISTS = ("fixed", "exponential")
 
 
 def _numbers(text: str) -> list[float]:
@@ -117,7 +118,7 @@ def add_sweep_arguments(
     parser.add_argument(
         "--dataset",
         default="sharegpt",
-        help="sharegpt | random | prefix_repetition | codebase_qa | PATH to a ShareGPT json",
+        help="sharegpt | random | prefix_repetition | codebase_qa | multi_turn | PATH to a ShareGPT json",
     )
     parser.add_argument("--random-input-len", type=int, default=1024)
     parser.add_argument("--random-output-len", type=int, default=128)
@@ -138,11 +139,87 @@ def add_sweep_arguments(
         default=1.0,
         help="--trace: multiply its times by this (0.5 replays twice as fast; default 1)",
     )
+    add_multi_turn_arguments(parser)
     parser.add_argument(
         "--same-prompts",
         action="store_true",
         help="send the same prompts at every level, as vllm bench serve does (from the second level on the "
         "prefix cache answers them); default: each level draws its own",
+    )
+
+
+def add_multi_turn_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-turn conversations (--dataset multi_turn, or --turns with a ShareGPT dataset): each session "
+        "replays one conversation turn by turn; --concurrency N = N users, --request-rate = sessions/s, "
+        "--num-prompts = sessions per level"
+    )
+    group.add_argument(
+        "--turns",
+        type=whole_number_at_least_1,
+        help="user turns per conversation (default 4 with multi_turn)",
+    )
+    group.add_argument(
+        "--think-time", type=non_negative_number, default=0.0, help="seconds between turns (default 0)"
+    )
+    group.add_argument(
+        "--think-time-dist",
+        choices=THINK_TIME_DISTS,
+        default="fixed",
+        help="fixed, or exponential with --think-time as its mean (default fixed)",
+    )
+    group.add_argument(
+        "--use-dataset-answers",
+        action="store_true",
+        help="history carries the dataset's answers (default: the model's own, as agents resend)",
+    )
+    group.add_argument(
+        "--max-context-len",
+        type=whole_number_at_least_1,
+        default=2048,
+        help="a session ends before its history + next turn + answer exceeds this (tokens, default 2048)",
+    )
+
+
+def _multi_turn_requested(args: argparse.Namespace) -> bool:
+    """Whether the multi-turn flags ask for it; a multi-turn flag without --turns/multi_turn is an error."""
+    if args.dataset == "multi_turn" or args.turns is not None:
+        return True
+    given = [
+        flag
+        for flag, value, default in (
+            ("--think-time", args.think_time, 0.0),
+            ("--think-time-dist", args.think_time_dist, "fixed"),
+            ("--use-dataset-answers", args.use_dataset_answers, False),
+            ("--max-context-len", args.max_context_len, 2048),
+        )
+        if value != default
+    ]
+    if given:
+        raise ConfigError(f"{given[0]} is a multi-turn flag: add --turns N or --dataset multi_turn")
+    return False
+
+
+def _multi_turn_dataset(args: argparse.Namespace) -> DatasetSpec:
+    name: str = args.dataset
+    if getattr(args, "trace", None) is not None:
+        raise ConfigError("--trace replays single requests: it takes no --turns (multi-turn)")
+    if name in ("multi_turn", "sharegpt"):
+        path = None
+    elif name in BUILTIN_DATASETS or name == "custom":
+        raise ConfigError(f"--turns replays ShareGPT conversations, not --dataset {name}")
+    elif Path(name).is_file():
+        path = name
+    else:
+        raise ConfigError(f"--dataset: no such file {name!r} (a ShareGPT json of conversations)")
+    return DatasetSpec(
+        kind="multi_turn",
+        path=path,
+        turns=args.turns if args.turns is not None else 4,
+        dataset_answers=args.use_dataset_answers,
+        think_time_s=args.think_time,
+        think_time_dist=args.think_time_dist,
+        max_context_len=args.max_context_len,
     )
 
 
@@ -174,6 +251,10 @@ def sweep_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:
     """The ``--dataset`` and ``--random-*`` flags; ConfigError when a dataset file does not exist."""
     name: str = args.dataset
+    if _multi_turn_requested(args):
+        if getattr(args, "advise", False):
+            raise ConfigError("--advise ranks shapes on single requests: it takes no multi-turn workload yet")
+        return _multi_turn_dataset(args)
     trace: str | None = getattr(args, "trace", None)
     if trace is not None:
         if name != "sharegpt":
