@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from backends.bench.results import SweepResult
 from backends.bench.sweep import (
     LevelFinished,
     LevelStarted,
@@ -103,3 +104,22 @@ class HistoryRecorder:
             print(
                 f"saved to history as run {self.run_id} (servedeck runs show {self.run_id})", file=sys.stderr
             )
+
+
+def save_finished_run(run: SweepResult, data_dir: Path | None) -> str | None:
+    """A run that was not recorded as it ran (an SLO search's levels) replayed into History as one run;
+    None when saved, else one line saying why not."""
+    try:
+        recorder = HistoryRecorder(data_dir)
+    except ServeDeckError as err:
+        return f"not saved to History: {err}"
+    try:
+        recorder.handle(SweepStarted(run_id=run.run_id, config=run.config, notes=[]))
+        for level in run.levels:
+            recorder.handle(LevelStarted(index=level.index, level=level.level, total=len(level.records)))
+            recorder.handle(RecordsBatch(level_index=level.index, records=level.records))
+            recorder.handle(LevelFinished(result=level))
+        recorder.handle(SweepFinished(result=run))
+    finally:
+        recorder.close()
+    return None if recorder.error is None else f"not saved to History: {recorder.error}"

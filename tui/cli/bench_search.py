@@ -155,20 +155,7 @@ def _report(result: SearchResult, axis: Axis) -> None:
 
 
 def _save(args: argparse.Namespace, result: SearchResult) -> None:
-    """The levels tried, replayed into History as one run."""
-    from backends.bench.sweep import LevelFinished, LevelStarted, RecordsBatch, SweepFinished, SweepStarted
-    from sessions.run_recorder import HistoryRecorder
+    from sessions.run_recorder import save_finished_run
 
-    recorder = HistoryRecorder(getattr(args, "data_dir", None))
-    run = result.run
-    try:
-        recorder.handle(SweepStarted(run_id=run.run_id, config=run.config, notes=[]))
-        for level in run.levels:
-            recorder.handle(LevelStarted(index=level.index, level=level.level, total=len(level.records)))
-            recorder.handle(RecordsBatch(level_index=level.index, records=level.records))
-            recorder.handle(LevelFinished(result=level))
-        recorder.handle(SweepFinished(result=run))
-    finally:
-        recorder.close()
-    if recorder.error is None:
-        print(f"search saved as run {run.run_id}", file=sys.stderr)
+    problem = save_finished_run(result.run, getattr(args, "data_dir", None))
+    print(problem or f"search saved as run {result.run.run_id}", file=sys.stderr)

@@ -586,20 +586,7 @@ class AdvisorScreen(Screen[None]):
 
 def save_search(run: Any, data_dir: Path | None) -> str | None:
     """The search's levels replayed into History as one run; None when saved, else why not."""
-    from backends.bench.sweep import LevelFinished, LevelStarted, RecordsBatch, SweepFinished, SweepStarted
-    from sessions.run_recorder import HistoryRecorder
+    from sessions.run_recorder import save_finished_run
 
-    try:
-        recorder = HistoryRecorder(data_dir)
-    except ServeDeckError as err:
-        return f"not saved to History: {err}"
-    try:
-        recorder.handle(SweepStarted(run_id=run.run_id, config=run.config, notes=[]))
-        for level in run.levels:
-            recorder.handle(LevelStarted(index=level.index, level=level.level, total=len(level.records)))
-            recorder.handle(RecordsBatch(level_index=level.index, records=level.records))
-            recorder.handle(LevelFinished(result=level))
-        recorder.handle(SweepFinished(result=run))
-    finally:
-        recorder.close()
-    return None if recorder.error is None else f"not saved to History: {recorder.error}"
+    problem: str | None = save_finished_run(run, data_dir)
+    return problem
