@@ -171,3 +171,12 @@ def test_bench_multi_turn_on_the_local_engine_reads_each_turns_cache_share(
     assert all(t["completed"] == 2 and t["median_ttft_ms"] > 0 for t in turns)
     # llama.cpp's per-answer timings (cache_n, prompt_n) give every turn a cached share.
     assert all(t["prefix_cache_hit_rate"] is not None for t in turns)
+
+
+def test_the_advisor_refuses_a_multi_turn_workload_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(
+        capsys, "plan", "--advise", "--turns", "3", "--slo", "p99_ttft:500", "--rate", "5"
+    )
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--advise ranks shapes on single requests" in lines[0], err
