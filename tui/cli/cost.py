@@ -16,20 +16,8 @@ from manifests.catalog import Catalog, load_catalog
 from manifests.cost import CostBreakdown, compare_with_article, estimate_cost
 from manifests.gpus import GpuType
 from manifests.spec import short_gpu_name
+from tui.cli.arg_types import positive
 from tui.cli.deploy_render import manifest_errors
-
-
-def _positive(kind: type[int] | type[float], what: str) -> Any:
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{what} must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,22 +29,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     cost.add_argument("--gpu", choices=[g.value for g in GpuType], help="accelerator")
     cost.add_argument(
-        "--count", type=_positive(int, "--count"), default=1, help="GPUs per replica (default 1)"
+        "--count", type=positive(int, "--count"), default=1, help="GPUs per replica (default 1)"
     )
-    cost.add_argument("--replicas", type=_positive(int, "--replicas"), default=1, help="replicas (default 1)")
+    cost.add_argument("--replicas", type=positive(int, "--replicas"), default=1, help="replicas (default 1)")
     cost.add_argument("--machine-type", help="GCE machine type (default: the catalog's for the GPU count)")
     cost.add_argument(
         "--spot", action="store_true", help="Spot price (needs one in the catalog or price file)"
     )
     cost.add_argument(
-        "--tokens-per-s", type=_positive(float, "--tokens-per-s"), help="throughput for $/1M tokens"
+        "--tokens-per-s", type=positive(float, "--tokens-per-s"), help="throughput for $/1M tokens"
     )
     cost.add_argument(
-        "--storage-gib", type=_positive(float, "--storage-gib"), default=100.0, help="default 100"
+        "--storage-gib", type=positive(float, "--storage-gib"), default=100.0, help="default 100"
     )
     cost.add_argument(
         "--storage-throughput",
-        type=_positive(float, "--storage-throughput"),
+        type=positive(float, "--storage-throughput"),
         default=2000.0,
         help="MiB/s (2000)",
     )

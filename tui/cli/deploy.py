@@ -33,6 +33,7 @@ from backends.kube.resources import is_managed
 from backends.kube.rollout import RolloutEvent, RolloutEventKind, RolloutWatch
 from backends.kube.secrets import managed_secrets, read_hf_token, with_hf_token
 from backends.kube.status import DeploymentReport, deployment_report, find_namespace
+from tui.cli.arg_types import int_in_range, positive
 
 DEFAULT_NAMESPACE = "vllm"  # DeploymentSpec's default: where `deploy apply` puts deployments
 ROLLOUT_TIMEOUT_S = 1200.0  # pulling a ~20 GB image and loading 54 GB of weights takes minutes
@@ -42,29 +43,6 @@ try:  # `deploy render` and the spec flags live in their own module
     from tui.cli import deploy_render
 except ImportError:  # pragma: no cover - only while that module is being written
     deploy_render = None  # type: ignore[assignment]
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-def _count(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected {low}..{high}, got {value}")
-        return value
-
-    return parse
 
 
 def _cluster_options() -> argparse.ArgumentParser:
@@ -121,14 +99,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--watch", action=argparse.BooleanOptionalAction, default=True, help="watch the rollout"
     )
     apply.add_argument(
-        "--timeout", type=_positive_float, default=ROLLOUT_TIMEOUT_S, help="rollout watch limit, s (1200)"
+        "--timeout",
+        type=positive(float, "--timeout"),
+        default=ROLLOUT_TIMEOUT_S,
+        help="rollout watch limit, s (1200)",
     )
     apply.set_defaults(handler=_apply)
 
     status = actions.add_parser("status", parents=[cluster, target], help="replicas, pods and recent events")
     status.add_argument("--watch", action="store_true", help="then follow the rollout until it is ready")
     status.add_argument(
-        "--timeout", type=_positive_float, default=ROLLOUT_TIMEOUT_S, help="rollout watch limit, s (1200)"
+        "--timeout",
+        type=positive(float, "--timeout"),
+        default=ROLLOUT_TIMEOUT_S,
+        help="rollout watch limit, s (1200)",
     )
     status.set_defaults(handler=_status)
 
@@ -136,19 +120,33 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     logs.add_argument("--pod", help="pod to read (default: a ready pod of the deployment)")
     logs.add_argument("--container", help="container (default: the pod's only one)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    logs.add_argument("--tail", type=_count(0, 1_000_000), default=None, help="start with the last N lines")
+    logs.add_argument(
+        "--tail", type=int_in_range(0, 1_000_000, "--tail"), default=None, help="start with the last N lines"
+    )
     logs.add_argument("--stats", action="store_true", help="print only vLLM's periodic stats, parsed")
     logs.set_defaults(handler=_logs)
 
     forward = actions.add_parser(
         "forward", parents=[cluster, target], help="forward 127.0.0.1:PORT to the deployment until ctrl-c"
     )
-    forward.add_argument("--local-port", type=_count(0, 65535), default=8000, help="0 = a free port (8000)")
-    forward.add_argument("--remote-port", type=_count(1, 65535), default=8000, help="pod port (8000)")
+    forward.add_argument(
+        "--local-port",
+        type=int_in_range(0, 65535, "--local-port"),
+        default=8000,
+        help="0 = a free port (8000)",
+    )
+    forward.add_argument(
+        "--remote-port", type=int_in_range(1, 65535, "--remote-port"), default=8000, help="pod port (8000)"
+    )
     forward.set_defaults(handler=_forward)
 
     scale = actions.add_parser("scale", parents=[cluster, target], help="set the number of replicas")
-    scale.add_argument("--replicas", type=_count(0, 1000), required=True, help="replicas (0 stops the pods)")
+    scale.add_argument(
+        "--replicas",
+        type=int_in_range(0, 1000, "--replicas"),
+        required=True,
+        help="replicas (0 stops the pods)",
+    )
     scale.set_defaults(handler=_scale)
 
     delete = actions.add_parser(

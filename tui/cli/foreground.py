@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import FrameType
-
-
-def int_in_range(low: int, high: int, what: str) -> Callable[[str], int]:
-    """An argparse type: a whole number in ``low..high``; ``what`` names the flag in the message."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:

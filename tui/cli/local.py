@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from backends.engines.local import LocalEngine, LocalEngineConfig
-from tui.cli.foreground import int_in_range, sigterm_as_ctrl_c
+from tui.cli.arg_types import int_in_range
+from tui.cli.foreground import sigterm_as_ctrl_c
 
 STARTUP_DEADLINE_S = 180.0
 

@@ -22,6 +22,7 @@ from sessions.errors import StoreDamagedError
 from sessions.exports import sweep_csv, write_text_atomically, write_vllm_results
 from sessions.run_models import LevelSummary, RunFilter, RunSummary
 from sessions.store import SessionStore
+from tui.cli.arg_types import int_in_range
 
 EXPORT_FORMATS = ("bundle", "vllm", "sweep", "csv")
 
@@ -46,16 +47,6 @@ def _since(text: str) -> datetime:
 
 def _until(text: str) -> datetime:
     return _moment(text, end_of_day=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +75,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument("--status", choices=[status.value for status in RunStatus])
     listing.add_argument("--since", type=_since, help="created on or after (2025-03-04 or ISO time)")
     listing.add_argument("--until", type=_until, help="created before; a plain date includes that day")
-    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
+    listing.add_argument(
+        "--limit",
+        type=int_in_range(1, 1_000_000, "--limit"),
+        default=50,
+        help="at most this many (default 50)",
+    )
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
     _add_data_dir(listing)
     listing.set_defaults(handler=_list)
