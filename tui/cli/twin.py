@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from backends.errors import ConfigError
 from backends.twin.engine_config import TwinConfig
@@ -17,22 +16,12 @@ from backends.twin.server import TwinServer
 from manifests.gpus import GpuType
 from manifests.model_catalog import all_profiles
 from tui.cli.deploy_render import add_model_config_arguments, custom_profile_from_args
-from tui.cli.foreground import int_in_range, sigterm_as_ctrl_c
+from tui.cli.arg_types import int_in_range, positive
+from tui.cli.foreground import sigterm_as_ctrl_c
 
 DEFAULT_PORT = 8000
 
 
-def _positive_float(what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{what} must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--max-model-len", type=int_in_range(16, 10_000_000, "--max-model-len"), default=None)
     serve.add_argument(
         "--gpu-memory-utilization",
-        type=_positive_float("--gpu-memory-utilization"),
+        type=positive(float, "--gpu-memory-utilization"),
         default=None,
         help="fraction of GPU memory vLLM may use (default 0.9)",
     )
@@ -94,7 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument(
         "--log-stats-interval",
-        type=_positive_float("--log-stats-interval"),
+        type=positive(float, "--log-stats-interval"),
         default=DEFAULT_INTERVAL_S,
         help=f"seconds between vLLM stats log lines (default {DEFAULT_INTERVAL_S:g})",
     )
