@@ -1,6 +1,7 @@
 """History view: saved bench runs and chats from the sessions store.
 
-Runs: the highlighted run is drawn in the sweep chart; ``space`` marks runs to overlay several in
+Runs: the highlighted run is drawn in the sweep chart (an SLO search, kind "search", in its own
+chart: the levels tried, the SLO as a line, the knee); ``space`` marks runs to overlay several in
 one chart (4xL4 vs 1xH100 vs 2xH100), ``r`` re-runs the highlighted run's config in the Bench view,
 ``ctrl+d`` deletes it after a confirmation, ``/`` filters. Chats: the saved chat sessions. Every
 store access runs in a worker thread with its own connection; errors become notifications.
@@ -17,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static, TabbedContent, TabPane
 
 from backends.bench.results import SweepConfig
+from backends.bench.search_chart import SearchChart, search_chart
 from backends.errors import ServeDeckError
 from sessions.chats import ChatSummary
 from sessions.run_models import RunFilter, RunSummary
@@ -31,6 +33,7 @@ from tui.widgets.footer import KeysFooter
 from tui.widgets.history.chats import ChatsTable
 from tui.widgets.history.overlay import OverlayPanel, overlay_series
 from tui.widgets.history.runs import SHORT_ID, RunsTable
+from tui.widgets.history.search_chart import SearchChartView
 
 LIST_LIMIT = 500
 RUNS_TAB = "history-runs"
@@ -63,6 +66,10 @@ class HistoryScreen(Screen[None]):
     }
     HistoryScreen OverlayPanel {
         height: 3fr;
+    }
+    HistoryScreen #history-search-chart {
+        height: 3fr;
+        display: none;
     }
     """
 
@@ -101,6 +108,7 @@ class HistoryScreen(Screen[None]):
                 yield Static("", id="history-columns-note")
                 yield RunsTable(id="history-runs-table")
                 yield OverlayPanel(id="history-overlay")
+                yield SearchChartView(id="history-search-chart")
             with TabPane("Chats", id=CHATS_TAB):
                 yield ChatsTable(id="history-chats-table")
         yield KeysFooter()
@@ -120,6 +128,10 @@ class HistoryScreen(Screen[None]):
     @property
     def overlay(self) -> OverlayPanel:
         return self.query_one(OverlayPanel)
+
+    @property
+    def search_view(self) -> SearchChartView:
+        return self.query_one(SearchChartView)
 
     @property
     def runs(self) -> list[RunSummary]:
@@ -211,7 +223,7 @@ class HistoryScreen(Screen[None]):
         if not ids:
             caption = "no saved runs yet: run a sweep in the Bench view" if not self._runs else HINT
             self._shown_ids = []
-            self.overlay.show([], caption)
+            self._show_sweeps([], caption)
             return
         if ids == self._shown_ids:
             return
@@ -244,6 +256,9 @@ class HistoryScreen(Screen[None]):
     def _load_overlay(self, run_ids: list[str]) -> None:
         summaries = {run.id: run for run in self._runs}
         chosen = [summaries[run_id] for run_id in run_ids if run_id in summaries]
+        if len(chosen) == 1 and chosen[0].kind == "search":
+            self._load_search(chosen[0])
+            return
         try:
             with open_store(self.ctx) as store:
                 sweeps = store.runs.load_sweeps([summary.id for summary in chosen])
@@ -253,6 +268,23 @@ class HistoryScreen(Screen[None]):
             return
         self.app.call_from_thread(self._show_overlay, [summary.id for summary in chosen], series)
 
+    def _load_search(self, summary: RunSummary) -> None:
+        """A highlighted SLO search: its own chart (levels tried, the SLO line, the knee), not a sweep."""
+        try:
+            with open_store(self.ctx) as store:
+                detail = store.runs.detail(summary.id)
+            chart = search_chart(detail.config, [level.metrics for level in detail.levels])
+        except ServeDeckError as err:
+            self.app.call_from_thread(self.notify, str(err), severity="warning", timeout=10)
+            return
+        self.app.call_from_thread(self._show_search, summary, chart)
+
+    def _show_search(self, summary: RunSummary, chart: SearchChart | None) -> None:
+        caption = f"run {summary.id[:SHORT_ID]}: {summary.label or summary.target_name}  ·  {HINT}"
+        self.overlay.display = False
+        self.search_view.display = True
+        self.search_view.show(chart, caption)
+
     def _show_overlay(self, run_ids: list[str], series: list[SweepSeries]) -> None:
         if len(run_ids) > 1:
             caption = f"overlay of {len(run_ids)} runs: " + " vs ".join(s.name for s in series)
@@ -261,6 +293,11 @@ class HistoryScreen(Screen[None]):
             caption += f"  ·  {HINT}"
         if series and not any(s.points for s in series):
             caption += "  ·  no finished level to draw"
+        self._show_sweeps(series, caption)
+
+    def _show_sweeps(self, series: list[SweepSeries], caption: str) -> None:
+        self.search_view.display = False
+        self.overlay.display = True
         self.overlay.show(series, caption)
 
     # -- filter ---------------------------------------------------------------------------------------
