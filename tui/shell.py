@@ -1,6 +1,7 @@
 """What the views need from the app, in one place: ``shell(node)`` for the Deployments views, which drive
-the app's target registry, and ``app_context(node)`` for every view (a test may host a view in a bare App
-that has only a ``ctx``). ``View`` and ``guarded`` live here too, so screens never import ``tui.app``.
+the app's target registry, ``app_context(node)`` for every view (a test may host a view in a bare App
+that has only a ``ctx``), ``target_registry(node)`` and ``open_view(node, mode)`` (the shell's
+navigation). ``View`` and ``guarded`` live here too, so screens never import ``tui.app``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar, runtime_checkable
 
+from textual.app import UnknownModeError
 from textual.dom import DOMNode
+from textual.screen import Screen
 
 from backends.errors import ServeDeckError
 from backends.target_registry import TargetRegistry
@@ -73,6 +76,33 @@ def target_registry(node: DOMNode) -> TargetRegistry | None:
     """The app's target registry; None in an app without one (a view hosted alone in a test)."""
     registry = getattr(node.app, "registry", None)
     return registry if isinstance(registry, TargetRegistry) else None
+
+
+@runtime_checkable
+class Navigator(Protocol):
+    """The app's view switching (``tui.app.ServeDeckApp`` is one): esc comes back to the view it left."""
+
+    available_views: list[View]
+
+    def action_view(self, mode: str) -> None: ...
+
+
+def open_view(node: DOMNode, mode: str) -> list[Screen[object]] | None:
+    """Switch to the view ``mode`` and return its screen stack; None when this app has no such view."""
+    app = node.app
+    if isinstance(app, Navigator):
+        if not any(view.mode == mode for view in app.available_views):
+            return None
+        app.action_view(mode)
+    else:
+        try:
+            app.switch_mode(mode)
+        except UnknownModeError:
+            return None
+    try:
+        return list(app.get_screen_stack(mode))
+    except KeyError:
+        return None
 
 
 def guarded(handler: Callable[Concatenate[N, P], R]) -> Callable[Concatenate[N, P], R | None]:

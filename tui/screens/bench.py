@@ -45,7 +45,7 @@ from tui.services.sweep_host import (
     HostTick,
 )
 from tui.services.sweep_runner import SweepRunner
-from tui.shell import app_context
+from tui.shell import app_context, target_registry
 from tui.store_access import open_store
 from tui.widgets.bench.export import ExportDialog, write_exports
 from tui.widgets.bench.form import BenchForm
@@ -239,7 +239,7 @@ class BenchScreen(Screen[None]):
             planned = build_runs(
                 self.form.values(),
                 ctx.targets,
-                lambda name: catalog_price_per_hour(self.app, name),
+                lambda name: catalog_price_per_hour(target_registry(self), name),
                 base=self._base_config,
             )
         except ConfigError as err:

@@ -9,7 +9,7 @@ store access runs in a worker thread with its own connection; errors become noti
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -25,7 +25,7 @@ from sessions.run_models import RunFilter, RunSummary
 from tui.context import AppContext
 from tui.screens.bench import BenchScreen
 from tui.services.bench_cost import catalog_price_per_hour
-from tui.shell import app_context
+from tui.shell import app_context, open_view, target_registry
 from tui.store_access import open_store
 from tui.widgets.bench.sweep_chart import SweepSeries
 from tui.widgets.deploy.dialogs import ConfirmScreen
@@ -262,7 +262,9 @@ class HistoryScreen(Screen[None]):
         try:
             with open_store(self.ctx) as store:
                 sweeps = store.runs.load_sweeps([summary.id for summary in chosen])
-            series = overlay_series(sweeps, chosen, lambda name: catalog_price_per_hour(self.app, name))
+            series = overlay_series(
+                sweeps, chosen, lambda name: catalog_price_per_hour(target_registry(self), name)
+            )
         except ServeDeckError as err:
             self.app.call_from_thread(self.notify, str(err), severity="warning", timeout=10)
             return
@@ -339,17 +341,13 @@ class HistoryScreen(Screen[None]):
         chat_id = self.chats_table.current_chat_id
         if chat_id is None:
             return
-        app: Any = self.app
-        view = getattr(app, "action_view", None)
-        if not callable(view) or not any(
-            getattr(v, "mode", None) == "chat" for v in getattr(app, "available_views", ())
-        ):
+        stack = open_view(self, "chat")
+        if stack is None:
             self.notify("the Chat view is not part of this build", severity="error")
             return
-        view("chat")  # the shell's navigation: esc comes back here
         from tui.screens.chat import ChatScreen
 
-        chat = next((s for s in app.get_screen_stack("chat") if isinstance(s, ChatScreen)), None)
+        chat = next((s for s in stack if isinstance(s, ChatScreen)), None)
         if chat is not None:
             # After the view's first frame: a Chat view opened just now is still composing.
             chat.call_after_refresh(chat.resume_chat, chat_id)
@@ -438,15 +436,8 @@ class HistoryScreen(Screen[None]):
         self.app.call_from_thread(self._open_in_bench, config, run_id)
 
     def _open_in_bench(self, config: SweepConfig, run_id: str) -> None:
-        app: Any = self.app
-        view = getattr(app, "action_view", None)
-        if callable(view):
-            view("bench")  # the shell's own navigation keeps `esc` going back here
-        else:
-            app.switch_mode("bench")
-        try:
-            stack = app.get_screen_stack("bench")
-        except KeyError:
+        stack = open_view(self, "bench")
+        if stack is None:
             self.notify("the Bench view is not part of this build", severity="error")
             return
         bench = next((screen for screen in stack if isinstance(screen, BenchScreen)), None)

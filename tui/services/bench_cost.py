@@ -7,9 +7,6 @@ app's target registry computes from ``manifests``), or from a $/h the user types
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
-
-from textual.app import App
 
 from backends.target_registry import TargetRegistry
 
@@ -27,10 +24,9 @@ PRICE_SOURCE_LABELS: dict[PriceSource, str] = {
 }
 
 
-def catalog_price_per_hour(app: App[Any], target_name: str) -> float | None:
-    """The $/h the app's target registry shows for ``target_name``; None when unpriced or unknown."""
-    registry = getattr(app, "registry", None)
-    if not isinstance(registry, TargetRegistry):
+def catalog_price_per_hour(registry: TargetRegistry | None, target_name: str) -> float | None:
+    """The $/h the target registry shows for ``target_name``; None when unpriced, unknown or no registry."""
+    if registry is None:
         return None
     for row in registry.rows():
         if row.target is not None and row.target.name == target_name:
