@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar, cast
 
 from rich.text import Text
 from textual import on, work
@@ -44,11 +44,9 @@ from manifests.gpus import GpuType
 from manifests.model_catalog import all_profiles, load_custom_profile
 from manifests.model_profiles import ModelProfile
 from tui.services.sweep_runner import start_resource_tracker
+from tui.shell import app_context, open_view, shell
 from tui.widgets.advisor.verify_dialog import VerifyChoice, VerifyScreen
 from tui.widgets.footer import KeysFooter
-
-if TYPE_CHECKING:
-    from tui.app import ServeDeckApp
 
 DEFAULT_MODEL = "gemma-3-27b-it"
 DEFAULT_SLO = "p99_ttft:2000,p99_tpot:100"
@@ -236,10 +234,6 @@ class AdvisorScreen(Screen[None]):
         self._model: str | ModelProfile = DEFAULT_MODEL
         self._verify_shape: ShapeAdvice | None = None
         self._verify_lines: list[str] = []
-
-    @property
-    def deck(self) -> ServeDeckApp:
-        return cast("ServeDeckApp", self.app)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -436,11 +430,10 @@ class AdvisorScreen(Screen[None]):
         from tui.screens.deployments import NEW_DEPLOYMENT_SCREEN
         from tui.screens.new_deployment import NewDeploymentScreen
 
-        app = self.deck
-        if not any(view.mode == "deployments" for view in app.available_views):
+        if open_view(self, "deployments") is None:
             self.notify("the Deployments view is not part of this build", severity="error")
             return
-        app.action_view("deployments")
+        app = self.app
         if not app.is_screen_installed(NEW_DEPLOYMENT_SCREEN):
             app.install_screen(NewDeploymentScreen(), NEW_DEPLOYMENT_SCREEN)
         form = cast(NewDeploymentScreen, app.get_screen(NEW_DEPLOYMENT_SCREEN))
@@ -463,7 +456,7 @@ class AdvisorScreen(Screen[None]):
         shape = self.highlighted_shape()
         if shape is None or self.advice is None:
             return
-        targets = self.deck.registry.ready_targets()
+        targets = shell(self).registry.ready_targets()
         if not targets:
             self.notify(
                 "no ready target: deploy this shape (ctrl+o), start a twin or add a URL in Deployments",
@@ -521,7 +514,7 @@ class AdvisorScreen(Screen[None]):
         if search is None or search.run.config.search is None:
             self.post_message(self.Failed("verify", "the search returned no result"))
             return
-        saved = save_search(search.run, self.deck.ctx.data_dir)
+        saved = save_search(search.run, app_context(self).data_dir)
         self.post_message(self.Verified(search.run.config.search, target.name, search.run.run_id, saved))
 
     @on(LevelTried)
@@ -578,7 +571,7 @@ class AdvisorScreen(Screen[None]):
     @on(Button.Pressed, "#adv-cancel")
     def action_cancel(self) -> None:
         if self.running is None:
-            self.deck.action_go_back()
+            shell(self).action_go_back()
             return
         self._cancel.set()
         self._status(f"cancelling the {self.running} ...")
