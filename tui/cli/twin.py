@@ -15,8 +15,8 @@ from backends.twin.logline import DEFAULT_INTERVAL_S
 from backends.twin.server import TwinServer
 from manifests.gpus import GpuType
 from manifests.model_catalog import all_profiles
-from tui.cli.deploy_render import add_model_config_arguments, custom_profile_from_args
 from tui.cli.arg_types import int_in_range, positive
+from tui.cli.deploy_render import add_model_config_arguments, custom_profile_from_args
 from tui.cli.foreground import sigterm_as_ctrl_c
 
 DEFAULT_PORT = 8000
