@@ -56,6 +56,7 @@ class SweepPoint(BaseModel):
     usd_per_million: float | None
     client_limited: bool
     status: RunStatus
+    kj_per_million: float | None = None  # GPU energy per 1M output tokens, where GPU telemetry was read
 
     @property
     def partial(self) -> bool:
@@ -81,6 +82,7 @@ def point_from_level(level: LevelResult, usd_per_hour: float | None) -> SweepPoi
         usd_per_million=usd_per_million_tokens(usd_per_hour, throughput),
         client_limited=level.client.client_limited,
         status=level.status,
+        kj_per_million=level.gpu.kj_per_1m_output_tokens if level.gpu is not None else None,
     )
 
 

@@ -1,10 +1,11 @@
 """Live time series of a running sweep, from the coalesced progress snapshots (about 1 Hz).
 
-Four charts: output tokens/s (client), requests (client in flight; server running and waiting),
-KV-cache use (server) and TTFT of each finished request. Each level takes an equal share of the x
-axis, drawn over the time within it (labelled with the level under the axis), so a short first level
-is not squeezed by a long last one; a dotted line separates levels. Server series need the target's
-/metrics.
+Six charts: output tokens/s (client), requests (client in flight; server running and waiting),
+KV-cache use (server) beside GPU memory used, TTFT of each finished request, GPU utilisation beside
+DRAM activity, and GPU power. Each level takes an equal share of the x axis, drawn over the time within
+it (labelled with the level under the axis), so a short first level is not squeezed by a long last
+one; a dotted line separates levels. Server series need the target's /metrics; GPU series need GPU
+telemetry (a twin's own /dcgm, or dcgm-exporter), means over the target's GPUs, power their sum.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 
 from backends.bench.models import ProgressSnapshot
+from backends.telemetry.models import GpuSummary
 from tui.widgets.charts import SeriesStyle, TimeSeriesChart
 
 NO_SERVER_METRICS = "no server metrics from this target (/metrics)"
+NO_GPU_TELEMETRY = "no GPU telemetry (DCGM)"
 # One point a second for an hour per series; TTFT keeps the newest 20k requests.
 SERIES_CAPACITY = 3600
 TTFT_CAPACITY = 20_000
@@ -24,7 +27,7 @@ TTFT_CAPACITY = 20_000
 class LiveCharts(Grid):
     DEFAULT_CSS = """
     LiveCharts {
-        grid-size: 2 2;
+        grid-size: 3 2;
         grid-gutter: 0 1;
         height: 1fr;
     }
@@ -48,8 +51,8 @@ class LiveCharts(Grid):
             id="live-requests",
         )
         yield TimeSeriesChart(
-            "KV cache %",
-            [SeriesStyle("KV cache %", "magenta")],
+            "KV cache % · GPU memory %",
+            [SeriesStyle("KV cache %", "magenta"), SeriesStyle("GPU mem %", "gray")],
             capacity=SERIES_CAPACITY,
             id="live-kv",
         )
@@ -58,6 +61,18 @@ class LiveCharts(Grid):
             [SeriesStyle("TTFT ms", "blue", kind="scatter")],
             capacity=TTFT_CAPACITY,
             id="live-ttft",
+        )
+        yield TimeSeriesChart(
+            "GPU util % · DRAM active %",
+            [SeriesStyle("GPU util %", "green"), SeriesStyle("DRAM active %", "cyan")],
+            capacity=SERIES_CAPACITY,
+            id="live-gpu",
+        )
+        yield TimeSeriesChart(
+            "GPU power W",
+            [SeriesStyle("power W", "red")],
+            capacity=SERIES_CAPACITY,
+            id="live-power",
         )
 
     def chart(self, chart_id: str) -> TimeSeriesChart:
@@ -91,8 +106,25 @@ class LiveCharts(Grid):
                 kv.append("KV cache %", x, server.kv_cache_usage * 100.0)
         if server is None or server.kv_cache_usage is None:
             kv.set_note(NO_SERVER_METRICS)
+        self.add_gpu(x, snapshot.gpu)
         self.add_ttft(ttft_points)
+
+    def add_gpu(self, x: float, gpu: GpuSummary | None) -> None:
+        util, power = self.chart("live-gpu"), self.chart("live-power")
+        if gpu is None:
+            util.set_note(NO_GPU_TELEMETRY)
+            power.set_note(NO_GPU_TELEMETRY)
+            return
+        util.append("GPU util %", x, _percent(gpu.utilisation))
+        util.append("DRAM active %", x, _percent(gpu.dram_active))
+        power.append("power W", x, gpu.power_w)
+        if gpu.fb_used_mib is not None and gpu.fb_total_mib:
+            self.chart("live-kv").append("GPU mem %", x, gpu.fb_used_mib / gpu.fb_total_mib * 100.0)
 
     def add_ttft(self, points: list[tuple[float, float]]) -> None:
         if points:
             self.chart("live-ttft").extend("TTFT ms", points)
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else fraction * 100.0

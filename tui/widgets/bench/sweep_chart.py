@@ -2,10 +2,11 @@
 
 ``SweepChart``: total token throughput as bars per level, and p99 TTFT in ms in its own panel
 beneath on the same level axis (a line never crosses a bar). ``CostChart``: $ per 1M tokens per
-level. The legend is a line under the title, never over the data. A level where the load generator
-itself was the limit is marked ``*``, a partial level ``†`` and its bars hatched. Both read
-``SweepSeries`` (backends/bench/chart_data.py), built from finished levels (live or from History);
-the SVG export draws the same series (backends/bench/chart_svg.py).
+level and, where GPU telemetry was read, GPU energy in kJ per 1M output tokens in a panel beneath.
+The legend is a line under the title, never over the data. A level where the load generator itself
+was the limit is marked ``*``, a partial level ``†`` and its bars hatched. Both read ``SweepSeries``
+(backends/bench/chart_data.py), built from finished levels (live or from History); the SVG export
+draws the same series (backends/bench/chart_svg.py; throughput, p99 TTFT and $/1M only).
 """
 
 from __future__ import annotations
@@ -130,9 +131,11 @@ class SweepChart(_SweepSeriesChart):
 
 
 class CostChart(_SweepSeriesChart):
-    """$ per 1M tokens per level, one line per series that has a price."""
+    """$ per 1M tokens per level, one line per series that has a price; beneath it kJ of GPU energy
+    per 1M output tokens, one line per series with GPU telemetry."""
 
     no_price_message = "no $/h: set a price in Setup"
+    title_with_energy = "$ and GPU kJ per 1M tokens"
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__("$ per 1M tokens", "the cost line fills as levels finish", id=id, classes=classes)
@@ -142,20 +145,33 @@ class CostChart(_SweepSeriesChart):
         series = [s for s in self.series if s.points]
         if not series:
             return render_message(self.chart_title, self.empty_message, width, height)
+        colors = [series_colors(i, len(series)).cost for i in range(len(series))]
         priced = [
-            (s, series_colors(i, len(series)).cost)
-            for i, s in enumerate(series)
+            (s, color)
+            for s, color in zip(series, colors, strict=True)
             if any(p.usd_per_million is not None for p in s.points)
         ]
-        if not priced:
+        metered = [
+            (s, color)
+            for s, color in zip(series, colors, strict=True)
+            if any(p.kj_per_million is not None for p in s.points)
+        ]
+        if not priced and not metered:
             return render_message(self.chart_title, self.no_price_message, width, height)
         values = categories(series)
-        lines = [Series(s.name, color, _values(s, values, "usd_per_million")) for s, color in priced]
-        legend = [LegendEntry((("●", color),), s.name) for s, color in priced]
+        panels = []
+        if priced:
+            cost = [Series(s.name, color, _values(s, values, "usd_per_million")) for s, color in priced]
+            panels.append(Panel("lines", cost, "$/1M tok" if metered else None))
+        if metered:
+            energy = [Series(s.name, color, _values(s, values, "kj_per_million")) for s, color in metered]
+            panels.append(Panel("lines", energy, "kJ/1M out"))
+        shown = {s.name: color for s, color in priced + metered}
+        legend = [LegendEntry((("●", color),), name) for name, color in shown.items()]
         return render_category_chart(
-            self.chart_title,
+            self.title_with_energy if metered else self.chart_title,
             category_labels(series, values),
-            [Panel("lines", lines)],
+            panels,
             legend=legend,
             x_title=axis_short(series[0].axis),
             marks_note="",

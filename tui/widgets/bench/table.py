@@ -16,6 +16,7 @@ from textual.widgets.data_table import CellDoesNotExist
 from backends.bench.models import LoadLevel
 from backends.bench.results import LevelResult, RunStatus
 from backends.prometheus import prefix_cache_hit_rate, prefix_cache_warning
+from backends.telemetry.models import LevelGpuTelemetry
 from manifests.cost import usd_per_million_tokens
 from tui.services.bench_config import format_level
 from tui.services.bench_cost import format_usd
@@ -35,8 +36,24 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("e2el_p99", "p99 E2E"),
     ("goodput", "goodput"),
     ("usd_per_m", "$/1M tok"),
+    ("gpu_util", "GPU util"),
+    ("gpu_power", "GPU W"),
+    ("kj_per_m", "kJ/1M out"),
     ("prefix_hit", "prefix hit"),
 )
+GPU_COLUMNS = ("gpu_util", "gpu_power", "kj_per_m")
+
+
+def gpu_cells(gpu: LevelGpuTelemetry | None) -> dict[str, str]:
+    """Mean GPU utilisation, mean power of the target's GPUs and energy per 1M output tokens; "-" for
+    a level without GPU telemetry (the cell's tooltip says why)."""
+    if gpu is None or gpu.state != "ok":
+        return dict.fromkeys(GPU_COLUMNS, "-")
+    return {
+        "gpu_util": "-" if gpu.gpu_util_mean is None else f"{gpu.gpu_util_mean:.0%}",
+        "gpu_power": "-" if gpu.power_w_mean is None else f"{gpu.power_w_mean:,.0f}",
+        "kj_per_m": "-" if gpu.kj_per_1m_output_tokens is None else f"{gpu.kj_per_1m_output_tokens:,.0f}",
+    }
 
 
 def _ms(value: float | None) -> str:
@@ -75,6 +92,7 @@ def level_cells(result: LevelResult, target_name: str, usd_per_hour: float | Non
         "e2el_p99": _ms(metrics.e2el.percentiles.get("99")) if completed else "-",
         "goodput": "-" if metrics.request_goodput is None else f"{metrics.request_goodput:.2f}/s",
         "usd_per_m": format_usd(usd_per_million_tokens(usd_per_hour, metrics.total_token_throughput)),
+        **gpu_cells(result.gpu),
     }
 
 
@@ -95,6 +113,14 @@ def level_tooltips(result: LevelResult) -> dict[str, str]:
     else:
         warning = prefix_cache_warning(hit_rate, result.prompt_sampling)
         tips["prefix_hit"] = warning or f"prefix cache answered {hit_rate:.0%} of this level's prompt tokens"
+    gpu = result.gpu
+    if gpu is None or gpu.state != "ok":
+        why = "no GPU telemetry was read" if gpu is None else gpu.message or f"GPU telemetry: {gpu.state}"
+        tips.update(dict.fromkeys(GPU_COLUMNS, why))
+    else:
+        simulated = " (simulated: the twin's /dcgm)" if gpu.simulated else ""
+        energy = "" if gpu.energy_source is None else f", energy from {gpu.energy_source}"
+        tips.update(dict.fromkeys(GPU_COLUMNS, f"{gpu.gpus} GPU(s){simulated}{energy}"))
     return tips
 
 

@@ -1,0 +1,107 @@
+"""Bench view with GPU telemetry (Pilot, 120x40): a sweep of a live twin reads its /dcgm by itself and
+shows GPU charts, table columns and the energy line; a target without telemetry says so once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from textual.widgets import Select
+
+from backends.target_types import Target
+from backends.targets import discover_target
+from backends.twin.dcgm import POWER_MODELS
+from backends.twin.engine_config import TwinConfig
+from backends.twin.server import TwinServer
+from manifests.gpus import GpuType
+from tests.fakes.sse_server import FakeSSEServer
+from tests.test_tui_bench import SIZE, BenchHarness, bench, fill, small_random_sweep, wait_until
+from tui.context import AppContext
+from tui.services.bench_cost import PriceSource
+from tui.widgets.bench.live import NO_GPU_TELEMETRY, LiveCharts
+from tui.widgets.bench.sweep_chart import CostChart
+
+pytestmark = pytest.mark.anyio
+
+KEYS = ("0:0", "0:1")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def h100_twin() -> Iterator[Target]:
+    twin = TwinServer(TwinConfig.build("gemma-3-1b-it", "h100", 1), log_sink=lambda line: None)
+    twin.start_in_thread()
+    try:
+        yield asyncio.run(discover_target(twin.base_url, name="twin-1xH100"))
+    finally:
+        twin.stop()
+
+
+async def test_twin_sweep_shows_gpu_charts_columns_and_energy_per_token(
+    h100_twin: Target, tmp_path: Path
+) -> None:
+    app = BenchHarness(AppContext(data_dir=tmp_path, targets=[h100_twin], selected_target="twin-1xH100"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = bench(app)
+        # Outputs long enough that each level spans several /dcgm readings (four a second).
+        small_random_sweep(screen, levels="1,16", prompts="16", output_len="200")
+        screen.query_one("#bench-price", Select).value = PriceSource.CUSTOM
+        fill(screen, usd_per_hour="11.06")
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: not screen.running)
+
+        live = screen.query_one(LiveCharts)
+        gpu, power = live.chart("live-gpu"), live.chart("live-power")
+        assert len(gpu.buffers["GPU util %"]) >= 2 and len(gpu.buffers["DRAM active %"]) >= 2
+        assert len(power.buffers["power W"]) >= 2 and gpu.note is None and power.note is None
+        _, watts = power.buffers["power W"].raw()
+        assert all(0 < w <= 700.0 for w in watts)
+        _, mem = live.chart("live-kv").buffers["GPU mem %"].raw()
+        assert mem and all(50.0 < m <= 100.0 for m in mem)  # vLLM holds 0.9 of the card from start-up
+
+        table = screen.results.table
+        utils = [table.get_cell(key, "gpu_util") for key in KEYS]
+        assert all(u.endswith("%") for u in utils), utils
+        level_power = [float(table.get_cell(key, "gpu_power").replace(",", "")) for key in KEYS]
+        level_kj = [float(table.get_cell(key, "kj_per_m").replace(",", "")) for key in KEYS]
+        idle = POWER_MODELS[GpuType.H100].idle_w
+        assert all(idle < w < 700.0 for w in level_power), level_power
+        assert level_kj[0] > level_kj[1] > 0  # one weight stream a step, shared by more tokens
+        assert "simulated" in (table.tooltip_at(table.get_cell_coordinate("0:0", "gpu_util")) or "")
+
+        cost = screen.query_one(CostChart)
+        (series,) = cost.series
+        assert [p.kj_per_million for p in series.points] == pytest.approx(level_kj, rel=0.01)
+        screen.show_tab("bench-sweep")
+        await wait_until(pilot, lambda: cost.stats.redraws >= 1 and not cost.dirty, 10)
+        assert "kJ/1M out" in str(cost.render())
+
+
+async def test_target_without_gpu_telemetry_shows_one_clear_state(tmp_path: Path) -> None:
+    server = FakeSSEServer(mode="tick")
+    server.start_in_thread()
+    try:
+        target = await discover_target(f"http://127.0.0.1:{server.port}", name="fake")
+        app = BenchHarness(AppContext(data_dir=tmp_path, targets=[target], selected_target="fake"))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            screen = bench(app)
+            small_random_sweep(screen, levels="1", prompts="4", output_len="16")
+            await pilot.press("ctrl+r")
+            await wait_until(pilot, lambda: not screen.running)
+            live = screen.query_one(LiveCharts)
+            assert live.chart("live-gpu").note == NO_GPU_TELEMETRY
+            assert live.chart("live-power").note == NO_GPU_TELEMETRY
+            table = screen.results.table
+            assert [table.get_cell("0:0", key) for key in ("gpu_util", "gpu_power", "kj_per_m")] == ["-"] * 3
+            (series,) = screen.query_one(CostChart).series
+            assert all(p.kj_per_million is None for p in series.points)
+    finally:
+        server.stop()
