@@ -22,8 +22,6 @@ from tui.cli.foreground import sigterm_as_ctrl_c
 DEFAULT_PORT = 8000
 
 
-
-
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     twin = subparsers.add_parser("twin", help="run a simulated vLLM server (the twin) for a GPU profile")
     actions = twin.add_subparsers(dest="twin_command", metavar="ACTION")
