@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from backends.bench.models import RequestRecord
+from backends.bench.multi_turn import per_turn_metrics
 from backends.bench.results import LevelResult, RunStatus, SweepResult
 from backends.target_types import ServerSnapshot
 from sessions import run_rows
@@ -121,6 +122,7 @@ class RunStore:
                 for level in run_rows.fetch_levels(conn, run_id):
                     if level.metrics is None or level.client is None:
                         continue
+                    records = run_rows.fetch_records(conn, run_id, level.index) if with_records else []
                     levels.append(
                         LevelResult(
                             index=level.index,
@@ -129,11 +131,15 @@ class RunStore:
                             status=level.status,
                             metrics=level.metrics,
                             client=level.client,
-                            records=run_rows.fetch_records(conn, run_id, level.index) if with_records else [],
+                            records=records,
                             server_snapshots=(
                                 run_rows.fetch_snapshots(conn, run_id, level.index) if with_snapshots else []
                             ),
                             message=level.message,
+                            # Multi-turn: TTFT by turn comes back from the records (they keep session/turn).
+                            turns=per_turn_metrics(records)
+                            if any(r.turn is not None for r in records)
+                            else None,
                         )
                     )
                 sweeps.append(

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import Input, Select
 
-from backends.bench.models import ProgressSnapshot
+from backends.bench.models import Axis, ProgressSnapshot
 from backends.target_types import ServerSnapshot, Target, TargetKind
 from tests.test_tui_bench import BenchHarness, fixed_sweep, inject_finished_sweep, seed
 from tui.context import AppContext
@@ -96,6 +96,22 @@ def test_bench_form_error(snap_compare: Any, tmp_path: Path) -> None:
         await pilot.press("ctrl+r")
 
     assert snap_compare(bench_app(tmp_path), terminal_size=SIZE, run_before=steps(bad_levels))
+
+
+def test_bench_form_multi_turn_with_ramp_up(snap_compare: Any, tmp_path: Path) -> None:
+    """The workload fields of a multi-turn sweep, and a ramp-up in place of the levels (issue 13)."""
+
+    async def multi_turn(pilot: Pilot[Any]) -> None:
+        screen = pilot.app.screen
+        screen.query_one("#bench-dataset", Select).value = "multi_turn"
+        screen.query_one("#bench-axis", Select).value = Axis.REQUEST_RATE
+        await pilot.pause()
+        screen.query_one("#bench-ramp", Select).value = "linear"
+        screen.query_one("#bench-think", Input).value = "2.5"
+        screen.query_one("#bench-ramp-start", Input).value = "1"
+        screen.query_one("#bench-ramp-end", Input).value = "20"
+
+    assert snap_compare(bench_app(tmp_path), terminal_size=SIZE, run_before=steps(multi_turn))
 
 
 def test_bench_finished_sweep(snap_compare: Any, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@
 - Goodput SLOs: vLLM's ``--goodput`` items ``KEY:MS`` with KEY in ttft, tpot, e2el, separated by commas
   and/or spaces (or given as separate words, as argparse hands ``--goodput ttft:500 tpot:50`` over).
 - Percentiles: a comma list of numbers in (0, 100].
+- Counts (prompts, turns, prefixes, token lengths): whole numbers >= 1; seconds, rates and scales: finite
+  numbers >= 0 (or > 0).
 
 Every bad input is one ``ConfigError`` line that says what to type instead. ``SweepConfig``'s validator
 calls the ``check_*`` functions here, so a config built from flags, from the form or directly in code
@@ -128,3 +130,29 @@ def parse_percentiles(text: str | Sequence[str]) -> list[float]:
         except ValueError:
             raise ConfigError(f"percentiles: {item!r} is not a number; type e.g. 50,90,99") from None
     return check_percentiles(values)
+
+
+def parse_count(field: str, text: str, *, example: str = "100") -> int:
+    """A whole number >= 1 (prompts, turns, prefixes, token counts)."""
+    value = text.strip()
+    if not value:
+        raise ConfigError(f"{field}: give a whole number, e.g. {example}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{field}: {value!r} is not a whole number; type e.g. {example}") from None
+    if number < 1:
+        raise ConfigError(f"{field} must be at least 1, got {number}")
+    return number
+
+
+def parse_number(field: str, text: str, *, example: str, positive: bool = False) -> float:
+    """A finite number >= 0 (> 0 with ``positive``): seconds, req/s, a time scale."""
+    value = text.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{field}: {value!r} is not a number; type e.g. {example}") from None
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ConfigError(f"{field} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+    return number

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from backends.bench.input_grammar import parse_goodput, parse_levels
+from backends.bench.input_grammar import parse_count, parse_goodput, parse_levels, parse_number
+from backends.bench.loadgen.arrivals import check_ramp_up
 from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec, SweepConfig
 from backends.bench.sweep import validate_config
@@ -20,7 +22,8 @@ from backends.errors import ConfigError
 from backends.target_types import Target
 from tui.services.bench_cost import PRICE_SOURCE_LABELS, PriceSource
 
-DatasetKind = Literal["sharegpt", "random", "file"]
+DatasetKind = Literal["sharegpt", "random", "file", "multi_turn", "prefix_repetition", "trace"]
+RampUp = Literal["", "linear", "exponential"]
 
 
 class BenchFormValues(BaseModel):
@@ -31,6 +34,22 @@ class BenchFormValues(BaseModel):
     dataset_path: str = ""
     random_input_len: str = "1024"
     random_output_len: str = "128"
+    # multi-turn conversations (the CLI's --turns, --think-time, --think-time-dist, --use-dataset-answers)
+    turns: str = "4"
+    think_time: str = "0"
+    think_exponential: bool = False
+    dataset_answers: bool = False
+    # shared prefixes (vLLM's prefix_repetition: K prefixes of P tokens, each before its own suffixes)
+    num_prefixes: str = "10"
+    prefix_len: str = "256"
+    suffix_len: str = "256"
+    # trace replay (the CLI's --trace, --trace-time-scale)
+    trace_path: str = ""
+    trace_time_scale: str = "1"
+    # ramp-up of the request rate within the level (vLLM's --ramp-up-strategy/-start-rps/-end-rps)
+    ramp_up: RampUp = ""
+    ramp_start_rps: str = ""
+    ramp_end_rps: str = ""
     axis: Axis = Axis.CONCURRENCY
     levels: str = "1,4,16"
     num_prompts: str = "100"
@@ -55,18 +74,9 @@ class PlannedRun(BaseModel):
 
 
 def _whole(field: str, text: str, *, blank_ok: bool = False, example: str = "100") -> int | None:
-    value = text.strip()
-    if not value:
-        if blank_ok:
-            return None
-        raise ConfigError(f"{field}: give a whole number, e.g. {example}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{field}: {value!r} is not a whole number; type e.g. {example}") from None
-    if number < 1:
-        raise ConfigError(f"{field} must be at least 1, got {number}")
-    return number
+    if blank_ok and not text.strip():
+        return None
+    return parse_count(field, text, example=example)
 
 
 def parse_price(text: str) -> float:
@@ -88,12 +98,47 @@ def _dataset(values: BenchFormValues) -> DatasetSpec:
         if not path:
             raise ConfigError("dataset file: type the path of a ShareGPT-format JSON file")
         return DatasetSpec(kind="file", path=path)
+    if values.dataset == "multi_turn":
+        return DatasetSpec(
+            kind="multi_turn",
+            turns=parse_count("turns", values.turns, example="4"),
+            think_time_s=parse_number("think time", values.think_time, example="2.5"),
+            think_time_dist="exponential" if values.think_exponential else "fixed",
+            dataset_answers=values.dataset_answers,
+        )
+    if values.dataset == "prefix_repetition":
+        return DatasetSpec(
+            kind="prefix_repetition",
+            num_prefixes=parse_count("prefixes", values.num_prefixes, example="10"),
+            prefix_len=parse_count("prefix tokens", values.prefix_len, example="256"),
+            suffix_len=parse_count("suffix tokens", values.suffix_len, example="256"),
+        )
+    if values.dataset == "trace":
+        path = values.trace_path.strip()
+        if not path:
+            raise ConfigError("trace file: type the path of a Mooncake .jsonl or BurstGPT .csv trace")
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"trace file: no such file {path!r}")
+        scale = parse_number("time scale", values.trace_time_scale, example="0.5", positive=True)
+        return DatasetSpec(kind="trace", path=path, trace_time_scale=scale)
     if values.dataset == "random":
         input_len = _whole("random input length", values.random_input_len, example="1024")
         output_len = _whole("random output length", values.random_output_len, example="128")
         assert input_len is not None and output_len is not None
         return DatasetSpec(kind="random", random_input_len=input_len, random_output_len=output_len)
     return DatasetSpec(kind="sharegpt")
+
+
+def _ramp_up(values: BenchFormValues) -> dict[str, object]:
+    """The SweepConfig's ramp-up fields (none unless a strategy is picked)."""
+    if not values.ramp_up:
+        return {}
+    if values.axis is not Axis.REQUEST_RATE:
+        raise ConfigError("ramp-up ramps the request rate: pick the request rate axis")
+    start = parse_number("ramp start req/s", values.ramp_start_rps, example="1")
+    end = parse_number("ramp end req/s", values.ramp_end_rps, example="20")
+    check_ramp_up(values.ramp_up, start, end)
+    return {"ramp_up_strategy": values.ramp_up, "ramp_up_start_rps": start, "ramp_up_end_rps": end}
 
 
 def _targets(values: BenchFormValues, available: Sequence[Target]) -> list[Target]:
@@ -125,7 +170,9 @@ def build_runs(
     """
     targets = _targets(values, available)
     dataset = _dataset(values)
-    levels = parse_levels(values.axis, values.levels)
+    ramp = _ramp_up(values)
+    # A ramp sets the rate within one level, as vLLM's; a trace sets its own arrival times.
+    levels = [math.inf] if ramp else parse_levels(values.axis, values.levels)
     num_prompts = _whole("prompts per level", values.num_prompts, example="100")
     assert num_prompts is not None
     output_len = _whole("output length", values.output_len, blank_ok=True, example="256")
@@ -145,6 +192,7 @@ def build_runs(
             "same_prompts": values.same_prompts,
             "goodput_slos_ms": slos,
             "label": label,
+            **ramp,
         }
         if values.price_source is PriceSource.CUSTOM:
             price = custom_price
@@ -178,16 +226,30 @@ def values_from_config(config: SweepConfig, available: Sequence[Target]) -> Benc
     if not names:
         names = [t.name for t in available if t.base_url == target.base_url and t.model == target.model][:1]
     dataset = config.dataset
-    kind: DatasetKind = (
-        "file" if dataset.kind == "file" else "random" if dataset.kind == "random" else "sharegpt"
+    kinds: tuple[DatasetKind, ...] = ("file", "random", "multi_turn", "prefix_repetition", "trace")
+    kind: DatasetKind = next((k for k in kinds if k == dataset.kind), "sharegpt")
+    ramp: RampUp = (
+        config.ramp_up_strategy if config.ramp_up_strategy in ("linear", "exponential") else ""  # type: ignore[assignment]
     )
     slos = ",".join(f"{key}:{value:g}" for key, value in config.goodput_slos_ms.items())
     return BenchFormValues(
         targets=names,
         dataset=kind,
-        dataset_path=dataset.path or "",
+        dataset_path=dataset.path or "" if kind == "file" else "",
         random_input_len=str(dataset.random_input_len),
         random_output_len=str(dataset.random_output_len),
+        turns=str(dataset.turns),
+        think_time=f"{dataset.think_time_s:g}",
+        think_exponential=dataset.think_time_dist == "exponential",
+        dataset_answers=dataset.dataset_answers,
+        num_prefixes=str(dataset.num_prefixes),
+        prefix_len=str(dataset.prefix_len),
+        suffix_len=str(dataset.suffix_len),
+        trace_path=dataset.path or "" if kind == "trace" else "",
+        trace_time_scale=f"{dataset.trace_time_scale:g}",
+        ramp_up=ramp,
+        ramp_start_rps="" if config.ramp_up_start_rps is None else f"{config.ramp_up_start_rps:g}",
+        ramp_end_rps="" if config.ramp_up_end_rps is None else f"{config.ramp_up_end_rps:g}",
         axis=config.axis,
         levels=",".join(format_level(config.axis, value) for value in config.levels),
         num_prompts=str(config.num_prompts),

@@ -20,7 +20,7 @@ from backends.bench.input_grammar import parse_levels
 from backends.bench.models import Axis
 from backends.errors import ServeDeckError
 from backends.target_types import Target, TargetKind
-from tui.services.bench_config import BenchFormValues, DatasetKind, _whole
+from tui.services.bench_config import BenchFormValues, DatasetKind, RampUp, _whole
 from tui.services.bench_cost import PRICE_SOURCE_LABELS, PriceSource
 from tui.widgets.bench.estimate import (
     GPU_DEFAULTS,
@@ -34,7 +34,23 @@ DATASET_OPTIONS: list[tuple[str, DatasetKind]] = [
     ("ShareGPT (bundled, real chats)", "sharegpt"),
     ("random (synthetic lengths)", "random"),
     ("ShareGPT-format file", "file"),
+    ("multi-turn conversations (ShareGPT)", "multi_turn"),
+    ("shared prefixes (K x P tokens)", "prefix_repetition"),
+    ("trace replay (Mooncake/BurstGPT)", "trace"),
 ]
+RAMP_OPTIONS: list[tuple[str, str]] = [
+    ("none (a steady rate per level)", "none"),
+    ("linear, start -> end req/s", "linear"),
+    ("exponential, start -> end req/s", "exponential"),
+]
+# The rows each dataset choice shows (the others are hidden).
+DATASET_ROWS: dict[str, tuple[str, ...]] = {
+    "file": ("bench-row-path",),
+    "random": ("bench-row-random-in", "bench-row-random-out"),
+    "multi_turn": ("bench-row-turns", "bench-row-think", "bench-row-think-exp", "bench-row-answers"),
+    "prefix_repetition": ("bench-row-prefixes", "bench-row-prefix-len", "bench-row-suffix-len"),
+    "trace": ("bench-row-trace", "bench-row-trace-scale"),
+}
 AXIS_OPTIONS: list[tuple[str, Axis]] = [
     ("concurrency (closed loop)", Axis.CONCURRENCY),
     ("request rate, req/s (open loop)", Axis.REQUEST_RATE),
@@ -43,6 +59,8 @@ HELP = (
     "[b]concurrency[/b]: N requests kept in flight, the next sent as one finishes (vLLM --max-concurrency).\n"
     "[b]request rate[/b]: Poisson arrivals, N per second, however many are in flight (vLLM --request-rate).\n"
     "The article's 'concurrency=1..500' were request rates. Each level sends its own sampled prompts.\n"
+    "[b]multi-turn[/b]: each level's sessions replay conversations turn by turn (concurrency = users, "
+    "request rate = sessions/s). [b]ramp-up[/b]: one level whose rate climbs from start to end (vLLM).\n"
     "[b]SLOs[/b] give goodput: requests per second that meet every SLO (keys ttft, tpot, e2el in ms).\n"
     "[b]$ per 1M tokens[/b] = $/h / 3600 / total tokens per s x 1,000,000."
 )
@@ -81,6 +99,14 @@ class BenchForm(VerticalScroll):
     }
     BenchForm .bench-field Input, BenchForm .bench-field Select {
         width: 1fr;
+    }
+    BenchForm #bench-ramp-rates {
+        width: 1fr;
+        height: 1;
+    }
+    BenchForm #bench-ramp-rates Input {
+        width: 1fr;
+        margin-right: 1;
     }
     BenchForm #bench-targets {
         height: 7;
@@ -143,6 +169,51 @@ class BenchForm(VerticalScroll):
                     Input("128", compact=True, type="integer", id="bench-random-out"),
                     row_id="bench-row-random-out",
                 )
+                yield _row(
+                    "turns",
+                    Input("4", compact=True, type="integer", id="bench-turns"),
+                    row_id="bench-row-turns",
+                )
+                yield _row(
+                    "think time (s)", Input("0", compact=True, id="bench-think"), row_id="bench-row-think"
+                )
+                yield _row(
+                    "",
+                    Checkbox("exponential think time", compact=True, id="bench-think-exp"),
+                    row_id="bench-row-think-exp",
+                )
+                yield _row(
+                    "",
+                    Checkbox("history has the dataset's answers", compact=True, id="bench-dataset-answers"),
+                    row_id="bench-row-answers",
+                )
+                yield _row(
+                    "prefixes (K)",
+                    Input("10", compact=True, type="integer", id="bench-prefixes"),
+                    row_id="bench-row-prefixes",
+                )
+                yield _row(
+                    "prefix tokens (P)",
+                    Input("256", compact=True, type="integer", id="bench-prefix-len"),
+                    row_id="bench-row-prefix-len",
+                )
+                yield _row(
+                    "suffix tokens",
+                    Input("256", compact=True, type="integer", id="bench-suffix-len"),
+                    row_id="bench-row-suffix-len",
+                )
+                yield _row(
+                    "trace file",
+                    Input(
+                        placeholder="Mooncake .jsonl or BurstGPT .csv", compact=True, id="bench-trace-path"
+                    ),
+                    row_id="bench-row-trace",
+                )
+                yield _row(
+                    "time scale",
+                    Input("1", placeholder="0.5 replays twice as fast", compact=True, id="bench-trace-scale"),
+                    row_id="bench-row-trace-scale",
+                )
                 yield _row("label", Input(placeholder="e.g. 4xL4 vs 1xH100", compact=True, id="bench-label"))
             with Vertical(classes="bench-column"):
                 yield Static("Load", classes="bench-section")
@@ -152,7 +223,23 @@ class BenchForm(VerticalScroll):
                         AXIS_OPTIONS, value=Axis.CONCURRENCY, allow_blank=False, compact=True, id="bench-axis"
                     ),
                 )
-                yield _row("levels", Input("1,4,16", compact=True, id="bench-levels"))
+                yield _row(
+                    "ramp-up",
+                    Select(RAMP_OPTIONS, value="none", allow_blank=False, compact=True, id="bench-ramp"),
+                    row_id="bench-row-ramp",
+                )
+                yield _row(
+                    "ramp req/s",
+                    Horizontal(
+                        Input(placeholder="start", compact=True, id="bench-ramp-start"),
+                        Input(placeholder="end", compact=True, id="bench-ramp-end"),
+                        id="bench-ramp-rates",
+                    ),
+                    row_id="bench-row-ramp-rates",
+                )
+                yield _row(
+                    "levels", Input("1,4,16", compact=True, id="bench-levels"), row_id="bench-row-levels"
+                )
                 yield _row(
                     "prompts per level", Input("100", compact=True, type="integer", id="bench-prompts")
                 )
@@ -218,6 +305,18 @@ class BenchForm(VerticalScroll):
             dataset_path=self._input("bench-dataset-path").value,
             random_input_len=self._input("bench-random-in").value,
             random_output_len=self._input("bench-random-out").value,
+            turns=self._input("bench-turns").value,
+            think_time=self._input("bench-think").value,
+            think_exponential=self.query_one("#bench-think-exp", Checkbox).value,
+            dataset_answers=self.query_one("#bench-dataset-answers", Checkbox).value,
+            num_prefixes=self._input("bench-prefixes").value,
+            prefix_len=self._input("bench-prefix-len").value,
+            suffix_len=self._input("bench-suffix-len").value,
+            trace_path=self._input("bench-trace-path").value,
+            trace_time_scale=self._input("bench-trace-scale").value,
+            ramp_up=self._ramp() if self.query_one("#bench-row-ramp").display else "",
+            ramp_start_rps=self._input("bench-ramp-start").value,
+            ramp_end_rps=self._input("bench-ramp-end").value,
             axis=self._select_value("bench-axis"),
             levels=self._input("bench-levels").value,
             num_prompts=self._input("bench-prompts").value,
@@ -235,6 +334,18 @@ class BenchForm(VerticalScroll):
         self._input("bench-dataset-path").value = values.dataset_path
         self._input("bench-random-in").value = values.random_input_len
         self._input("bench-random-out").value = values.random_output_len
+        self._input("bench-turns").value = values.turns
+        self._input("bench-think").value = values.think_time
+        self.query_one("#bench-think-exp", Checkbox).value = values.think_exponential
+        self.query_one("#bench-dataset-answers", Checkbox).value = values.dataset_answers
+        self._input("bench-prefixes").value = values.num_prefixes
+        self._input("bench-prefix-len").value = values.prefix_len
+        self._input("bench-suffix-len").value = values.suffix_len
+        self._input("bench-trace-path").value = values.trace_path
+        self._input("bench-trace-scale").value = values.trace_time_scale
+        self.query_one("#bench-ramp", Select).value = values.ramp_up or "none"
+        self._input("bench-ramp-start").value = values.ramp_start_rps
+        self._input("bench-ramp-end").value = values.ramp_end_rps
         self.query_one("#bench-axis", Select).value = values.axis
         self._input("bench-levels").value = values.levels
         self._input("bench-prompts").value = values.num_prompts
@@ -306,7 +417,7 @@ class BenchForm(VerticalScroll):
     def _update_estimate(self) -> None:
         line = self.query_one("#bench-estimate", Static)
         kinds = self._picked_kinds()
-        if not kinds:
+        if not kinds or not self.query_one("#bench-row-levels").display:  # a ramp-up: no levels to estimate
             line.update("")
             return
         try:
@@ -336,9 +447,19 @@ class BenchForm(VerticalScroll):
         self._sync_visibility()
         self._update_estimate()
 
+    def _ramp(self) -> RampUp:
+        value = str(self._select_value("bench-ramp"))
+        return value if value in ("linear", "exponential") else ""  # type: ignore[return-value]
+
     def _sync_visibility(self) -> None:
         dataset = self._select_value("bench-dataset")
-        self.query_one("#bench-row-path").display = dataset == "file"
-        self.query_one("#bench-row-random-in").display = dataset == "random"
-        self.query_one("#bench-row-random-out").display = dataset == "random"
+        shown = DATASET_ROWS.get(str(dataset), ())
+        for rows in DATASET_ROWS.values():
+            for row in rows:
+                self.query_one(f"#{row}").display = row in shown
+        rate_axis = self._select_value("bench-axis") == Axis.REQUEST_RATE
+        ramp = rate_axis and bool(self._ramp())
+        self.query_one("#bench-row-ramp").display = rate_axis and dataset != "trace"
+        self.query_one("#bench-row-ramp-rates").display = ramp and dataset != "trace"
+        self.query_one("#bench-row-levels").display = not (ramp and dataset != "trace")
         self.query_one("#bench-row-price").display = self._select_value("bench-price") == PriceSource.CUSTOM
