@@ -35,6 +35,7 @@ from backends.target_types import Target, TargetKind
 from backends.twin.fastforward import sample_dataset
 from manifests.gpus import GpuType
 from tui.cli.sweep_args import dataset_from_args
+from tui.cli.twin_calibrate import calibration_document, calibration_note, load_calibration
 
 _BAR_WIDTH = 40
 
@@ -167,6 +168,18 @@ def run_advise(args: argparse.Namespace) -> int:
     if not args.burstiness > 0:
         raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), not {args.burstiness}")
     gpus = _gpus(args.gpus)
+    calibrated = load_calibration(args)
+    engine_args = _engine_args(args)
+    if calibrated is not None:
+        # A profile times one GPU type: the search covers that type's shapes only.
+        others = [g.value for g in gpus or [] if g is not calibrated.gpu]
+        if others:
+            raise ConfigError(
+                f"calibration {calibrated.name!r} was fit on {calibrated.hardware}; it cannot time "
+                f"{', '.join(others)} (--gpus {calibrated.gpu.value}, or advise without --calibration)"
+            )
+        gpus = [calibrated.gpu]
+        engine_args["constants"] = calibrated.constants
     catalog = load_prices(args.price_file)
     model = custom_profile_from_args(args, args.model) or args.model or DEFAULT_MODEL
     sweep = SweepConfig(
@@ -196,12 +209,18 @@ def run_advise(args: argparse.Namespace) -> int:
             max_levels=args.max_levels,
             seed=args.seed,
             burstiness=args.burstiness,
-            engine_args=_engine_args(args),
+            engine_args=engine_args,
             progress=update,
         )
     finally:
         stop()
-    document = {"simulated": True, "notes": dataset.notes, **advice.model_dump(mode="json")}
+    notes = [calibration_note(calibrated), *dataset.notes]
+    document = {
+        "simulated": True,
+        "calibration": calibration_document(calibrated),
+        "notes": notes,
+        **advice.model_dump(mode="json"),
+    }
     if args.out is not None:
         try:
             args.out.write_text(json.dumps(document, indent=1))
@@ -210,7 +229,7 @@ def run_advise(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(document, indent=1) + "\n")
     else:
-        print_advice(advice, describe(slo), dataset.notes)
+        print_advice(advice, describe(slo), notes)
     line = unservable_line(advice)
     if line is not None:
         raise ConfigError(line)

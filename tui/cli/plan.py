@@ -40,6 +40,13 @@ from tui.cli.sweep_args import (
     percentiles,
     sweep_fields_from_args,
 )
+from tui.cli.twin_calibrate import (
+    add_calibration_argument,
+    apply_calibration,
+    calibration_document,
+    calibration_note,
+    load_calibration,
+)
 
 DEFAULT_CONTEXT_LEN = 2048
 
@@ -100,6 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--price-file", type=Path, help="YAML/JSON prices that override the built-in catalog")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--out", type=Path, help="also write the JSON document here")
+    add_calibration_argument(parser)
     add_advise_arguments(parser)
     parser.set_defaults(handler=run_plan)
 
@@ -181,10 +189,12 @@ def plan_document(
     cost: tuple[float | None, str],
     result: SweepResult,
     notes: list[str],
+    calibrated: dict[str, object] | None = None,
 ) -> dict[str, Any]:
     usd_per_hour, cost_note = cost
     return {
         "simulated": True,
+        "calibration": calibrated if calibrated is not None else calibration_document(None),
         "twin": config.model_dump(mode="json"),
         "resolved": {
             "max_model_len": config.resolved_max_model_len,
@@ -311,12 +321,13 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.advise:
         return run_advise(args)
     require_plan_arguments(args)
-    config = twin_config_from_args(args)
+    calibrated = load_calibration(args)
+    config = apply_calibration(twin_config_from_args(args), calibrated)
     catalog = load_prices(args.price_file)
     engine = TwinEngine(config)  # sizes the KV cache; a model that does not fit stops here
     sweep = sweep_config_from_args(args, config)
     dataset = sample_dataset(sweep)
-    notes = list(dataset.notes)
+    notes = [calibration_note(calibrated), *dataset.notes]
     if config.model.caveat:
         notes.append(f"model profile: {config.model.caveat}")
     output_lengths = OutputLengths(args.eos)
@@ -329,7 +340,9 @@ def run_plan(args: argparse.Namespace) -> int:
             notes.append("answers stop at the dataset answer's token count, capped at --output-len")
     result = run_sweep(config, sweep, dataset=dataset, output_lengths=output_lengths, engine=engine)
     cost = cost_per_hour(catalog, config, args.spot)
-    document = plan_document(config, engine.memory, args.context_len, cost, result, notes)
+    document = plan_document(
+        config, engine.memory, args.context_len, cost, result, notes, calibration_document(calibrated)
+    )
     if args.out is not None:
         try:
             args.out.write_text(json.dumps(document, indent=1))

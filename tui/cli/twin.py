@@ -1,7 +1,8 @@
-"""`servedeck twin serve`: a simulated vLLM server (the twin) for a GPU profile, in the foreground.
+"""`servedeck twin serve|calibrate`: a simulated vLLM server (the twin) for a GPU profile, in the foreground.
 
-``servedeck twin serve --gpu h100 --count 2 --model gemma-3-27b-it [--port P]`` serves vLLM's OpenAI API,
-/metrics and stats log line on 127.0.0.1 in real time, timed by the twin's roofline of that hardware.
+``servedeck twin serve --gpu h100 --count 2 --model gemma-3-27b-it [--port P] [--calibration NAME]`` serves
+vLLM's OpenAI API, /metrics and stats log line on 127.0.0.1 in real time, timed by the twin's roofline of
+that hardware (with a saved calibration profile's constants). ``twin calibrate`` is in twin_calibrate.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from manifests.model_catalog import all_profiles
 from tui.cli.arg_types import int_in_range, positive
 from tui.cli.deploy_render import add_model_config_arguments, custom_profile_from_args
 from tui.cli.foreground import sigterm_as_ctrl_c
+from tui.cli.twin_calibrate import (
+    add_calibrate_parser,
+    add_calibration_argument,
+    apply_calibration,
+    calibration_note,
+    load_calibration,
+)
 
 DEFAULT_PORT = 8000
 
@@ -85,7 +93,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=DEFAULT_INTERVAL_S,
         help=f"seconds between vLLM stats log lines (default {DEFAULT_INTERVAL_S:g})",
     )
+    add_calibration_argument(serve)
     serve.set_defaults(handler=_serve)
+    add_calibrate_parser(actions)
 
     def _twin_help(_: argparse.Namespace) -> int:
         twin.print_help()
@@ -111,7 +121,7 @@ def build_config(args: argparse.Namespace) -> TwinConfig:
     return TwinConfig.build(profile or args.model, args.gpu, args.count, **engine_args)
 
 
-def _announce(server: TwinServer) -> None:
+def _announce(server: TwinServer, note: str) -> None:
     config = server.config
     plan = server.memory
     print(
@@ -121,6 +131,7 @@ def _announce(server: TwinServer) -> None:
     )
     if config.model.caveat:
         print(f"model profile: {config.model.caveat}")
+    print(f"timing: {note}")
     print(f"GPU KV cache size: {plan.kv_cache_tokens:,} tokens")
     print(f"Maximum concurrency for {plan.max_model_len:,} tokens per request: {plan.max_concurrency:.2f}x")
     print(f"twin ready at {server.base_url}/v1  (OpenAI API; /metrics, /tokenize, /health)")
@@ -129,9 +140,11 @@ def _announce(server: TwinServer) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = build_config(args)
+    calibrated = load_calibration(args)
+    config = apply_calibration(build_config(args), calibrated)
+    note = calibration_note(calibrated)
     server = TwinServer(config, args.host, args.port, log_interval_s=args.log_stats_interval)
     with sigterm_as_ctrl_c():
-        server.serve_forever(on_ready=_announce)
+        server.serve_forever(on_ready=lambda ready: _announce(ready, note))
     print("twin stopped", file=sys.stderr, flush=True)
     return 0
