@@ -1,12 +1,15 @@
 """Deployments view: every target in one table (Kubernetes vLLM, local engine, twins, manual URLs).
 
 The screen is thin: it shows ``app.registry.rows()`` and turns keys into app-level workers (which
-outlive the screen) or dialogs. It refreshes on ``TargetsChanged``.
+outlive the screen) or dialogs. It refreshes on ``TargetsChanged``. While it is showing it reads the
+GPU telemetry of every twin target (its own /dcgm) every ``GPU_POLL_S`` for the GPU util and power
+columns; other rows show a dash.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import asyncio
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -16,17 +19,33 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static
 
 from backends.target_registry import LOCAL_KEY, DeploymentRow, TargetSource, TargetStatus
+from backends.target_types import TargetKind
 from tui.messages import TargetsChanged
 from tui.shell import Shell, shell
 from tui.widgets.deploy.dialogs import AddUrlScreen, ConfirmScreen, ScaleScreen
 from tui.widgets.deploy.table import DeploymentTable
 from tui.widgets.footer import KeysFooter
 
+if TYPE_CHECKING:
+    from backends.telemetry.models import GpuSummary
+
 NEW_DEPLOYMENT_SCREEN = "new-deployment"
 # The form is built ahead, once keys have been quiet this long: building it when `n` is pressed (~65
 # widgets composed, styled and laid out) took 150-250 ms between key and paint, and building it ahead
 # holds the UI for a similar time in small pieces, which a key pressed meanwhile would feel.
 FORM_PREBUILD_QUIET_S = 1.0
+GPU_POLL_S = 2.0
+GPU_READ_TIMEOUT_S = 1.0
+_GPU_STATUSES = (TargetStatus.READY, TargetStatus.NOT_CHECKED)
+
+
+def gpu_telemetry_urls(rows: list[DeploymentRow]) -> dict[str, str]:
+    """Row key -> where its GPU telemetry is read: a twin's own /dcgm (other targets: none yet)."""
+    return {
+        row.key: row.target.base_url.rstrip("/") + "/dcgm"
+        for row in rows
+        if row.target is not None and row.target.kind is TargetKind.TWIN and row.status in _GPU_STATUSES
+    }
 
 
 class DeploymentsScreen(Screen[None]):
@@ -123,6 +142,7 @@ class DeploymentsScreen(Screen[None]):
         super().__init__()
         self._filter = ""
         self._cursor_placed = False
+        self._gpus: dict[str, GpuSummary] = {}
 
     @property
     def deck(self) -> Shell:
@@ -140,6 +160,27 @@ class DeploymentsScreen(Screen[None]):
         self._refresh_table()
         self.query_one(DeploymentTable).focus()
         self.set_timer(FORM_PREBUILD_QUIET_S, self._prebuild_form)
+        self.set_interval(GPU_POLL_S, self._poll_gpus)
+        self.call_later(self._poll_gpus)
+
+    def _poll_gpus(self) -> None:
+        if not self.is_current:
+            return
+        urls = gpu_telemetry_urls(self.deck.registry.rows())
+        if urls or self._gpus:
+            self.run_worker(self._read_gpus(urls), group="gpu-poll", exclusive=True, exit_on_error=False)
+
+    async def _read_gpus(self, urls: dict[str, str]) -> None:
+        from backends.telemetry.scrape import DcgmScraper, DcgmState
+
+        async def read(url: str) -> GpuSummary | None:
+            async with DcgmScraper(url, timeout_s=GPU_READ_TIMEOUT_S) as scraper:
+                reading = await scraper.read(0.0)
+            return reading.summary if reading.state is DcgmState.OK else None
+
+        summaries = await asyncio.gather(*(read(url) for url in urls.values()))
+        self._gpus = {key: gpu for key, gpu in zip(urls, summaries, strict=True) if gpu is not None}
+        self._refresh_table()
 
     def _install_form(self) -> None:
         # Built once and kept (installed): the form keeps what was typed, and opening it again is instant.
@@ -167,7 +208,7 @@ class DeploymentsScreen(Screen[None]):
 
     def _refresh_table(self) -> None:
         rows = self.deck.registry.rows()
-        self.table.show(rows, self._filter, self.deck.ctx.selected_target)
+        self.table.show(rows, self._filter, self.deck.ctx.selected_target, self._gpus)
         if not self._cursor_placed and self.table.row_count:
             # Start on the local engine, not on the "kubernetes" placeholder row above it.
             self._cursor_placed = True
