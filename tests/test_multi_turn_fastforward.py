@@ -91,3 +91,24 @@ def test_fast_forward_honours_a_ramp_up() -> None:
     assert queued == pytest.approx(expected)
     assert queued[-1] > 5.0  # a ramp from 1 req/s, not every request at t = 0
     assert level.metrics.completed == 40
+
+
+def test_a_shared_prefix_pushed_out_of_the_sliding_window_is_still_hit_as_in_vllm() -> None:
+    """Gemma 3's sliding-window layers free a block's pages once it leaves the window; vLLM keeps such blocks
+    in its free queue with their hash, so the next request with the same prefix hits them (until evicted).
+    10 prefixes of 256 tokens before 768-token suffixes (prompts longer than the 1024-token window), one at a
+    time, each answering 128 tokens: every request after its prefix's first finds the prefix,
+    (200 - 10) / 200 x 256 / 1024 ~ 24%."""
+    config = _config(
+        OFFLINE,
+        DatasetSpec(
+            kind="prefix_repetition", prefix_len=256, suffix_len=768, num_prefixes=10, prefix_output_len=128
+        ),
+        axis=Axis.CONCURRENCY,
+        levels=[1],
+        num_prompts=200,
+        output_len=None,
+    )
+    (level,) = fast_forward(TWIN, config).levels
+    rate = prefix_cache_hit_rate(level.server_snapshots)
+    assert rate is not None and 0.2 < rate < 0.3, rate

@@ -13,15 +13,18 @@ blocks, the request's own id and the index, so a preempted request finds its own
 A freed hashed block stays cached (evictable, counted as free) with the pages it held:
 its full-attention pages, plus its sliding-window pages when it lay in the request's last window. A hit
 needs every block of the hit prefix cached, and the blocks of its last window cached with their sliding
-pages (vLLM's hybrid manager checks the same). Eviction is least recently freed first, a request's blocks
-freed tail first, so its head survives longest (vLLM's free-queue order). Two requests running at once
-share only full-attention pages of a common prefix; each keeps its own sliding-window pages.
+pages (vLLM's hybrid manager checks the same). A block that leaves a running request's window frees its
+sliding-window pages into the cache too (vLLM's free queue keeps their hash), so a later request with the
+same prefix still finds them until evicted. Eviction is least recently freed first, a
+request's blocks freed tail first, so its head survives longest (vLLM's free-queue order). Two requests
+running at once share only full-attention pages of a common prefix; each keeps its own sliding-window pages.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 from backends.twin.capacity import KvLayout
 
@@ -34,6 +37,13 @@ def chained_block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]
         previous = hash((previous, tuple(token_ids[start : start + block_size])))
         hashes.append(previous)
     return hashes
+
+
+@dataclass(frozen=True, slots=True)
+class _Sliding:
+    """The cache entry of a held block's sliding-window pages, freed when it left its request's window."""
+
+    key: Hashable
 
 
 class BlockOwner:
@@ -151,6 +161,7 @@ class BlockPool:
         self.used_pages += pages
         self._evict()
         self._register(owner, total_tokens)
+        self._keep_left_window(owner, 0, need)  # a prompt longer than the window: its head is out already
         return True
 
     def allocate(self, owner: BlockOwner, total_tokens: int) -> bool:
@@ -160,13 +171,35 @@ class BlockPool:
             pages = self.pages_between(owner.blocks, need)
             if pages > self.num_pages - self.used_pages:
                 return False
+            old = owner.blocks
             owner.blocks = need
             self.used_pages += pages
             if self.cached:
                 self._evict()
+        else:
+            old = need
         if self.enable_caching and total_tokens // self.block_size > len(owner.hashes):
             self._register(owner, total_tokens)
+        if old < need:
+            self._keep_left_window(owner, old, need)
         return True
+
+    def _keep_left_window(self, owner: BlockOwner, old_blocks: int, new_blocks: int) -> None:
+        """The blocks that left ``owner``'s window keep their sliding pages as evictable cache."""
+        if self.sliding_cap is None or not self.sliding_pages or not self.enable_caching:
+            return
+        hashes, cached = owner.hashes, self.cached
+        added = False
+        for index in range(
+            max(0, old_blocks - self.sliding_cap), min(new_blocks - self.sliding_cap, len(hashes))
+        ):
+            key = hashes[index]
+            if key is not None and _Sliding(key) not in cached:
+                cached[_Sliding(key)] = self.sliding_pages
+                self.cached_pages += self.sliding_pages
+                added = True
+        if added:
+            self._evict()
 
     def free(self, owner: BlockOwner) -> None:
         """Release a finished or preempted request's pages; its hashed blocks stay cached."""
@@ -186,6 +219,10 @@ class BlockPool:
             else:
                 del active[key]
                 pages = with_window if index >= window_start else self.full_pages
+                kept = cached.pop(_Sliding(key), None)
+                if kept is not None:  # its sliding pages, kept when it left a window, join it
+                    self.cached_pages -= kept
+                    pages = with_window
                 cached[key] = pages
                 self.cached_pages += pages
                 released += self.full_pages
