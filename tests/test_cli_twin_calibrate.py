@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,3 +203,11 @@ def test_bad_input_is_one_line(store: Store, capsys: pytest.CaptureFixture[str])
         code, _, err = run_main(capsys, *argv)
         assert code == 1, (argv, err)
         _one_line(err, needle)
+
+
+def test_the_uncalibrated_note_points_at_the_published_results_section() -> None:
+    match = re.search(r"CALIBRATION\.md section (\d+)", calibration.UNCALIBRATED_NOTE)
+    assert match is not None
+    text = (Path(__file__).resolve().parents[1] / "CALIBRATION.md").read_text(encoding="utf-8")
+    heading = re.search(rf"^## {match.group(1)}\. (.+)$", text, re.MULTILINE)
+    assert heading is not None and "Published end-to-end vLLM results" in heading.group(1), heading

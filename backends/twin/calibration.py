@@ -57,7 +57,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HARDWARE = re.compile(r"^\s*(?:(\d+)\s*x\s*)?([a-z0-9-]+?)(?:\s*\(twin\))?\s*$")
 UNCALIBRATED_NOTE = (
     "uncalibrated: default constants from kernel timings (vs published end-to-end vLLM results: "
-    "see CALIBRATION.md section 8; `servedeck twin calibrate` fits them to your runs)"
+    "see CALIBRATION.md section 9; `servedeck twin calibrate` fits them to your runs)"
 )
 
 
