@@ -34,6 +34,7 @@ def export_bundle(db: Database, run_id: str) -> RunBundle:
                 metrics=level.metrics,
                 client=level.client,
                 message=level.message,
+                gpu=level.gpu,
                 records=run_rows.fetch_records(conn, run_id, level.index),
                 server_snapshots=run_rows.fetch_snapshots(conn, run_id, level.index),
             )
@@ -145,5 +146,6 @@ def import_bundle(db: Database, bundle: RunBundle, *, new_id: bool = False) -> s
                 metrics=level.metrics,
                 client=level.client,
                 message=redact(level.message),
+                gpu=level.gpu,
             )
     return run_id

@@ -31,6 +31,7 @@ from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord
 from backends.bench.results import STORED, RunStatus, SweepConfig
 from backends.target_types import ServerSnapshot
+from backends.telemetry.models import LevelGpuTelemetry
 from sessions import run_rows
 from sessions.database import Database
 from sessions.errors import SessionStoreError, StoreBusyError
@@ -102,6 +103,7 @@ class LevelFinished(_LevelEntry):
     metrics: BenchmarkMetrics | None
     client: ClientStats | None
     message: str | None
+    gpu: LevelGpuTelemetry | None = None
 
 
 class RunFinished(_Entry):
@@ -198,6 +200,7 @@ class _Replay:
                 metrics=entry.metrics,
                 client=entry.client,
                 message=entry.message,
+                gpu=entry.gpu,
             )
         return True
 

@@ -11,6 +11,7 @@ from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord
 from backends.bench.results import RunStatus, SweepConfig
 from backends.target_types import ServerSnapshot
+from backends.telemetry.models import LevelGpuTelemetry
 
 
 class RunFilter(BaseModel):
@@ -54,6 +55,7 @@ class LevelSummary(BaseModel):
     metrics: BenchmarkMetrics | None
     client: ClientStats | None
     message: str | None
+    gpu: LevelGpuTelemetry | None = None
 
 
 class RunDetail(BaseModel):
@@ -70,6 +72,7 @@ class BundleLevel(BaseModel):
     metrics: BenchmarkMetrics | None
     client: ClientStats | None
     message: str | None
+    gpu: LevelGpuTelemetry | None = None
     records: list[RequestRecord] = Field(default_factory=list)
     server_snapshots: list[ServerSnapshot] = Field(default_factory=list)
 

@@ -14,6 +14,7 @@ from backends.bench.models import ClientStats, LoadLevel, RequestRecord
 from backends.bench.results import STORED, RunStatus, SweepConfig
 from backends.redaction import redact, redact_url
 from backends.target_types import ServerSnapshot
+from backends.telemetry.models import LevelGpuTelemetry
 from sessions.errors import SessionStoreError
 from sessions.jsoncodec import dump_model
 from sessions.record_codec import CODEC_COLUMNAR, RecordDecodeError, decode_records, encode_records
@@ -84,12 +85,13 @@ def fetch_config(conn: sqlite3.Connection, run_id: str) -> SweepConfig:
 
 def fetch_levels(conn: sqlite3.Connection, run_id: str) -> list[LevelSummary]:
     rows = conn.execute(
-        "SELECT level_index, level_json, started_at, status, n_records, metrics_json, client_json, message"
-        " FROM run_levels WHERE run_id = ? ORDER BY level_index",
+        "SELECT level_index, level_json, started_at, status, n_records, metrics_json, client_json, message,"
+        " gpu_json FROM run_levels WHERE run_id = ? ORDER BY level_index",
         (run_id,),
     ).fetchall()
     levels = []
-    for index, level_json, started_at, status, n_records, metrics_json, client_json, message in rows:
+    for row in rows:
+        index, level_json, started_at, status, n_records, metrics_json, client_json, message, gpu_json = row
         try:
             levels.append(
                 LevelSummary(
@@ -103,6 +105,7 @@ def fetch_levels(conn: sqlite3.Connection, run_id: str) -> list[LevelSummary]:
                     else BenchmarkMetrics.model_validate_json(metrics_json),
                     client=None if client_json is None else ClientStats.model_validate_json(client_json),
                     message=redact(message),
+                    gpu=None if gpu_json is None else LevelGpuTelemetry.model_validate_json(gpu_json),
                 )
             )
         except ValidationError as exc:
@@ -198,10 +201,11 @@ def update_level(
     metrics: BenchmarkMetrics | None,
     client: ClientStats | None,
     message: str | None,
+    gpu: LevelGpuTelemetry | None = None,
 ) -> None:
     conn.execute(
         "UPDATE run_levels SET level_json = ?, started_at = ?, status = ?, metrics_json = ?, client_json = ?,"
-        " message = ? WHERE run_id = ? AND level_index = ?",
+        " message = ?, gpu_json = ? WHERE run_id = ? AND level_index = ?",
         (
             dump_model(level),
             started_at.isoformat(),
@@ -209,6 +213,7 @@ def update_level(
             None if metrics is None else dump_model(metrics),
             None if client is None else dump_model(client),
             message,
+            None if gpu is None else dump_model(gpu),
             run_id,
             index,
         ),

@@ -197,6 +197,7 @@ class RunWriter:
                     metrics=result.metrics,
                     client=result.client,
                     message=redact(result.message),
+                    gpu=result.gpu,
                 ),
             ]
         )

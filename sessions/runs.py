@@ -136,6 +136,7 @@ class RunStore:
                                 run_rows.fetch_snapshots(conn, run_id, level.index) if with_snapshots else []
                             ),
                             message=level.message,
+                            gpu=level.gpu,
                             # Multi-turn: TTFT by turn comes back from the records (they keep session/turn).
                             turns=per_turn_metrics(records)
                             if any(r.turn is not None for r in records)

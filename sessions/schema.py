@@ -221,5 +221,10 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     _v2_runs(conn)
 
 
-MIGRATIONS: list[Migration] = [_to_v1, _to_v2]
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """A level's GPU telemetry (``LevelGpuTelemetry`` JSON; NULL where none was read)."""
+    conn.execute("ALTER TABLE run_levels ADD COLUMN gpu_json TEXT")
+
+
+MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3]
 SCHEMA_VERSION = len(MIGRATIONS)

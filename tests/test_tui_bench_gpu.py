@@ -10,18 +10,21 @@ from pathlib import Path
 import pytest
 from textual.widgets import Select
 
+from backends.bench.export import sweep_to_csv
 from backends.target_types import Target
 from backends.targets import discover_target
 from backends.twin.dcgm import POWER_MODELS
 from backends.twin.engine_config import TwinConfig
 from backends.twin.server import TwinServer
 from manifests.gpus import GpuType
+from sessions.store import SessionStore
 from tests.fakes.sse_server import FakeSSEServer
 from tests.test_tui_bench import SIZE, BenchHarness, bench, fill, small_random_sweep, wait_until
 from tui.context import AppContext
 from tui.services.bench_cost import PriceSource
 from tui.widgets.bench.live import NO_GPU_TELEMETRY, LiveCharts
 from tui.widgets.bench.sweep_chart import CostChart
+from tui.widgets.history.overlay import overlay_series
 
 pytestmark = pytest.mark.anyio
 
@@ -82,6 +85,17 @@ async def test_twin_sweep_shows_gpu_charts_columns_and_energy_per_token(
         screen.show_tab("bench-sweep")
         await wait_until(pilot, lambda: cost.stats.redraws >= 1 and not cost.dirty, 10)
         assert "kJ/1M out" in str(cost.render())
+
+    # History keeps each level's GPU telemetry: the overlay and the exports read it back.
+    with SessionStore.open(tmp_path) as store:
+        (summary,) = store.runs.list_runs()
+        sweeps = store.runs.load_sweeps([summary.id])
+    (saved,) = overlay_series(sweeps, [summary], lambda name: None)
+    assert [p.kj_per_million for p in saved.points] == pytest.approx(level_kj, rel=0.01)
+    header, *rows = sweep_to_csv(sweeps[0]).splitlines()
+    columns = header.split(",")
+    assert "gpu_util_mean" in columns and len(rows) == 2
+    assert all(row.split(",")[columns.index("gpu_power_w_mean")] for row in rows)
 
 
 async def test_target_without_gpu_telemetry_shows_one_clear_state(tmp_path: Path) -> None:
