@@ -39,6 +39,7 @@ from backends.bench.results import SweepConfig
 from backends.bench.search_record import SearchLevel, SearchRecord
 from backends.errors import ConfigError, ServeDeckError
 from backends.target_types import Target
+from backends.twin.calibration import UNCALIBRATED_NOTE
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from manifests.model_catalog import all_profiles, load_custom_profile
@@ -180,6 +181,7 @@ class AdvisorScreen(Screen[None]):
     AdvisorScreen #adv-progress { width: 30; }
     AdvisorScreen Switch { height: 1; border: none; padding: 0; }
     AdvisorScreen #adv-status { width: 1fr; padding-left: 1; }
+    AdvisorScreen #adv-calibration { height: auto; max-height: 2; padding: 0 1; color: $text-muted; }
     AdvisorScreen #adv-table { height: 1fr; }
     AdvisorScreen #adv-verify {
         height: auto;
@@ -263,6 +265,7 @@ class AdvisorScreen(Screen[None]):
         with Horizontal(id="advisor-progress-row"):
             yield ProgressBar(total=None, show_eta=False, id="adv-progress")
             yield Static("ctrl+r runs the advisor (vLLM twin, simulated)", id="adv-status")
+        yield Static("", id="adv-calibration")
         table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="adv-table")
         yield table
         yield CostChart(id="adv-chart")
@@ -280,6 +283,7 @@ class AdvisorScreen(Screen[None]):
         for title in COLUMNS:
             table.add_column(title, key=title)
         self.query_one("#adv-verify", Static).display = False
+        self.query_one("#adv-calibration", Static).display = False
         self._place_chart()
         self.query_one("#adv-rate", Input).focus()
 
@@ -389,6 +393,9 @@ class AdvisorScreen(Screen[None]):
         for skipped in advice.skipped:
             table.add_row("-", skipped.label, *["-"] * 6, Text(f"does not fit: {skipped.why}", style="dim"))
         self.query_one(CostChart).show(advice)
+        calibration_line = self.query_one("#adv-calibration", Static)
+        calibration_line.update(f"predictions: {UNCALIBRATED_NOTE}")
+        calibration_line.display = True
         self._set_running(None)
         if advice.passing:
             best = advice.passing[0]
