@@ -19,6 +19,7 @@ from textual.widgets import Input, Select
 
 from backends.bench.models import Axis, ProgressSnapshot
 from backends.target_types import ServerSnapshot, Target, TargetKind
+from backends.telemetry.models import GpuSummary
 from tests.test_tui_bench import BenchHarness, fixed_sweep, inject_finished_sweep, seed
 from tui.context import AppContext
 from tui.messages import SweepHostEvent
@@ -130,7 +131,22 @@ def test_bench_finished_sweep(snap_compare: Any, tmp_path: Path) -> None:
     assert snap_compare(bench_app(tmp_path), terminal_size=SIZE, run_before=steps(finished))
 
 
-def live_snapshot(t: float) -> ProgressSnapshot:
+def live_gpu(t: float) -> GpuSummary:
+    """A twin's simulated H100 as its /dcgm reads: busier as more sequences run."""
+    util = 0.55 + 0.08 * (int(t) % 4)
+    return GpuSummary(
+        t=t,
+        gpus=1,
+        utilisation=util,
+        dram_active=util * 0.85,
+        tensor_active=util * 0.2,
+        power_w=125.0 + 420.0 * util,
+        fb_used_mib=72_000.0,
+        fb_total_mib=81_000.0,
+    )
+
+
+def live_snapshot(t: float, gpu: bool = False) -> ProgressSnapshot:
     return ProgressSnapshot(
         level_index=1,
         level_label="concurrency 4",
@@ -144,6 +160,7 @@ def live_snapshot(t: float) -> ProgressSnapshot:
         server=ServerSnapshot(
             t=t, source="twin", running=4, waiting=int(t) % 3, kv_cache_usage=0.2 + 0.1 * (int(t) % 4)
         ),
+        gpu=live_gpu(t) if gpu else None,
     )
 
 
@@ -266,7 +283,7 @@ def test_bench_live_level_at_demo_sizes(snap_compare: Any, tmp_path: Path, size:
                     HostSample(
                         run_index=0,
                         x=float(i),
-                        snapshot=live_snapshot(float(i)),
+                        snapshot=live_snapshot(float(i), gpu=True),
                         ttft_points=[(float(i), 40.0 + 5 * (i % 4))],
                     )
                 )
@@ -283,7 +300,7 @@ def test_bench_live_level_at_demo_sizes(snap_compare: Any, tmp_path: Path, size:
                     HostSample(
                         run_index=0,
                         x=float(i),
-                        snapshot=live_snapshot(float(i)),
+                        snapshot=live_snapshot(float(i), gpu=True),
                         ttft_points=[(float(i), 120.0 + 9 * (i % 5))],
                     )
                 )
