@@ -48,6 +48,7 @@ class AdviseJob(BaseModel):
     output_len: int | None = None
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     seed: int = 0
+    calibration: str | None = Field(default=None, description="a saved twin calibration profile's name")
 
 
 class VerifyJob(BaseModel):
@@ -118,17 +119,24 @@ def run_advise(job: AdviseJob, progress: Callable[[int, int, str], None] | None 
         same_prompts=True,
     )
     dataset = sample_dataset(sweep)
+    gpus, engine_args = job.gpus, None
+    if job.calibration is not None:
+        from backends.twin.calibration import calibrated_gpus, load_profile
+
+        profile = load_profile(job.calibration)
+        gpus, engine_args = calibrated_gpus(profile, gpus), {"constants": profile.constants}
     advice = advise(
         job.model,
         dataset.requests,
         rate=job.rate,
         slo=parse_slo(job.slo),
         catalog=default_catalog(),
-        gpus=job.gpus,
+        gpus=gpus,
         max_gpus=job.max_gpus,
         max_replicas=job.max_replicas,
         spot=job.spot,
         seed=job.seed,
+        engine_args=engine_args,
         progress=progress,
     )
     return JobDone(advice=advice, notes=dataset.notes)

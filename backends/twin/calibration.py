@@ -151,6 +151,24 @@ class CalibrationProfile(BaseModel):
         return config.model_copy(update={"constants": self.constants})
 
 
+def prediction_note(profile: CalibrationProfile | None) -> str:
+    """What every prediction states: calibrated (profile, runs, expected error) or not."""
+    if profile is None:
+        return UNCALIBRATED_NOTE
+    return f"{profile.note()}; runs {', '.join(profile.runs)}"
+
+
+def calibrated_gpus(profile: CalibrationProfile, gpus: Sequence[GpuType] | None) -> list[GpuType]:
+    """The GPU types an advisor search may cover with ``profile``: its own; one line if others are asked."""
+    others = [g.value for g in gpus or [] if g is not profile.gpu]
+    if others:
+        raise ConfigError(
+            f"calibration {profile.name!r} was fit on {profile.hardware}; it cannot time "
+            f"{', '.join(others)} (--gpus {profile.gpu.value}, or advise without --calibration)"
+        )
+    return [profile.gpu]
+
+
 def _percentile_ms(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) * 1000.0 if values else 0.0
 

@@ -32,6 +32,7 @@ from backends.bench.results import SweepConfig
 from backends.bench.slo import describe, parse_slo
 from backends.errors import ConfigError
 from backends.target_types import Target, TargetKind
+from backends.twin.calibration import calibrated_gpus
 from backends.twin.fastforward import sample_dataset
 from manifests.gpus import GpuType
 from tui.cli.sweep_args import dataset_from_args
@@ -172,13 +173,7 @@ def run_advise(args: argparse.Namespace) -> int:
     engine_args = _engine_args(args)
     if calibrated is not None:
         # A profile times one GPU type: the search covers that type's shapes only.
-        others = [g.value for g in gpus or [] if g is not calibrated.gpu]
-        if others:
-            raise ConfigError(
-                f"calibration {calibrated.name!r} was fit on {calibrated.hardware}; it cannot time "
-                f"{', '.join(others)} (--gpus {calibrated.gpu.value}, or advise without --calibration)"
-            )
-        gpus = [calibrated.gpu]
+        gpus = calibrated_gpus(calibrated, gpus)
         engine_args["constants"] = calibrated.constants
     catalog = load_prices(args.price_file)
     model = custom_profile_from_args(args, args.model) or args.model or DEFAULT_MODEL

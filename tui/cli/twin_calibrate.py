@@ -144,9 +144,7 @@ def apply_calibration(config: TwinConfig, profile: CalibrationProfile | None) ->
 
 def calibration_note(profile: CalibrationProfile | None) -> str:
     """What every prediction states: calibrated (profile, runs, expected error) or not."""
-    if profile is None:
-        return calibration.UNCALIBRATED_NOTE
-    return f"{profile.note()}; runs {', '.join(profile.runs)}"
+    return calibration.prediction_note(profile)
 
 
 def calibration_document(profile: CalibrationProfile | None) -> dict[str, object]:

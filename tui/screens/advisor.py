@@ -39,7 +39,7 @@ from backends.bench.results import SweepConfig
 from backends.bench.search_record import SearchLevel, SearchRecord
 from backends.errors import ConfigError, ServeDeckError
 from backends.target_types import Target
-from backends.twin.calibration import UNCALIBRATED_NOTE
+from backends.twin.calibration import UNCALIBRATED_NOTE, list_profiles, load_profile, prediction_note
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from manifests.model_catalog import all_profiles, load_custom_profile
@@ -173,6 +173,7 @@ class AdvisorScreen(Screen[None]):
     AdvisorScreen #adv-gpus { width: 1fr; }
     AdvisorScreen #adv-max-gpus { width: 4; }
     AdvisorScreen #adv-prompts { width: 7; }
+    AdvisorScreen #adv-calibration-select { width: 18; }
     AdvisorScreen Input, AdvisorScreen Select { margin-right: 1; }
     AdvisorScreen #advisor-progress-row {
         height: 1;
@@ -209,9 +210,9 @@ class AdvisorScreen(Screen[None]):
             self.done, self.total, self.label = done, total, label
 
     class Advised(Message):
-        def __init__(self, advice: Advice, notes: list[str]) -> None:
+        def __init__(self, advice: Advice, notes: list[str], calibration: str = UNCALIBRATED_NOTE) -> None:
             super().__init__()
-            self.advice, self.notes = advice, notes
+            self.advice, self.notes, self.calibration = advice, notes, calibration
 
     class Failed(Message):
         def __init__(self, what: str, text: str) -> None:
@@ -262,6 +263,13 @@ class AdvisorScreen(Screen[None]):
             yield Input(str(DEFAULT_ADVISOR_PROMPTS), compact=True, id="adv-prompts")
             yield Label("spot", classes="adv-label")
             yield Switch(False, id="adv-spot")
+            yield Label("calibration", classes="adv-label")
+            yield Select(
+                [(name, name) for name in list_profiles()],
+                prompt="uncalibrated",
+                compact=True,
+                id="adv-calibration-select",
+            )
         with Horizontal(id="advisor-progress-row"):
             yield ProgressBar(total=None, show_eta=False, id="adv-progress")
             yield Static("ctrl+r runs the advisor (vLLM twin, simulated)", id="adv-status")
@@ -334,7 +342,12 @@ class AdvisorScreen(Screen[None]):
             max_gpus=int(_number(self._value("adv-max-gpus"), "max GPUs", integer=True)),
             num_prompts=int(_number(self._value("adv-prompts"), "prompts", integer=True)),
             spot=self.query_one("#adv-spot", Switch).value,
+            calibration=self._calibration(),
         )
+
+    def _calibration(self) -> str | None:
+        value = self.query_one("#adv-calibration-select", Select).value
+        return value if isinstance(value, str) else None
 
     # -- the advisor ----------------------------------------------------------------------------------
 
@@ -355,6 +368,8 @@ class AdvisorScreen(Screen[None]):
         try:
             job = self.app.call_from_thread(self.read_job)
             self._model = job.model
+            profile = None if job.calibration is None else load_profile(job.calibration)
+            note = prediction_note(profile)
 
             def relay(message: HostMessage) -> None:
                 if isinstance(message, AdvisorProgress):
@@ -366,7 +381,7 @@ class AdvisorScreen(Screen[None]):
             self.post_message(self.Failed("advisor", str(err)))
             return
         if done.advice is not None:
-            self.post_message(self.Advised(done.advice, done.notes))
+            self.post_message(self.Advised(done.advice, done.notes, note))
 
     @on(Progress)
     def _progress(self, message: Progress) -> None:
@@ -394,7 +409,7 @@ class AdvisorScreen(Screen[None]):
             table.add_row("-", skipped.label, *["-"] * 6, Text(f"does not fit: {skipped.why}", style="dim"))
         self.query_one(CostChart).show(advice)
         calibration_line = self.query_one("#adv-calibration", Static)
-        calibration_line.update(f"predictions: {UNCALIBRATED_NOTE}")
+        calibration_line.update(f"predictions: {message.calibration}")
         calibration_line.display = True
         self._set_running(None)
         if advice.passing:
