@@ -22,7 +22,7 @@ from tests.fakes.sse_server import FakeSSEServer
 from tests.test_tui_bench import SIZE, BenchHarness, bench, fill, small_random_sweep, wait_until
 from tui.context import AppContext
 from tui.services.bench_cost import PriceSource
-from tui.widgets.bench.live import NO_GPU_TELEMETRY, LiveCharts
+from tui.widgets.bench.live import KV_GPU_TITLE, KV_NO_GPU_TITLE, NO_GPU_TELEMETRY, LiveCharts
 from tui.widgets.bench.sweep_chart import CostChart
 from tui.widgets.history.overlay import overlay_series
 
@@ -63,7 +63,8 @@ async def test_twin_sweep_shows_gpu_charts_columns_and_energy_per_token(
         live = screen.query_one(LiveCharts)
         gpu, power = live.chart("live-gpu"), live.chart("live-power")
         assert len(gpu.buffers["GPU util %"]) >= 2 and len(gpu.buffers["DRAM active %"]) >= 2
-        assert len(power.buffers["power W"]) >= 2 and gpu.note is None and power.note is None
+        assert len(power.buffers["power W"]) >= 2 and live.with_gpu and gpu.display and power.display
+        assert live.chart("live-kv").chart_title == KV_GPU_TITLE
         _, watts = power.buffers["power W"].raw()
         assert all(0 < w <= 700.0 for w in watts)
         _, mem = live.chart("live-kv").buffers["GPU mem %"].raw()
@@ -111,8 +112,9 @@ async def test_target_without_gpu_telemetry_shows_one_clear_state(tmp_path: Path
             await pilot.press("ctrl+r")
             await wait_until(pilot, lambda: not screen.running)
             live = screen.query_one(LiveCharts)
-            assert live.chart("live-gpu").note == NO_GPU_TELEMETRY
-            assert live.chart("live-power").note == NO_GPU_TELEMETRY
+            assert not live.with_gpu and live.chart("live-kv").chart_title == KV_NO_GPU_TITLE
+            assert not live.chart("live-gpu").display and not live.chart("live-power").display
+            assert NO_GPU_TELEMETRY in KV_NO_GPU_TITLE
             table = screen.results.table
             assert [table.get_cell("0:0", key) for key in ("gpu_util", "gpu_power", "kj_per_m")] == ["-"] * 3
             (series,) = screen.query_one(CostChart).series

@@ -5,7 +5,8 @@ KV-cache use (server) beside GPU memory used, TTFT of each finished request, GPU
 DRAM activity, and GPU power. Each level takes an equal share of the x axis, drawn over the time within
 it (labelled with the level under the axis), so a short first level is not squeezed by a long last
 one; a dotted line separates levels. Server series need the target's /metrics; GPU series need GPU
-telemetry (a twin's own /dcgm, or dcgm-exporter), means over the target's GPUs, power their sum.
+telemetry (a twin's own /dcgm, or dcgm-exporter), means over the target's GPUs, power their sum;
+the two GPU charts appear with the first reading (until then the KV chart's title says there is none).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from backends.telemetry.models import GpuSummary
 from tui.widgets.charts import SeriesStyle, TimeSeriesChart
 
 NO_SERVER_METRICS = "no server metrics from this target (/metrics)"
-NO_GPU_TELEMETRY = "no GPU telemetry (DCGM)"
+NO_GPU_TELEMETRY = "no GPU telemetry"
+KV_TITLE = "KV cache %"
+KV_GPU_TITLE = "KV cache % · GPU memory %"
+KV_NO_GPU_TITLE = f"KV cache % · {NO_GPU_TELEMETRY}"
 # One point a second for an hour per series; TTFT keeps the newest 20k requests.
 SERIES_CAPACITY = 3600
 TTFT_CAPACITY = 20_000
@@ -27,9 +31,18 @@ TTFT_CAPACITY = 20_000
 class LiveCharts(Grid):
     DEFAULT_CSS = """
     LiveCharts {
-        grid-size: 3 2;
+        grid-size: 2 2;
         grid-gutter: 0 1;
         height: 1fr;
+    }
+    LiveCharts.-gpu {
+        grid-size: 3 2;
+    }
+    LiveCharts .gpu-chart {
+        display: none;
+    }
+    LiveCharts.-gpu .gpu-chart {
+        display: block;
     }
     """
 
@@ -51,7 +64,7 @@ class LiveCharts(Grid):
             id="live-requests",
         )
         yield TimeSeriesChart(
-            "KV cache % · GPU memory %",
+            KV_TITLE,
             [SeriesStyle("KV cache %", "magenta"), SeriesStyle("GPU mem %", "gray")],
             capacity=SERIES_CAPACITY,
             id="live-kv",
@@ -67,12 +80,14 @@ class LiveCharts(Grid):
             [SeriesStyle("GPU util %", "green"), SeriesStyle("DRAM active %", "cyan")],
             capacity=SERIES_CAPACITY,
             id="live-gpu",
+            classes="gpu-chart",
         )
         yield TimeSeriesChart(
             "GPU power W",
             [SeriesStyle("power W", "red")],
             capacity=SERIES_CAPACITY,
             id="live-power",
+            classes="gpu-chart",
         )
 
     def chart(self, chart_id: str) -> TimeSeriesChart:
@@ -80,15 +95,28 @@ class LiveCharts(Grid):
 
     @property
     def charts(self) -> list[TimeSeriesChart]:
-        return list(self.query(TimeSeriesChart))
+        """The charts on show (the GPU ones only once GPU telemetry arrived)."""
+        return [chart for chart in self.query(TimeSeriesChart) if chart.display]
+
+    @property
+    def with_gpu(self) -> bool:
+        return self.has_class("-gpu")
 
     def clear(self) -> None:
-        for chart in self.charts:
+        for chart in self.query(TimeSeriesChart):
             chart.clear()
+        self.remove_class("-gpu")
+        self._set_kv_title(KV_TITLE)
+
+    def _set_kv_title(self, title: str) -> None:
+        kv = self.chart("live-kv")
+        if kv.chart_title != title:
+            kv.chart_title = title
+            kv.mark_dirty()
 
     def mark_level(self, x: float, label: str = "") -> None:
         """A level starts at ``x`` seconds; from here it takes its own equal share of each chart."""
-        for chart in self.charts:
+        for chart in self.query(TimeSeriesChart):
             chart.add_marker(x, label)
 
     def add_sample(
@@ -110,11 +138,14 @@ class LiveCharts(Grid):
         self.add_ttft(ttft_points)
 
     def add_gpu(self, x: float, gpu: GpuSummary | None) -> None:
+        """GPU series; without telemetry (none read yet in this sweep) the KV chart's title says so."""
         util, power = self.chart("live-gpu"), self.chart("live-power")
         if gpu is None:
-            util.set_note(NO_GPU_TELEMETRY)
-            power.set_note(NO_GPU_TELEMETRY)
+            if not self.with_gpu:
+                self._set_kv_title(KV_NO_GPU_TITLE)
             return
+        self.add_class("-gpu")
+        self._set_kv_title(KV_GPU_TITLE)
         util.append("GPU util %", x, _percent(gpu.utilisation))
         util.append("DRAM active %", x, _percent(gpu.dram_active))
         power.append("power W", x, gpu.power_w)
