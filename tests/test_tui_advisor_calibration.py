@@ -45,7 +45,15 @@ def _save_profile() -> None:
             created_at=datetime.now(UTC),
             error_before={"output_throughput": 0.2, "tpot_p50": 0.25},
             error_after={"output_throughput": 0.02, "tpot_p50": 0.03},
-            levels=[LevelFit(run_id="run-a", label="4 req/s", measured=point, before=point, after=point)],
+            levels=[
+                LevelFit(
+                    run_id="run-a",
+                    label="4 req/s",
+                    measured=point,
+                    before=point.model_copy(update={"tpot_p50": 25.0}),
+                    after=point.model_copy(update={"tpot_p50": 20.4}),
+                )
+            ],
         )
     )
 
@@ -57,6 +65,10 @@ async def test_a_saved_profile_is_picked_in_the_form_and_times_its_gpu_only() ->
         assert isinstance(screen, AdvisorScreen)
         picker = screen.query_one("#adv-calibration-select", Select)
         picker.value = "lab"
+        await pilot.pause()
+        picked = str(screen.query_one("#adv-calibration", Static).content)
+        assert "picked calibrated: profile 'lab'" in picked and "(defaults: throughput 20.0%" in picked
+        assert "per level 4 req/s TPOT +25%->+2%" in picked, picked
         screen.query_one("#adv-gpus", Input).value = "l4"
         await pilot.press("ctrl+r")
         await wait_until(pilot, lambda: screen.running is None and "cannot time l4" in status(screen))

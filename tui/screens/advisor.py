@@ -349,6 +349,30 @@ class AdvisorScreen(Screen[None]):
         value = self.query_one("#adv-calibration-select", Select).value
         return value if isinstance(value, str) else None
 
+    @on(Select.Changed, "#adv-calibration-select")
+    def _calibration_picked(self) -> None:
+        name = self._calibration()
+        line = self.query_one("#adv-calibration", Static)
+        if name is None:
+            line.display = False
+            return
+        try:
+            profile = load_profile(name)
+        except ConfigError as err:
+            self._status(str(err), error=True)
+            return
+        levels = "; ".join(
+            f"{fit.label} TPOT {fit.before.tpot_p50 / fit.measured.tpot_p50 - 1:+.0%}"
+            f"->{fit.after.tpot_p50 / fit.measured.tpot_p50 - 1:+.0%}"
+            for fit in profile.levels
+            if fit.measured.tpot_p50 > 0
+        )
+        line.update(
+            f"picked {profile.note()} (defaults: {profile.error_summary(profile.error_before)}); "
+            f"per level {levels}"
+        )
+        line.display = True
+
     # -- the advisor ----------------------------------------------------------------------------------
 
     @on(Button.Pressed, "#adv-run")
