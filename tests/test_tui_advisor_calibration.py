@@ -24,6 +24,8 @@ async def test_the_ranking_says_the_twin_is_uncalibrated(size: tuple[int, int]) 
     async with make_app().run_test(size=size) as pilot:
         line = pilot.app.screen.query_one("#adv-calibration", Static)
         assert not line.display  # nothing predicted yet
+        picker = pilot.app.screen.query_one("#adv-calibration-select", Select)
+        assert picker.region.width > 0 and picker.region.right <= size[0], picker.region
         screen = await run_small_advice(pilot)
         assert line.display and str(line.content) == f"predictions: {UNCALIBRATED_NOTE}"
         assert "CALIBRATION.md section 9" in str(line.content)
