@@ -112,3 +112,24 @@ def test_a_shared_prefix_pushed_out_of_the_sliding_window_is_still_hit_as_in_vll
     (level,) = fast_forward(TWIN, config).levels
     rate = prefix_cache_hit_rate(level.server_snapshots)
     assert rate is not None and 0.2 < rate < 0.3, rate
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        DatasetSpec(
+            kind="prefix_repetition", prefix_len=128, suffix_len=384, num_prefixes=4, prefix_output_len=8
+        ),
+        DatasetSpec(kind="multi_turn", turns=3, max_context_len=1800),
+    ],
+)
+def test_a_fast_forward_levels_hit_rate_counts_its_first_step(dataset: DatasetSpec) -> None:
+    """The level's prefix-cache hit rate is the counters' increase from before its first step: the first
+    step's queries (every request of a closed-loop level starts there, none hit yet) count too."""
+    from backends.twin.engine import TwinEngine
+
+    engine = TwinEngine(TWIN)
+    config = _config(OFFLINE, dataset, axis=Axis.CONCURRENCY, levels=[8], num_prompts=24)
+    (level,) = fast_forward(TWIN, config, engine=engine).levels
+    rate = prefix_cache_hit_rate(level.server_snapshots)
+    assert rate == pytest.approx(engine.prefix_hits_total / engine.prefix_queries_total)

@@ -103,7 +103,8 @@ def run_level(
     outputs = [0] * total
     reasons: list[str | None] = [None] * total
     position = {f"{index}-{i}": i for i in range(total)}
-    snapshots: list[ServerSnapshot] = []
+    # The level's baseline: the counters before its first step (one engine serves the whole sweep).
+    snapshots: list[ServerSnapshot] = [snapshot(engine, 0.0)]
     next_snapshot = 0.0
 
     next_arrival = 0
