@@ -6,7 +6,9 @@ The Kubernetes client is imported where it is used: the app's first frame does n
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -68,6 +70,28 @@ class ClusterConnection:
         self.deployments: dict[str, VllmDeployment] = {}
         self.forwards: dict[str, PortForwarder] = {}
         self.forward_clients: dict[str, KubeClient] = {}
+        self.gpu_exporters: dict[str, HeldGpuExporter] = {}
+
+
+class ClusterGpuExporter(BaseModel):
+    """Where a Kubernetes deployment's GPU telemetry is read: its nodes' dcgm-exporters forwarded to
+    127.0.0.1 (``url``, comma-separated, read keeping only ``pods``' GPUs), or why not (``message``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str | None = None
+    pods: list[str] = Field(default_factory=list)
+    namespace: str = ""
+    message: str | None = None
+
+
+class HeldGpuExporter:
+    """One deployment's exporter discovery and the port-forwards it holds open."""
+
+    def __init__(self, found: ClusterGpuExporter, stack: contextlib.ExitStack) -> None:
+        self.found = found
+        self.stack = stack
+        self.at = time.monotonic()
 
 
 def cluster_key(namespace: str, name: str) -> str:
@@ -331,6 +355,56 @@ class ClusterTargets(RegistryCore):
         if client is not None:
             client.close()
 
+    def cluster_gpu_exporter(self, key: str, max_age_s: float = 30.0) -> ClusterGpuExporter:
+        """The dcgm-exporters on the nodes of deployment ``key``'s pods, port-forwarded (blocking; from a
+        worker thread). Kept open and found again after ``max_age_s`` (pods move, scale); 0: now."""
+        from backends.kube.errors import KubeError
+        from backends.telemetry.cluster import discover_exporters, forward_exporters
+
+        namespace, name = _cluster_ref(key)
+        with self._lock:
+            held = self._cluster.gpu_exporters.get(key)
+        if held is not None and time.monotonic() - held.at < max_age_s:
+            return held.found
+        self._stop_gpu_exporter(key)
+        stack = contextlib.ExitStack()
+        try:
+            client = stack.enter_context(self._client())
+            discovery = discover_exporters(client, name, namespace)
+            if discovery.found:
+                url = stack.enter_context(forward_exporters(client, discovery))
+                found = ClusterGpuExporter(
+                    url=url,
+                    pods=discovery.target_pods,
+                    namespace=discovery.target_namespace,
+                    message=discovery.message,
+                )
+            else:
+                stack.close()
+                found = ClusterGpuExporter(message=discovery.message)
+        except (KubeError, ConfigError) as err:
+            stack.close()
+            found = ClusterGpuExporter(message=f"GPU metrics: {err}")
+        except BaseException:
+            stack.close()
+            raise
+        with self._lock:
+            self._cluster.gpu_exporters[key] = HeldGpuExporter(found, stack)
+        return found
+
+    def _stop_gpu_exporter(self, key: str) -> None:
+        with self._lock:
+            held = self._cluster.gpu_exporters.pop(key, None)
+        if held is not None:
+            held.stack.close()
+
+    def stop_gpu_exporters(self) -> None:
+        """Close every exporter port-forward (the Deployments view is no longer reading them)."""
+        with self._lock:
+            keys = list(self._cluster.gpu_exporters)
+        for key in keys:
+            self._stop_gpu_exporter(key)
+
     def cluster_state(self, key: str) -> ClusterState:
         """Pods and the latest events of a Kubernetes deployment (blocking)."""
         from backends.kube.logs import deployment_pods
@@ -369,6 +443,7 @@ class ClusterTargets(RegistryCore):
     def _delete_cluster_deployment(self, key: str) -> str:
         namespace, name = _cluster_ref(key)
         self._stop_forward(key)
+        self._stop_gpu_exporter(key)
         with self._client() as client:
             refs = client.managed_objects(namespace, name)
             if not refs:

@@ -158,6 +158,7 @@ class TargetRegistry(ClusterTargets, LocalEngineTarget, TwinTargets, ManualTarge
             forwards = list(self._cluster.forwards)
         for key in forwards:
             self._stop_forward(key)
+        self.stop_gpu_exporters()
         for child in children:
             child.terminate(TWIN_STOP_TIMEOUT_S)
         if engine is not None:

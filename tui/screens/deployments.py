@@ -2,13 +2,16 @@
 
 The screen is thin: it shows ``app.registry.rows()`` and turns keys into app-level workers (which
 outlive the screen) or dialogs. It refreshes on ``TargetsChanged``. While it is showing it reads the
-GPU telemetry of every twin target (its own /dcgm) every ``GPU_POLL_S`` for the GPU util and power
-columns; other rows show a dash.
+GPU telemetry of every twin target (its own /dcgm) and of every ready Kubernetes deployment (the
+dcgm-exporters on its pods' nodes, found and port-forwarded in a worker thread, only its pods' GPUs)
+every ``GPU_POLL_S`` for the GPU util and power columns; other rows show a dash, and a deployment
+whose exporter cannot be read says why on its detail line.
 """
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
@@ -18,7 +21,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static
 
-from backends.target_registry import LOCAL_KEY, DeploymentRow, TargetSource, TargetStatus
+from backends.target_registry import LOCAL_KEY, DeploymentRow, TargetRegistry, TargetSource, TargetStatus
 from backends.target_types import TargetKind
 from tui.messages import TargetsChanged
 from tui.shell import Shell, shell
@@ -27,6 +30,7 @@ from tui.widgets.deploy.table import DeploymentTable
 from tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
+    from backends.target_registry.cluster import ClusterGpuExporter
     from backends.telemetry.models import GpuSummary
 
 NEW_DEPLOYMENT_SCREEN = "new-deployment"
@@ -37,6 +41,7 @@ FORM_PREBUILD_QUIET_S = 1.0
 GPU_POLL_S = 2.0
 GPU_READ_TIMEOUT_S = 1.0
 _GPU_STATUSES = (TargetStatus.READY, TargetStatus.NOT_CHECKED)
+_CLUSTER_GPU_STATUSES = (TargetStatus.READY, TargetStatus.ROLLING_OUT)
 
 
 def gpu_telemetry_urls(rows: list[DeploymentRow]) -> dict[str, str]:
@@ -46,6 +51,51 @@ def gpu_telemetry_urls(rows: list[DeploymentRow]) -> dict[str, str]:
         for row in rows
         if row.target is not None and row.target.kind is TargetKind.TWIN and row.status in _GPU_STATUSES
     }
+
+
+def cluster_gpu_keys(rows: list[DeploymentRow]) -> list[str]:
+    """The Kubernetes deployments whose pods may be serving (their GPU telemetry is looked for)."""
+    return [
+        row.key
+        for row in rows
+        if row.source is TargetSource.KUBERNETES
+        and row.key.startswith("kube:")
+        and row.status in _CLUSTER_GPU_STATUSES
+    ]
+
+
+def read_cluster_gpus(
+    registry: TargetRegistry, keys: list[str], stale: set[str]
+) -> tuple[dict[str, GpuSummary], dict[str, str]]:
+    """Each deployment's GPU summary, or why there is none (blocking: discovery and port-forwards).
+    ``stale``: keys whose last reading failed, found again first."""
+    from backends.telemetry.scrape import DcgmScraper, DcgmState
+
+    sources = {key: registry.cluster_gpu_exporter(key, 0.0 if key in stale else 30.0) for key in keys}
+
+    async def read(source: ClusterGpuExporter) -> tuple[GpuSummary | None, str | None]:
+        if source.url is None:
+            return None, source.message or "GPU metrics: no dcgm-exporter found"
+        scraper = DcgmScraper(
+            source.url, timeout_s=GPU_READ_TIMEOUT_S, pods=source.pods, namespace=source.namespace
+        )
+        async with scraper:
+            reading = await scraper.read(0.0)
+        if reading.state is DcgmState.OK and reading.summary is not None:
+            return reading.summary, source.message
+        return None, reading.message or f"GPU metrics: {reading.state.value}"
+
+    async def read_all() -> list[tuple[GpuSummary | None, str | None]]:
+        return list(await asyncio.gather(*(read(source) for source in sources.values())))
+
+    gpus: dict[str, GpuSummary] = {}
+    notes: dict[str, str] = {}
+    for key, (gpu, note) in zip(sources, asyncio.run(read_all()), strict=True):
+        if gpu is not None:
+            gpus[key] = gpu
+        if note:
+            notes[key] = note
+    return gpus, notes
 
 
 class DeploymentsScreen(Screen[None]):
@@ -143,6 +193,9 @@ class DeploymentsScreen(Screen[None]):
         self._filter = ""
         self._cursor_placed = False
         self._gpus: dict[str, GpuSummary] = {}
+        self._cluster_gpus: dict[str, GpuSummary] = {}
+        self._gpu_notes: dict[str, str] = {}
+        self._cluster_reading = False
 
     @property
     def deck(self) -> Shell:
@@ -166,9 +219,32 @@ class DeploymentsScreen(Screen[None]):
     def _poll_gpus(self) -> None:
         if not self.is_current:
             return
-        urls = gpu_telemetry_urls(self.deck.registry.rows())
+        rows = self.deck.registry.rows()
+        urls = gpu_telemetry_urls(rows)
         if urls or self._gpus:
             self.run_worker(self._read_gpus(urls), group="gpu-poll", exclusive=True, exit_on_error=False)
+        keys = cluster_gpu_keys(rows)
+        if (keys or self._cluster_gpus or self._gpu_notes) and not self._cluster_reading:
+            self._cluster_reading = True
+            self.run_worker(
+                partial(self._read_cluster_gpus, self.deck.registry, keys),
+                group="gpu-poll-cluster",
+                thread=True,
+                exit_on_error=False,
+            )
+
+    def _read_cluster_gpus(self, registry: TargetRegistry, keys: list[str]) -> None:
+        stale = {key for key in keys if key in self._gpu_notes and key not in self._cluster_gpus}
+        try:
+            gpus, notes = read_cluster_gpus(registry, keys, stale)
+        except Exception as err:  # a cluster that fails mid-read: one line per row, the view goes on
+            gpus, notes = {}, {key: f"GPU metrics: {type(err).__name__}: {err}" for key in keys}
+        self.app.call_from_thread(self._cluster_gpus_read, gpus, notes)
+
+    def _cluster_gpus_read(self, gpus: dict[str, GpuSummary], notes: dict[str, str]) -> None:
+        self._cluster_reading = False
+        self._cluster_gpus, self._gpu_notes = gpus, notes
+        self._refresh_table()
 
     async def _read_gpus(self, urls: dict[str, str]) -> None:
         from backends.telemetry.scrape import DcgmScraper, DcgmState
@@ -208,7 +284,10 @@ class DeploymentsScreen(Screen[None]):
 
     def _refresh_table(self) -> None:
         rows = self.deck.registry.rows()
-        self.table.show(rows, self._filter, self.deck.ctx.selected_target, self._gpus)
+        gpus = self._gpus | self._cluster_gpus
+        self.table.show(
+            rows, self._filter, self.deck.ctx.selected_target, gpus, gpu_columns=bool(self._gpu_notes)
+        )
         if not self._cursor_placed and self.table.row_count:
             # Start on the local engine, not on the "kubernetes" placeholder row above it.
             self._cursor_placed = True
@@ -231,6 +310,8 @@ class DeploymentsScreen(Screen[None]):
             parts.append(row.detail)
         if row.endpoint:
             parts.append(f"endpoint {row.endpoint}")
+        if row.key in self._gpu_notes:
+            parts.append(self._gpu_notes[row.key])
         detail.update("  ·  ".join(parts))
 
     def highlighted_row(self) -> DeploymentRow | None:

@@ -1,6 +1,7 @@
 """The Deployments table: one row per target, updated in place, with a k9s-style text filter.
 
-GPU util and power come from the target's GPU telemetry where the screen reads it (a twin's own /dcgm):
+GPU util and power come from the target's GPU telemetry where the screen reads it (a twin's own /dcgm,
+a Kubernetes deployment's dcgm-exporters):
 their columns appear once a row has telemetry, with a dash for the rows without."""
 
 from __future__ import annotations
@@ -115,14 +116,17 @@ class DeploymentTable(DataTable[Text]):
         filter_text: str,
         selected: str | None,
         gpus: Mapping[str, GpuSummary] | None = None,
+        *,
+        gpu_columns: bool = False,
     ) -> None:
-        """``gpus``: GPU telemetry by row key, for the rows that have it."""
+        """``gpus``: GPU telemetry by row key, for the rows that have it; ``gpu_columns``: show the GPU
+        columns without any (a deployment's telemetry was looked for and its dash needs a column)."""
         visible = [row for row in rows if matches_filter(row, filter_text)]
         keys = [row.key for row in visible]
         self._rows = {row.key: row for row in rows}
         gpus = gpus or {}
         current = self._shown[self.cursor_row] if 0 <= self.cursor_row < len(self._shown) else None
-        if gpus and not self.with_gpu_columns:
+        if (gpus or gpu_columns) and not self.with_gpu_columns:
             self._columns = COLUMNS
             self.clear(columns=True)
             self._add_columns()
