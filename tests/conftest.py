@@ -48,3 +48,24 @@ def local_engine() -> Iterator[LocalEngine]:
         yield engine
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_and_config_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test reads or writes the user's own store, calibrations or lists: a test that forgets
+    --data-dir (or a subprocess it starts) lands in this session's folders. Tests that need their own
+    folders still set the variables themselves."""
+    from backends.config import CONFIG_DIR_ENV, DATA_DIR_ENV
+
+    saved = {name: os.environ.get(name) for name in (DATA_DIR_ENV, CONFIG_DIR_ENV)}
+    root = tmp_path_factory.mktemp("servedeck-home")
+    os.environ.setdefault(DATA_DIR_ENV, str(root / "data"))
+    os.environ.setdefault(CONFIG_DIR_ENV, str(root / "config"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -145,9 +145,12 @@ def test_find_max_runs_end_to_end_against_the_local_engine(
         "--data-dir",
         str(tmp_path),
     )
-    assert code == 0, err
-    assert "SLO search on " in out and "start: probe" in out
-    assert "Knee: " in out and "concurrency 1" in out
+    assert "SLO search on " in out and "start: probe" in out, (out, err)
+    if code == 1:
+        # On a loaded host every level may be client-limited: no verdict of the server's, so no knee.
+        assert "Knee: none" in out and "client-limited" in out, (out, err)
+    else:
+        assert code == 0 and "Knee: " in out and "concurrency 1" in out, (out, err)
     assert "search saved as run " in err
     code, listing, _ = run_main(capsys, "--data-dir", str(tmp_path), "runs", "list")
     assert code == 0 and "search: max concurrency" in listing
