@@ -110,6 +110,29 @@ def test_plan_fast_forwards_the_same_multi_turn_workload_turn_by_turn(
     assert level["twin"]["prefix_cache_hit_rate"] > 0.3
 
 
+def test_plan_prints_the_per_turn_table_bench_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = run_main(
+        capsys,
+        "plan",
+        "--gpu",
+        "h100",
+        "--model",
+        "gemma-3-27b-it",
+        *WORKLOAD,
+        "--concurrency",
+        "2",
+        "--num-prompts",
+        "3",
+    )
+    assert code == 0, err
+    assert "per turn (multi-turn, 3 turns a session, history with the model's own answers)" in stdout
+    header = next(line for line in stdout.splitlines() if "TTFT p50" in line)
+    assert "turn hit" in header and "level prefix hit" in header
+    # One row per turn, the level's value on the first: "2" then the turns 0, 1, 2 with ok/sent 3/3.
+    rows = [line for line in stdout.splitlines() if "3/3" in line]
+    assert len(rows) == 3, stdout
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from backends.bench.export import summarize_server, to_vllm_result
 from backends.bench.models import Axis
 from backends.bench.results import LevelResult, SweepConfig, SweepResult
@@ -28,7 +30,7 @@ from manifests.cost import estimate_cost
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from tui.cli.advise import add_advise_arguments, require_plan_arguments, run_advise
-from tui.cli.bench_display import prompts_line
+from tui.cli.bench_display import prompts_line, turns_table
 from tui.cli.deploy_render import (
     DEFAULT_MODEL,
     add_model_config_arguments,
@@ -315,6 +317,9 @@ def print_plan(
     out("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)) + "\n")
     for row in rows:
         out("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + "\n")
+    turns = turns_table(result)
+    if turns is not None:
+        Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(turns)
 
 
 def run_plan(args: argparse.Namespace) -> int:
