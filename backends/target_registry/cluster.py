@@ -92,6 +92,7 @@ class HeldGpuExporter:
         self.found = found
         self.stack = stack
         self.at = time.monotonic()
+        self.pins = 0  # sweeps reading through these forwards: kept as they are until unpinned
 
 
 def cluster_key(namespace: str, name: str) -> str:
@@ -364,7 +365,7 @@ class ClusterTargets(RegistryCore):
         namespace, name = _cluster_ref(key)
         with self._lock:
             held = self._cluster.gpu_exporters.get(key)
-        if held is not None and time.monotonic() - held.at < max_age_s:
+        if held is not None and (held.pins or time.monotonic() - held.at < max_age_s):
             return held.found
         self._stop_gpu_exporter(key)
         stack = contextlib.ExitStack()
@@ -391,6 +392,21 @@ class ClusterTargets(RegistryCore):
         with self._lock:
             self._cluster.gpu_exporters[key] = HeldGpuExporter(found, stack)
         return found
+
+    @contextlib.contextmanager
+    def pinned_gpu_exporter(self, key: str) -> Iterator[ClusterGpuExporter]:
+        """``cluster_gpu_exporter`` for a sweep: its forwards stay as they are until the block ends."""
+        found = self.cluster_gpu_exporter(key)
+        with self._lock:
+            held = self._cluster.gpu_exporters.get(key)
+            if held is not None:
+                held.pins += 1
+        try:
+            yield found
+        finally:
+            with self._lock:
+                if held is not None:
+                    held.pins -= 1
 
     def _stop_gpu_exporter(self, key: str) -> None:
         with self._lock:

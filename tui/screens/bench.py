@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -33,6 +33,7 @@ from tui.context import AppContext
 from tui.messages import SweepHostEvent, TargetsChanged
 from tui.services.bench_config import PlannedRun, build_runs, format_level, values_from_config
 from tui.services.bench_cost import catalog_price_per_hour
+from tui.services.bench_gpu import automatic_gpu_telemetry
 from tui.services.sweep_host import (
     HostAllDone,
     HostFailed,
@@ -54,6 +55,9 @@ from tui.widgets.bench.progress import SweepProgressPanel
 from tui.widgets.bench.results import SweepResultsPanel
 from tui.widgets.bench.sweep_chart import SweepSeries, series_from_levels
 from tui.widgets.footer import KeysFooter
+
+if TYPE_CHECKING:
+    from backends.target_registry import TargetRegistry
 
 TABS = ("bench-setup", "bench-live", "bench-sweep")
 
@@ -105,6 +109,7 @@ class BenchScreen(Screen[None]):
         super().__init__()
         self._runs: list[_RunState] = []
         self._runner: SweepRunner | None = None
+        self._registry: TargetRegistry | None = None
         self._sweeping = False
         self._x_end = 0.0
         self._run_offset = 0.0
@@ -259,11 +264,15 @@ class BenchScreen(Screen[None]):
         self.progress.set_status(f"starting {len(planned)} sweep(s) ...")
         self.show_tab("bench-live")
         self._runner = SweepRunner(lambda event: self.post_message(SweepHostEvent(event)), data)
+        self._registry = target_registry(self)
         self._run_sweeps(self._runner, planned)
 
     @work(thread=True, exclusive=True, group=SWEEP_WORKER_GROUP, exit_on_error=False, name="bench sweep")
     def _run_sweeps(self, runner: SweepRunner, planned: list[PlannedRun]) -> None:
-        runner.run(planned)
+        with automatic_gpu_telemetry(self._registry, planned) as (runs, notes):
+            for note in notes:
+                self.app.call_from_thread(self.notify, note, severity="warning", timeout=10)
+            runner.run(runs)
 
     def action_cancel(self) -> None:
         if not self._sweeping or self._runner is None:

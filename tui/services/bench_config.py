@@ -18,8 +18,9 @@ from backends.bench.loadgen.arrivals import check_ramp_up
 from backends.bench.models import Axis
 from backends.bench.results import DatasetSpec, SweepConfig
 from backends.bench.sweep import validate_config
-from backends.errors import ConfigError
+from backends.errors import ConfigError, ServeDeckError
 from backends.target_types import Target
+from backends.telemetry.scrape import metrics_urls
 from tui.services.bench_cost import PRICE_SOURCE_LABELS, PriceSource
 
 DatasetKind = Literal["sharegpt", "random", "file", "multi_turn", "prefix_repetition", "trace"]
@@ -59,6 +60,8 @@ class BenchFormValues(BaseModel):
     slos: str = ""
     price_source: PriceSource = PriceSource.CATALOG
     usd_per_hour: str = ""
+    # dcgm-exporter /metrics (the CLI's --gpu-metrics); blank: a twin's own /dcgm, a deployment's exporter
+    gpu_metrics: str = ""
     label: str = ""
 
 
@@ -90,6 +93,17 @@ def parse_price(text: str) -> float:
     if not math.isfinite(price) or price <= 0:
         raise ConfigError(f"custom $/h must be more than 0, got {text.strip()}")
     return price
+
+
+def parse_gpu_metrics(text: str) -> str | None:
+    """The GPU metrics field: blank (automatic) or dcgm-exporter URLs, comma-separated as --gpu-metrics."""
+    if not text.strip():
+        return None
+    try:
+        metrics_urls(text)
+    except ServeDeckError as err:
+        raise ConfigError(f"GPU metrics: {err}; or leave it blank for automatic") from None
+    return text.strip()
 
 
 def _dataset(values: BenchFormValues) -> DatasetSpec:
@@ -179,6 +193,7 @@ def build_runs(
     slos = parse_goodput(values.slos)
     custom_price = parse_price(values.usd_per_hour) if values.price_source is PriceSource.CUSTOM else None
     label = values.label.strip() or None
+    gpu_metrics_url = parse_gpu_metrics(values.gpu_metrics)
     runs = []
     for target in targets:
         fields = {
@@ -192,6 +207,8 @@ def build_runs(
             "same_prompts": values.same_prompts,
             "goodput_slos_ms": slos,
             "label": label,
+            "gpu_metrics_url": gpu_metrics_url,
+            "gpu_metrics_pods": None,
             **ramp,
         }
         if values.price_source is PriceSource.CUSTOM:
@@ -257,5 +274,7 @@ def values_from_config(config: SweepConfig, available: Sequence[Target]) -> Benc
         ignore_eos=config.ignore_eos,
         same_prompts=config.same_prompts,
         slos=slos,
+        # A URL found for a deployment was a port-forward of that session (pods given): found again.
+        gpu_metrics=config.gpu_metrics_url or "" if config.gpu_metrics_pods is None else "",
         label=config.label or "",
     )

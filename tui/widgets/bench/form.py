@@ -274,6 +274,14 @@ class BenchForm(VerticalScroll):
                     Input(placeholder="dollars per hour, e.g. 4.00", compact=True, id="bench-usd-per-hour"),
                     row_id="bench-row-price",
                 )
+                yield _row(
+                    "GPU metrics",
+                    Input(
+                        placeholder="blank: auto; or dcgm-exporter URL",
+                        compact=True,
+                        id="bench-gpu-metrics",
+                    ),
+                )
                 with Horizontal(id="bench-actions"):
                     yield Button("Run sweep (ctrl+r)", variant="success", id="bench-run")
                 yield Static("", id="bench-estimate")
@@ -326,6 +334,7 @@ class BenchForm(VerticalScroll):
             slos=self._input("bench-slos").value,
             price_source=self._select_value("bench-price"),
             usd_per_hour=self._input("bench-usd-per-hour").value,
+            gpu_metrics=self._input("bench-gpu-metrics").value,
             label=self._input("bench-label").value,
         )
 
@@ -355,6 +364,7 @@ class BenchForm(VerticalScroll):
         self._input("bench-slos").value = values.slos
         self.query_one("#bench-price", Select).value = values.price_source
         self._input("bench-usd-per-hour").value = values.usd_per_hour
+        self._input("bench-gpu-metrics").value = values.gpu_metrics
         self._input("bench-label").value = values.label
         targets = self.query_one("#bench-targets", SelectionList)
         targets.deselect_all()
