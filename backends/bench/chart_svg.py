@@ -2,7 +2,8 @@
 
 Throughput bars per level (one colour per run) on the left axis (tok/s), p99 TTFT as a line with
 markers over each run's bars on the right axis (ms, as in the level table), and, where a run has a
-price, a panel of $ per 1M tokens beneath. Title, axis titles with units and a legend; nothing of the
+price, a panel of $ per 1M tokens beneath, and where a run read GPU telemetry, a panel of GPU energy
+in kJ per 1M output tokens under that. Title, axis titles with units and a legend; nothing of the
 terminal UI. ``sweep_chart_svg`` draws series; ``sweep_svg_for_results`` draws saved sweep results.
 """
 
@@ -13,6 +14,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from backends.bench.chart_data import (
     SeriesColors,
+    SweepPoint,
     SweepSeries,
     axis_short,
     categories,
@@ -91,7 +93,18 @@ def sweep_chart_svg(series: Sequence[SweepSeries], *, title: str | None = None) 
         f"Throughput and p99 TTFT by {axis_short(axis)}" if axis is not None else "Throughput and p99 TTFT"
     )
     priced = [s for s in shown if any(p.usd_per_million is not None for p in s.points)]
-    height = TOP + MAIN_HEIGHT + 70 + (COST_HEIGHT + 60 if priced else 0)
+    metered = [s for s in shown if any(p.kj_per_million is not None for p in s.points)]
+    panels = [
+        panel
+        for panel in (
+            ("$ per 1M tokens", "$ / 1M tokens", _usd, priced),
+            ("GPU energy per 1M output tokens", "kJ / 1M output tokens", _kj, metered),
+        )
+        if panel[3]
+    ]
+    height = TOP + MAIN_HEIGHT + 70
+    if panels:
+        height += 60 + len(panels) * COST_HEIGHT + (len(panels) - 1) * 80
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family="{FONT}">',
@@ -117,7 +130,7 @@ def sweep_chart_svg(series: Sequence[SweepSeries], *, title: str | None = None) 
     def bar_x(group: int, member: int) -> float:
         return LEFT + (group + 0.5) * slot - bar_w * len(shown) / 2 + member * bar_w
 
-    _legend(out, shown, colors, priced)
+    _legend(out, shown, colors, [s for s in shown if s in priced or s in metered], [p[0] for p in panels])
 
     tok_top = nice_ceiling(
         HEADROOM * max((p.total_tokens_per_s for s in shown for p in s.points), default=0.0)
@@ -176,30 +189,19 @@ def sweep_chart_svg(series: Sequence[SweepSeries], *, title: str | None = None) 
     note = marks_note(shown)
     out.append(_text(LEFT + plot_w / 2, base + 40, x_title(shown) + (f"   {note}" if note else ""), size=12))
 
-    if priced:
-        c0 = base + 80
-        cost_top = nice_ceiling(
-            HEADROOM * max((p.usd_per_million or 0.0 for s in priced for p in s.points), default=0.0)
-        )
-        out.append(_text(LEFT, c0 - 10, "$ per 1M tokens", size=13, anchor="start", font_weight="bold"))
-        _axis(
-            out,
-            x=LEFT,
-            y0=c0,
-            height=COST_HEIGHT,
-            top=cost_top,
-            side="left",
-            title="$ / 1M tokens",
-            plot_w=plot_w,
-        )
+    for index, (panel_title, axis_label, metric, drawn) in enumerate(panels):
+        c0 = base + 80 + index * (COST_HEIGHT + 80)
+        top = nice_ceiling(HEADROOM * max((metric(p) or 0.0 for s in drawn for p in s.points), default=0.0))
+        out.append(_text(LEFT, c0 - 10, panel_title, size=13, anchor="start", font_weight="bold"))
+        _axis(out, x=LEFT, y0=c0, height=COST_HEIGHT, top=top, side="left", title=axis_label, plot_w=plot_w)
         for member, (s, color) in enumerate(zip(shown, colors, strict=True)):
-            if s not in priced:
+            if s not in drawn:
                 continue
             by_value = {p.value: p for p in s.points}
             pts = [
-                (bar_x(g, member) + bar_w / 2, c0 + COST_HEIGHT - COST_HEIGHT * p.usd_per_million / cost_top)
+                (bar_x(g, member) + bar_w / 2, c0 + COST_HEIGHT - COST_HEIGHT * y / top)
                 for g, v in enumerate(values)
-                if (p := by_value.get(v)) is not None and p.usd_per_million is not None
+                if (p := by_value.get(v)) is not None and (y := metric(p)) is not None
             ]
             _polyline(out, pts, color.cost, dash=True)
         cb = c0 + COST_HEIGHT
@@ -210,6 +212,14 @@ def sweep_chart_svg(series: Sequence[SweepSeries], *, title: str | None = None) 
             out.append(_text(LEFT + (group + 0.5) * slot, cb + 18, label, size=12))
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _usd(point: SweepPoint) -> float | None:
+    return point.usd_per_million
+
+
+def _kj(point: SweepPoint) -> float | None:
+    return point.kj_per_million
 
 
 def _polyline(out: list[str], pts: Sequence[tuple[float, float]], color: str, *, dash: bool = False) -> None:
@@ -230,6 +240,7 @@ def _legend(
     shown: Sequence[SweepSeries],
     colors: Sequence[SeriesColors],
     priced: Sequence[SweepSeries],
+    panel_titles: Sequence[str],
 ) -> None:
     """One entry per run (its bar swatch, its p99 TTFT line), then what the hatch and marks mean."""
     entries: list[tuple[str, list[str]]] = []
@@ -269,7 +280,8 @@ def _legend(
             WIDTH / 2,
             y + 20,
             "bars: total tokens/s (left axis) · line: p99 TTFT in ms (right axis)"
-            + (" · dashed: $ per 1M tokens (lower panel)" if priced else ""),
+            + (f" · dashed: {' and '.join(panel_titles)} (lower panels)" if len(panel_titles) > 1 else "")
+            + (f" · dashed: {panel_titles[0]} (lower panel)" if len(panel_titles) == 1 else ""),
             size=11,
             fill=MUTED,
         )
