@@ -19,13 +19,15 @@ import pytest
 
 from backends.bench.datasets import sample_requests
 from backends.bench.metrics import compute_metrics
+from backends.bench.models import RequestRecord
 from backends.bench.results import DatasetSpec
 from backends.bench.tokenizers import TiktokenCounter
 from backends.errors import ConfigError, ServeDeckError
 from backends.kube.resources import MANAGED_BY_LABEL
-from backends.kube_bench.bundle import DATASET_BLOB, part_key
+from backends.kube_bench.bundle import CONVERSATIONS_BLOB, DATASET_BLOB, part_key
+from backends.kube_bench.codec import decode
 from backends.kube_bench.job import BENCH_RUN_LABEL
-from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, decode_dataset, parse_plan
+from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, decode_conversations, decode_dataset, parse_plan
 from backends.kube_bench.shares import all_shares
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.kube_jobs import (
@@ -794,7 +796,7 @@ def test_core_endpoints_are_read_where_endpoint_slices_are_not_listed(
     assert code == 0, capsys.readouterr().err
 
 
-# --- issue 13 workloads: a shared-prefix dataset reaches the pods; multi-turn is refused ----------------
+# --- issue 13 workloads: a shared-prefix dataset reaches the pods; multi-turn sessions run in them -------
 
 
 PREFIX_FLAGS = [
@@ -816,6 +818,10 @@ def _workload_argv(kubeconfig: Path, *extra: str) -> list[str]:
 
 
 def _bundled_dataset(api: FakeKubeApi) -> bytes:
+    return _bundled_blob(api, DATASET_BLOB)
+
+
+def _bundled_blob(api: FakeKubeApi, blob: str) -> bytes:
     parts: dict[int, bytes] = {}
     for request in api.requests:
         if "/configmaps" not in request.path or request.method not in ("POST", "PATCH", "PUT"):
@@ -826,9 +832,9 @@ def _bundled_dataset(api: FakeKubeApi) -> bytes:
             continue
         for key, value in (body.get("binaryData") or {}).items():
             for index in range(100):
-                if key == part_key(DATASET_BLOB, index):
+                if key == part_key(blob, index):
                     parts[index] = base64.b64decode(value)
-    assert parts, "no dataset parts were sent in ConfigMaps"
+    assert parts, f"no {blob} parts were sent in ConfigMaps"
     return b"".join(parts[i] for i in sorted(parts))
 
 
@@ -866,13 +872,106 @@ def test_a_shared_prefix_dataset_reaches_the_pods_as_sampled(
     assert {r.expected_output_len for r in sent} == {8}
 
 
-@pytest.mark.parametrize("workload", [["--dataset", "multi_turn"], ["--turns", "3"]])
-def test_a_multi_turn_workload_in_cluster_is_one_line_and_creates_nothing(
-    workload: list[str], kube_api: FakeKubeApi, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+MULTI_TURN_FLAGS = [
+    "--dataset",
+    "multi_turn",
+    "--turns",
+    "3",
+    "--max-context-len",
+    "1800",
+    "--output-len",
+    "8",
+]
+
+
+def test_multi_turn_sessions_run_in_the_pods_each_pod_its_own_and_merge_turn_by_turn(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    small_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = run_cli(_workload_argv(kubeconfig, "--target", IN_CLUSTER_URL, "--concurrency", "2", *workload))
-    assert code == 1
-    errors = _stderr_errors(capsys.readouterr().err)
-    assert len(errors) == 1 and "not multi-turn sessions (--turns) yet" in errors[0], errors
+    out = tmp_path / "result.json"
+    with FakeSSEServer(mode="tick") as server, FakeJobController(kube_api, exec_worker) as controller:
+        code = run_cli(
+            _workload_argv(
+                kubeconfig,
+                "--target",
+                f"http://127.0.0.1:{server.port}",
+                "--model",
+                "fake-model",
+                "--concurrency",
+                "2",
+                "--num-prompts",
+                "4",
+                "--pods",
+                "2",
+                "--start-delay",
+                "6",
+                "--loadgen-wheel",
+                str(small_wheel),
+                "--out",
+                str(out),
+                *MULTI_TURN_FLAGS,
+            )
+        )
+        served = server.stats().generation_requests
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "per turn (multi-turn, 3 turns a session" in captured.out
+    spec = DatasetSpec(kind="multi_turn", turns=3, max_context_len=1800)
+    (sessions,) = sample_requests(spec, 4, TiktokenCounter(), 0, 8).level_conversations
+    turns_sent = sum(len(c.turns) for c in sessions)
+    assert served == turns_sent
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["completed"] == turns_sent and level["failed"] == 0
+    turns = level["servedeck"]["turns"]
+    assert [t["turn"] for t in turns] == [0, 1, 2]
+    for t in turns:
+        assert t["completed"] == sum(1 for c in sessions if len(c.turns) > t["turn"])
+        assert t["median_ttft_ms"] > 0 and t["p99_ttft_ms"] >= t["median_ttft_ms"]
+    lens = [t["mean_prompt_len"] for t in turns]
+    assert lens == sorted(lens) and lens[2] > lens[0]  # each turn resends the history and the answer
+    (plan,) = _plans(controller)
+    assert plan.pods == 2 and plan.multi_turn is not None
+    # Each pod ran whole sessions of its own: the two pods' (session, turn) records do not overlap.
+    by_pod: dict[int, set[tuple[int, int]]] = {}
+    for pod in controller.pods:
+        for line in pod.lines:
+            message = decode(line)
+            if isinstance(message, RequestRecord):
+                assert message.session is not None and message.turn is not None
+                by_pod.setdefault(pod.index, set()).add((message.session, message.turn))
+    assert sorted(by_pod) == [0, 1]
+    pod_sessions = [{s for s, _ in by_pod[k]} for k in (0, 1)]
+    assert not pod_sessions[0] & pod_sessions[1]
+    assert sum(len(pairs) for pairs in by_pod.values()) == turns_sent
     assert _leftovers(kube_api) == []
-    assert not [r for r in kube_api.requests if r.method == "POST"]
+
+
+def test_multi_turn_in_cluster_ships_the_sampled_conversations(
+    kube_api: FakeKubeApi, kubeconfig: Path, small_wheel: Path
+) -> None:
+    with FakeJobController(kube_api, scripted_worker()):
+        run_cli(
+            _workload_argv(
+                kubeconfig,
+                "--target",
+                IN_CLUSTER_URL,
+                "--model",
+                "m",
+                "--concurrency",
+                "2",
+                "--num-prompts",
+                "3",
+                "--start-delay",
+                "0.2",
+                "--loadgen-wheel",
+                str(small_wheel),
+                *MULTI_TURN_FLAGS,
+            )
+        )
+    sent = decode_conversations(_bundled_blob(kube_api, CONVERSATIONS_BLOB))
+    spec = DatasetSpec(kind="multi_turn", turns=3, max_context_len=1800)
+    local = sample_requests(spec, 3, TiktokenCounter(), 0, 8).level_conversations
+    assert sent == local

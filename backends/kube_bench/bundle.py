@@ -5,9 +5,10 @@ ServeDeck's own wheel at start (like the article's benchmark pod installed its t
 built at run time from this source tree with ``pip wheel --no-deps`` (in a temporary copy, so the
 source tree gets no ``build/`` folder), or taken from ``--loadgen-wheel``.
 
-A ConfigMap holds at most 1 MiB, so blobs (the wheel, the gzip'd dataset) are cut into parts of
-``PART_BYTES`` and packed into as many ConfigMaps as needed (``binaryData`` keys ``<blob>.part-NNN``);
-the pod mounts all of them into one folder through a projected volume and joins the parts in order.
+A ConfigMap holds at most 1 MiB, so blobs (the wheel, the gzip'd dataset, multi-turn's conversations)
+are cut into parts of ``PART_BYTES`` and packed into as many ConfigMaps as needed (``binaryData`` keys
+``<blob>.part-NNN``); the pod mounts all of them into one folder through a projected volume and joins the
+parts in order.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from backends.errors import ConfigError
 
 WHEEL_BLOB = "wheel"
 DATASET_BLOB = "dataset"
+CONVERSATIONS_BLOB = "conversations"
 PART_BYTES = 700 * 1024
 """Raw bytes per ConfigMap: under the 1 MiB data limit, and base64 (x4/3) stays under 1 MiB of JSON."""
 MAX_CONFIGMAPS = 16

@@ -34,6 +34,7 @@ from backends.bench.datasets import SampledDataset
 from backends.bench.loadgen.selfmon import judge_client
 from backends.bench.metrics import compute_metrics
 from backends.bench.models import LoadLevel, ProgressSnapshot, RequestRecord
+from backends.bench.multi_turn import per_turn_metrics
 from backends.bench.results import LevelResult, PromptSampling, RunStatus, SweepConfig, SweepResult
 from backends.bench.sweep import (
     LevelFinished,
@@ -49,7 +50,7 @@ from backends.errors import ConfigError
 from backends.kube.client import KubeClient, ObjectRef
 from backends.kube.errors import KubeError, KubeForbiddenError
 from backends.kube.logs import LogStream
-from backends.kube_bench.bundle import DATASET_BLOB, WHEEL_BLOB, pack_parts
+from backends.kube_bench.bundle import CONVERSATIONS_BLOB, DATASET_BLOB, WHEEL_BLOB, pack_parts
 from backends.kube_bench.clock import server_facts
 from backends.kube_bench.codec import (
     PodFatal,
@@ -75,7 +76,9 @@ from backends.kube_bench.merge import PodOutcome, merge_pods, shifted
 from backends.kube_bench.plan import (
     DEFAULT_FIRST_START_DELAY_S,
     POD_START_TIMEOUT_S,
+    SessionSettings,
     WorkerPlan,
+    encode_conversations,
     encode_dataset,
 )
 from backends.kube_bench.pod_bootstrap import EXIT_CODE as BOOTSTRAP_EXIT_CODE
@@ -87,7 +90,7 @@ from backends.kube_bench.pods import (
     unschedulable,
     waiting_failure,
 )
-from backends.kube_bench.shares import all_shares
+from backends.kube_bench.shares import all_shares, pods_for_level
 from backends.redaction import redact, remember_secret
 
 MIN_START_DELAY_S = 10.0
@@ -458,7 +461,7 @@ class _Level:
             level_index=self.index,
             level_label=self.level.label,
             t=max(0.0, now - self.start_perf),
-            total=self.plan.num_requests,
+            total=sum(state.outcome.expected for state in self.states),
             sent=sum(p.sent for p in progress),
             completed=self.completed,
             failed=self.failed,
@@ -538,9 +541,10 @@ class InClusterSweep:
     # --- the sweep -----------------------------------------------------------------------------
 
     def _bundle_objects(self) -> list[dict[str, Any]]:
-        parts = pack_parts(
-            {WHEEL_BLOB: self.bundle.wheel, DATASET_BLOB: encode_dataset(self.dataset.requests)}
-        )
+        blobs = {WHEEL_BLOB: self.bundle.wheel, DATASET_BLOB: encode_dataset(self.dataset.requests)}
+        if self.dataset.level_conversations:
+            blobs[CONVERSATIONS_BLOB] = encode_conversations(self.dataset.level_conversations)
+        parts = pack_parts(blobs)
         objects = render_bundle_configmaps(self.run_id, self.options.namespace, parts)
         if self.api_key is not None:
             objects.append(
@@ -619,18 +623,40 @@ class InClusterSweep:
             return DEFAULT_FIRST_START_DELAY_S
         return min(MAX_ADAPTIVE_START_DELAY_S, max(MIN_START_DELAY_S, self.last_ready_s * START_DELAY_MARGIN))
 
+    def _expected_per_pod(self, index: int, level: LoadLevel) -> tuple[int, list[int]]:
+        """(the plan's num_requests, the requests each pod sends). Multi-turn: the level's sessions are
+        dealt round-robin to the pods (``session_jobs``), each sending every turn of its own."""
+        conversations = self.dataset.conversations_for_level(index)
+        if conversations is not None:
+            used = pods_for_level(level, len(conversations), self.options.pods)
+            return len(conversations), [
+                sum(len(c.turns) for c in conversations[k::used]) for k in range(used)
+            ]
+        total = len(self.dataset.requests)
+        shares = all_shares(level, total, self.options.pods, self.config.seed)
+        return total, [len(share.indices) for share in shares]
+
     async def _run_level(self, index: int, level: LoadLevel) -> LevelResult:
         config = self.config
-        total = len(self.dataset.requests)
-        shares = all_shares(level, total, self.options.pods, config.seed)
+        num_requests, expected = self._expected_per_pod(index, level)
+        spec = config.dataset
+        multi_turn = (
+            SessionSettings(
+                dataset_answers=spec.dataset_answers,
+                think_time_s=spec.think_time_s,
+                think_time_dist=spec.think_time_dist,
+            )
+            if self.dataset.conversations_for_level(index) is not None
+            else None
+        )
         delay = self._start_delay()
         start_epoch = time.time() + self.clock_offset + delay
         plan = WorkerPlan(
             run_id=self.run_id,
             level_index=index,
             level=level,
-            pods=len(shares),
-            num_requests=total,
+            pods=len(expected),
+            num_requests=num_requests,
             seed=config.seed,
             base_url=config.target.base_url,
             model=config.target.model,
@@ -642,6 +668,7 @@ class InClusterSweep:
             start_at_epoch=start_epoch,
             request_timeout_s=config.request_timeout_s,
             idle_timeout_s=config.idle_timeout_s,
+            multi_turn=multi_turn,
         )
         job = render_job(
             plan,
@@ -658,10 +685,10 @@ class InClusterSweep:
         self.jobs.append(job_ref)
         created_perf = time.perf_counter()
         started_at = datetime.fromtimestamp(start_epoch - self.clock_offset, UTC)
-        self.emit(LevelStarted(index=index, level=level, total=total))
-        pods_note = f"{len(shares)} pods" + (
+        self.emit(LevelStarted(index=index, level=level, total=sum(expected)))
+        pods_note = f"{len(expected)} pods" + (
             f" (of {self.options.pods}: {level.label} has no work for more)"
-            if len(shares) < self.options.pods
+            if len(expected) < self.options.pods
             else ""
         )
         self.notify(f"{level.label}: Job {job_ref.name}, {pods_note}; they start together in {delay:.0f}s")
@@ -670,7 +697,7 @@ class InClusterSweep:
             index,
             level,
             plan,
-            [len(share.indices) for share in shares],
+            expected,
             created_perf,
             created_perf + delay,
         )
@@ -780,6 +807,7 @@ class InClusterSweep:
             records=merged.records,
             message=message,
             prompt_sampling=PromptSampling.SAME,  # one dataset ConfigMap serves every level
+            turns=per_turn_metrics(merged.records) if state.plan.multi_turn is not None else None,
         )
         self.emit(LevelFinished(result=result))
         return result

@@ -7,7 +7,9 @@ epoch, then streams every finished request as a ``record`` line while it runs, a
 SIGTERM (the Job deleted, ctrl-c at the driver) cancels what is in flight and still prints the summary.
 
 This runs the same ``LevelWorker`` as a local run, in this process on uvloop: one pod is one
-load-generator process.
+load-generator process. Multi-turn: the pod builds the local run's session jobs with one worker per pod
+(``session_jobs``: sessions dealt round-robin, one seeded session-arrival schedule and think times) and
+runs its own, so the pods' sessions are disjoint and the level is the one a local run would send.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from backends.bench.loadgen.requests import RequestOptions, parse_endpoint, render_body, render_request
+from backends.bench.loadgen.runner import LevelPlan, session_jobs
 from backends.bench.loadgen.worker import LevelWorker, WorkerJob, WorkerProgress, job_records
-from backends.bench.models import ClientStats, SampledRequest
+from backends.bench.models import ClientStats, SampledConversation, SampledRequest
 from backends.errors import ConfigError
 from backends.kube_bench.codec import (
     PodFatal,
@@ -42,6 +45,56 @@ PROGRESS_INTERVAL_S = 1.0
 Write = Callable[[str], None]
 
 
+def _options(plan: WorkerPlan) -> RequestOptions:
+    # Remembered: a server that quotes the key back in an error gets it masked in the pod's records.
+    api_key = remember_secret(os.environ.get(plan.api_key_env)) if plan.api_key_env else None
+    return RequestOptions(
+        model=plan.model,
+        endpoint=plan.endpoint,
+        temperature=plan.temperature,
+        ignore_eos=plan.ignore_eos,
+        continuous_usage=plan.continuous_usage,
+        api_key=api_key,
+    )
+
+
+def build_session_job(
+    plan: WorkerPlan, pod_index: int, conversations: list[list[SampledConversation]]
+) -> WorkerJob:
+    """Multi-turn: this pod's sessions of the level, as the local run's worker ``pod_index`` of ``pods``."""
+    settings = plan.multi_turn
+    assert settings is not None
+    if not conversations:
+        raise ConfigError("the bundle holds no conversations but the plan is multi-turn")
+    sessions = conversations[min(plan.level_index, len(conversations) - 1)]
+    if len(sessions) != plan.num_requests:
+        raise ConfigError(
+            f"the bundle holds {len(sessions)} sessions but the plan expects {plan.num_requests}; "
+            "the ConfigMaps do not belong to this run"
+        )
+    level_plan = LevelPlan(
+        level=plan.level,
+        requests=[],
+        prompt_lens=[],
+        output_lens=[],
+        seed=plan.seed,
+        workers=plan.pods,
+        request_timeout_s=plan.request_timeout_s,
+        idle_timeout_s=plan.idle_timeout_s,
+        conversations=sessions,
+        options=_options(plan),
+        dataset_answers=settings.dataset_answers,
+        think_time_s=settings.think_time_s,
+        think_time_dist=settings.think_time_dist,
+    )
+    jobs = session_jobs(level_plan, parse_endpoint(plan.base_url))
+    if pod_index >= len(jobs):
+        raise ConfigError(f"pod index {pod_index} has no sessions: the level has {len(sessions)}")
+    return jobs[pod_index].model_copy(
+        update={"worker_index": pod_index, "cpu": None, "connect_timeout_s": plan.connect_timeout_s}
+    )
+
+
 def build_worker_job(
     plan: WorkerPlan, pod_index: int, dataset: list[SampledRequest]
 ) -> tuple[WorkerJob, PodShare]:
@@ -52,16 +105,7 @@ def build_worker_job(
         )
     share = pod_share(plan.level, plan.num_requests, plan.pods, pod_index, plan.seed)
     endpoint = parse_endpoint(plan.base_url)
-    # Remembered: a server that quotes the key back in an error gets it masked in the pod's records.
-    api_key = remember_secret(os.environ.get(plan.api_key_env)) if plan.api_key_env else None
-    options = RequestOptions(
-        model=plan.model,
-        endpoint=plan.endpoint,
-        temperature=plan.temperature,
-        ignore_eos=plan.ignore_eos,
-        continuous_usage=plan.continuous_usage,
-        api_key=api_key,
-    )
+    options = _options(plan)
     samples = [dataset[i] for i in share.indices]
     job = WorkerJob(
         worker_index=pod_index,
@@ -139,11 +183,20 @@ def _start_instant(start_at_epoch: float) -> tuple[float, float, float]:
     return now_perf, now_epoch, -wait
 
 
-async def run_pod(plan: WorkerPlan, pod_index: int, dataset: list[SampledRequest], write: Write) -> int:
+async def run_pod(
+    plan: WorkerPlan,
+    pod_index: int,
+    dataset: list[SampledRequest],
+    write: Write,
+    conversations: list[list[SampledConversation]] | None = None,
+) -> int:
     """Run share ``pod_index`` of ``plan``; every line goes to ``write``. Returns the exit status."""
     printer = _Printer(pod_index, write)
     try:
-        job, _ = build_worker_job(plan, pod_index, dataset)
+        if plan.multi_turn is not None:
+            job = build_session_job(plan, pod_index, conversations or [])
+        else:
+            job, _ = build_worker_job(plan, pod_index, dataset)
     except ConfigError as err:
         printer.send(PodFatal(pod_index=pod_index, message=str(err)))
         return 2

@@ -157,11 +157,6 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.in_cluster:
         if args.ramp_up_strategy is not None or args.save_result:
             raise ConfigError("--in-cluster does not take --ramp-up-strategy or --save-result yet; use --out")
-        if dataset_from_args(args).kind == "multi_turn":
-            raise ConfigError(
-                "--in-cluster pods replay single requests, not multi-turn sessions (--turns) yet; run it "
-                "from here with --target URL"
-            )
         return run_in_cluster(args)
     check_local_run(args)
     if not args.target:

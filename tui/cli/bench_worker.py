@@ -3,9 +3,10 @@
 Not for people: the driver renders a Job whose pods run this (as ``python -m tui.cli.bench_worker``,
 which imports only what the worker needs, so a pod installs four dependencies, not the whole CLI's).
 It reads the level's plan from ``$SERVEDECK_BENCH_PLAN`` (or ``--plan FILE``), its share index from
-``$JOB_COMPLETION_INDEX`` (or ``--index``) and the prompts from the bundle folder the ConfigMaps are
-mounted on (``$SERVEDECK_BENCH_BUNDLE`` or ``--bundle``), and prints protocol lines on stdout
-(``backends.kube_bench.codec``): every finished request as one JSON line, then a summary line.
+``$JOB_COMPLETION_INDEX`` (or ``--index``) and the prompts (multi-turn: the conversations) from the
+bundle folder the ConfigMaps are mounted on (``$SERVEDECK_BENCH_BUNDLE`` or ``--bundle``), and prints
+protocol lines on stdout (``backends.kube_bench.codec``): every finished request as one JSON line, then a
+summary line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backends.errors import ConfigError, ServeDeckError
-from backends.kube_bench.bundle import DATASET_BLOB, read_blob
+from backends.kube_bench.bundle import CONVERSATIONS_BLOB, DATASET_BLOB, read_blob
 from backends.kube_bench.codec import PodFatal, encode
 from backends.kube_bench.plan import (
     BUNDLE_DIR_ENV,
@@ -26,6 +27,7 @@ from backends.kube_bench.plan import (
     INDEX_ENV,
     PLAN_ENV,
     WorkerPlan,
+    decode_conversations,
     decode_dataset,
     parse_plan,
 )
@@ -97,6 +99,9 @@ def run_bench_worker(args: argparse.Namespace) -> int:
         index = _read_index(args, plan)
         bundle = args.bundle or Path(os.environ.get(BUNDLE_DIR_ENV) or DEFAULT_BUNDLE_DIR)
         dataset = decode_dataset(read_blob(bundle, DATASET_BLOB))
+        conversations = (
+            decode_conversations(read_blob(bundle, CONVERSATIONS_BLOB)) if plan.multi_turn else None
+        )
     except ServeDeckError as err:
         _write_line(encode(PodFatal(pod_index=index_hint, message=str(err))))
         raise
@@ -107,7 +112,7 @@ def run_bench_worker(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency of the worker
         loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(run_pod(plan, index, dataset, _write_line))
+        return loop.run_until_complete(run_pod(plan, index, dataset, _write_line, conversations))
     finally:
         loop.close()
 

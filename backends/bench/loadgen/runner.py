@@ -96,8 +96,9 @@ def _worker_cpus(workers: int) -> list[int | None]:
     return [available[-1 - i] for i in range(workers)]
 
 
-def _session_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
-    """Multi-turn: sessions dealt round-robin to workers; the arrival schedule is the sessions'."""
+def session_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
+    """Multi-turn: sessions dealt round-robin to workers; the arrival schedule is the sessions'. The
+    in-cluster pods call this too, ``plan.workers`` = pods, and each runs its own job of the list."""
     import numpy as np
 
     conversations = plan.conversations or []
@@ -185,7 +186,7 @@ def _busiest_second(arrivals: list[float]) -> float:
 
 def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
     if plan.conversations is not None:
-        return _session_jobs(plan, endpoint)
+        return session_jobs(plan, endpoint)
     level = plan.level
     total = len(plan.requests)
     workers = max(1, min(plan.workers, total or 1))
