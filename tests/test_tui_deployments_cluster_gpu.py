@@ -160,3 +160,18 @@ async def test_no_exporter_is_a_dash_and_the_reason_until_one_appears(kube_api: 
             kube_api.put(exporter_pod(rollout.node))
             await wait_until(pilot, lambda: cell(app, "gpu_power") == "114")
             await wait_until(pilot, lambda: "GPU metrics" not in detail_text(app))
+
+
+async def test_an_exporter_that_times_out_is_a_dash_and_one_line(kube_api: FakeKubeApi) -> None:
+    rollout = ready_rollout(kube_api)
+    kube_api.put(exporter_pod(rollout.node))
+    with FakeDcgmExporter(body_for(rollout.pod_name), delay_s=3.0) as exporter:
+        kube_api.set_port_backend(GKE_NS, EXPORTER_POD, 9400, ("127.0.0.1", exporter.port))
+        app = make_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await highlight_row(pilot, app)
+            await wait_until(pilot, lambda: "timed out" in detail_text(app))
+            assert cell(app, "gpu_power") == cell(app, "gpu_util") == "-"
+            assert "Traceback" not in detail_text(app)
+            exporter.delay_s = 0.0  # it answers again: found again and read
+            await wait_until(pilot, lambda: cell(app, "gpu_power") == "114")

@@ -356,17 +356,22 @@ class ClusterTargets(RegistryCore):
         if client is not None:
             client.close()
 
-    def cluster_gpu_exporter(self, key: str, max_age_s: float = 30.0) -> ClusterGpuExporter:
+    def cluster_gpu_exporter(
+        self, key: str, max_age_s: float = 30.0, retry_s: float = 10.0
+    ) -> ClusterGpuExporter:
         """The dcgm-exporters on the nodes of deployment ``key``'s pods, port-forwarded (blocking; from a
-        worker thread). Kept open and found again after ``max_age_s`` (pods move, scale); 0: now."""
+        worker thread). Kept open and found again after ``max_age_s`` (pods move, scale; 0: now); none
+        found is looked for again after ``retry_s``."""
         from backends.kube.errors import KubeError
         from backends.telemetry.cluster import discover_exporters, forward_exporters
 
         namespace, name = _cluster_ref(key)
         with self._lock:
             held = self._cluster.gpu_exporters.get(key)
-        if held is not None and (held.pins or time.monotonic() - held.at < max_age_s):
-            return held.found
+        if held is not None:
+            age = time.monotonic() - held.at
+            if held.pins or age < (max_age_s if held.found.url is not None else min(max_age_s, retry_s)):
+                return held.found
         self._stop_gpu_exporter(key)
         stack = contextlib.ExitStack()
         try:
@@ -390,8 +395,19 @@ class ClusterTargets(RegistryCore):
             stack.close()
             raise
         with self._lock:
-            self._cluster.gpu_exporters[key] = HeldGpuExporter(found, stack)
+            closing = self._closing
+            if not closing:
+                self._cluster.gpu_exporters[key] = HeldGpuExporter(found, stack)
+        if closing:  # the app is shutting down: nothing may stay forwarded
+            stack.close()
         return found
+
+    def keep_gpu_exporters(self, keys: list[str]) -> None:
+        """Close the exporter forwards of deployments no longer listed (a sweep's pinned ones stay)."""
+        with self._lock:
+            gone = [k for k, held in self._cluster.gpu_exporters.items() if k not in keys and not held.pins]
+        for key in gone:
+            self._stop_gpu_exporter(key)
 
     @contextlib.contextmanager
     def pinned_gpu_exporter(self, key: str) -> Iterator[ClusterGpuExporter]:

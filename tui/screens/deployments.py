@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from textual import on
 from textual.app import ComposeResult
@@ -64,13 +64,18 @@ def cluster_gpu_keys(rows: list[DeploymentRow]) -> list[str]:
     ]
 
 
-def read_cluster_gpus(
-    registry: TargetRegistry, keys: list[str], stale: set[str]
-) -> tuple[dict[str, GpuSummary], dict[str, str]]:
+class ClusterGpus(NamedTuple):
+    gpus: dict[str, GpuSummary]
+    notes: dict[str, str]  # why a row has no GPU data, or what part of it is missing
+    failed: set[str]  # an exporter was forwarded but could not be read: found again next time
+
+
+def read_cluster_gpus(registry: TargetRegistry, keys: list[str], stale: set[str]) -> ClusterGpus:
     """Each deployment's GPU summary, or why there is none (blocking: discovery and port-forwards).
-    ``stale``: keys whose last reading failed, found again first."""
+    ``stale``: keys whose forwarded exporter could not be read last time, found again first."""
     from backends.telemetry.scrape import DcgmScraper, DcgmState
 
+    registry.keep_gpu_exporters(keys)
     sources = {key: registry.cluster_gpu_exporter(key, 0.0 if key in stale else 30.0) for key in keys}
 
     async def read(source: ClusterGpuExporter) -> tuple[GpuSummary | None, str | None]:
@@ -88,14 +93,15 @@ def read_cluster_gpus(
     async def read_all() -> list[tuple[GpuSummary | None, str | None]]:
         return list(await asyncio.gather(*(read(source) for source in sources.values())))
 
-    gpus: dict[str, GpuSummary] = {}
-    notes: dict[str, str] = {}
+    result = ClusterGpus({}, {}, set())
     for key, (gpu, note) in zip(sources, asyncio.run(read_all()), strict=True):
         if gpu is not None:
-            gpus[key] = gpu
+            result.gpus[key] = gpu
+        elif sources[key].url is not None:
+            result.failed.add(key)
         if note:
-            notes[key] = note
-    return gpus, notes
+            result.notes[key] = note
+    return result
 
 
 class DeploymentsScreen(Screen[None]):
@@ -195,6 +201,7 @@ class DeploymentsScreen(Screen[None]):
         self._gpus: dict[str, GpuSummary] = {}
         self._cluster_gpus: dict[str, GpuSummary] = {}
         self._gpu_notes: dict[str, str] = {}
+        self._gpu_failed: set[str] = set()
         self._cluster_reading = False
 
     @property
@@ -234,16 +241,16 @@ class DeploymentsScreen(Screen[None]):
             )
 
     def _read_cluster_gpus(self, registry: TargetRegistry, keys: list[str]) -> None:
-        stale = {key for key in keys if key in self._gpu_notes and key not in self._cluster_gpus}
         try:
-            gpus, notes = read_cluster_gpus(registry, keys, stale)
+            result = read_cluster_gpus(registry, keys, self._gpu_failed)
         except Exception as err:  # a cluster that fails mid-read: one line per row, the view goes on
-            gpus, notes = {}, {key: f"GPU metrics: {type(err).__name__}: {err}" for key in keys}
-        self.app.call_from_thread(self._cluster_gpus_read, gpus, notes)
+            note = f"GPU metrics: {type(err).__name__}: {err}"
+            result = ClusterGpus({}, dict.fromkeys(keys, note), set())
+        self.app.call_from_thread(self._cluster_gpus_read, result)
 
-    def _cluster_gpus_read(self, gpus: dict[str, GpuSummary], notes: dict[str, str]) -> None:
+    def _cluster_gpus_read(self, result: ClusterGpus) -> None:
         self._cluster_reading = False
-        self._cluster_gpus, self._gpu_notes = gpus, notes
+        self._cluster_gpus, self._gpu_notes, self._gpu_failed = result
         self._refresh_table()
 
     async def _read_gpus(self, urls: dict[str, str]) -> None:
