@@ -15,12 +15,17 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from backends.target_registry import DeploymentRow
 from tests.fakes.dcgm_exporter import FakeDcgmExporter
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.kube_objects import servedeck_objects
 from tests.fakes.kube_rollout import ScriptedRollout
+from tests.fakes.openai_like_server import FakeServer, FakeServerConfig, Flavor
 from tests.test_telemetry_dcgm import EKS, VLLM_POD
+from tests.test_tui_bench import small_random_sweep
 from tui.app import VIEWS, ServeDeckApp
+from tui.screens.bench import BenchScreen
+from tui.shell import View
 from tui.widgets.deploy.table import DeploymentTable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -87,14 +92,18 @@ def body_for(pod: str, power_w: float | None = None) -> str:
     return body
 
 
-def make_app() -> ServeDeckApp:
+def make_app(views: tuple[View, ...] = VIEWS[:1]) -> ServeDeckApp:
     return ServeDeckApp(
         start_local_engine=False,
         show_welcome=False,
         check_health=False,
         discover_cluster=True,
-        views=VIEWS[:1],
+        views=views,
     )
+
+
+def _no_row() -> DeploymentRow:
+    raise AssertionError(f"{KEY} is not listed")
 
 
 async def wait_until(pilot: Pilot[Any], predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
@@ -175,3 +184,36 @@ async def test_an_exporter_that_times_out_is_a_dash_and_one_line(kube_api: FakeK
             assert "Traceback" not in detail_text(app)
             exporter.delay_s = 0.0  # it answers again: found again and read
             await wait_until(pilot, lambda: cell(app, "gpu_power") == "114")
+
+
+async def test_a_bench_sweep_of_the_forwarded_deployment_reads_its_exporter(kube_api: FakeKubeApi) -> None:
+    """End to end: port-forward the deployment in Deployments (f), use it (u), sweep it from the Bench
+    form with GPU metrics left blank: the level table shows its pod's GPU, found in the cluster."""
+    rollout = ready_rollout(kube_api)
+    kube_api.put(exporter_pod(rollout.node))
+    pod_server = FakeServer(FakeServerConfig(flavor=Flavor.VLLM, models=["google/gemma-3-27b-it"]))
+    with pod_server, FakeDcgmExporter(body_for(rollout.pod_name)) as exporter:
+        host, port = pod_server.url.removeprefix("http://").split(":")
+        kube_api.set_port_backend(NS, rollout.pod_name, 8000, (host, int(port)))
+        kube_api.set_port_backend(GKE_NS, EXPORTER_POD, 9400, ("127.0.0.1", exporter.port))
+        app = make_app(views=(VIEWS[0], next(v for v in VIEWS if v.mode == "bench")))
+        async with app.run_test(size=SIZE) as pilot:
+            await highlight_row(pilot, app)
+            await pilot.press("f")
+            await wait_until(pilot, lambda: (app.registry.row(KEY) or _no_row()).target is not None)
+            await highlight_row(pilot, app)
+            await pilot.press("u")
+            app.switch_mode("bench")
+            await wait_until(pilot, lambda: isinstance(app.screen, BenchScreen))
+            screen = app.screen
+            assert isinstance(screen, BenchScreen)
+            await wait_until(pilot, lambda: bool(screen.query("BenchForm")))
+            await wait_until(pilot, lambda: bool(screen.form.values().targets))
+            small_random_sweep(screen, levels="1", prompts="4", output_len="16")
+            await pilot.press("ctrl+r")
+            await wait_until(pilot, lambda: screen.running)
+            await wait_until(pilot, lambda: not screen.running, 60)
+            table = screen.results.table
+            assert table.get_cell("0:0", "gpu_power") == "114"  # its pod's GPU only, of 8
+            (run,) = screen._runs
+            assert run.planned.config.gpu_metrics_url is None  # the form's; the sweep's was found
