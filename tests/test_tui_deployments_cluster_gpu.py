@@ -163,6 +163,9 @@ async def test_no_exporter_is_a_dash_and_the_reason_until_one_appears(kube_api: 
             await highlight_row(pilot, app)
             await wait_until(pilot, lambda: "no dcgm-exporter found" in detail_text(app))
             assert "--monitoring=SYSTEM,DCGM" in detail_text(app)
+            assert "Bench form's GPU metrics field" in detail_text(
+                app
+            ) and "--gpu-metrics" not in detail_text(app)
             assert "Traceback" not in detail_text(app)
 
             kube_api.set_port_backend(GKE_NS, EXPORTER_POD, 9400, ("127.0.0.1", exporter.port))

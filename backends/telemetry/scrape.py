@@ -21,11 +21,19 @@ from backends.errors import TargetError
 from backends.telemetry.dcgm import DcgmScrape, GpuSample, gpus_of_pods, parse_dcgm, summarise
 from backends.telemetry.models import GpuSummary, LevelGpuTelemetry
 
+URL_HINT = "or give its URL with --gpu-metrics"
+# The app says where its URL goes there (``app_hint``).
+APP_URL_HINT = "or type its URL in the Bench form's GPU metrics field"
 GKE_HINT = (
     "on GKE turn on managed DCGM metrics: gcloud container clusters update CLUSTER "
     "--monitoring=SYSTEM,DCGM (GPU nodes then run dcgm-exporter in gke-managed-system); "
-    "with the NVIDIA GPU operator it runs in gpu-operator; or give its URL with --gpu-metrics"
+    f"with the NVIDIA GPU operator it runs in gpu-operator; {URL_HINT}"
 )
+
+
+def app_hint(message: str) -> str:
+    """A GPU metrics message as the app shows it: the URL goes in the Bench form, not a flag."""
+    return message.replace(URL_HINT, APP_URL_HINT)
 
 
 class DcgmState(StrEnum):

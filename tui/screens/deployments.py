@@ -73,7 +73,7 @@ class ClusterGpus(NamedTuple):
 def read_cluster_gpus(registry: TargetRegistry, keys: list[str], stale: set[str]) -> ClusterGpus:
     """Each deployment's GPU summary, or why there is none (blocking: discovery and port-forwards).
     ``stale``: keys whose forwarded exporter could not be read last time, found again first."""
-    from backends.telemetry.scrape import DcgmScraper, DcgmState
+    from backends.telemetry.scrape import DcgmScraper, DcgmState, app_hint
 
     registry.keep_gpu_exporters(keys)
     sources = {key: registry.cluster_gpu_exporter(key, 0.0 if key in stale else 30.0) for key in keys}
@@ -100,7 +100,7 @@ def read_cluster_gpus(registry: TargetRegistry, keys: list[str], stale: set[str]
         elif sources[key].url is not None:
             result.failed.add(key)
         if note:
-            result.notes[key] = note
+            result.notes[key] = app_hint(note)
     return result
 
 

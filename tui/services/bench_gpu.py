@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 from backends.target_registry import TargetRegistry, TargetSource
+from backends.telemetry.scrape import app_hint
 from tui.services.bench_config import PlannedRun
 
 
@@ -40,7 +41,7 @@ def automatic_gpu_telemetry(
                 continue
             found = stack.enter_context(registry.pinned_gpu_exporter(key))
             if found.message:
-                notes.append(f"{config.target.name}: {found.message}")
+                notes.append(f"{config.target.name}: {app_hint(found.message)}")
             if found.url is None:
                 runs.append(run)
                 continue
