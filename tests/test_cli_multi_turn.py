@@ -196,10 +196,53 @@ def test_bench_multi_turn_on_the_local_engine_reads_each_turns_cache_share(
     assert all(t["prefix_cache_hit_rate"] is not None for t in turns)
 
 
-def test_the_advisor_refuses_a_multi_turn_workload_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_main(
-        capsys, "plan", "--advise", "--turns", "3", "--slo", "p99_ttft:500", "--rate", "5"
-    )
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "--advise ranks shapes on single requests" in lines[0], err
+ADVISE = [
+    *("plan", "--advise", "--model", "gemma-3-4b-it", "--gpus", "l4,h100", "--max-gpus", "1"),
+    *("--turns", "3", "--max-context-len", "1800", "--output-len", "32", "--num-prompts", "20"),
+    *("--slo", "p99_ttft:500", "--rate", "2"),
+]
+
+
+def test_the_advisor_ranks_shapes_on_a_multi_turn_workload_with_their_hit_rate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, stdout, err = run_main(capsys, *ADVISE, "--json")
+    assert code == 0, err
+    advice = json.loads(stdout)
+    assert advice["multi_turn"] is True and advice["num_prompts"] == 20
+    shapes = advice["shapes"]
+    assert [s["label"] for s in shapes] == ["1xL4 24GB", "1xH100 80GB"]  # cheapest per 1M tokens first
+    assert all(s["verdict"] == "ok" for s in shapes)
+    assert shapes[0]["usd_per_million"] < shapes[1]["usd_per_million"]
+    for shape in shapes:
+        knee = shape["knee"]
+        assert 0 < knee["rate"] <= knee["saturation"]  # sessions/s
+        at_knee = [t for t in knee["trials"] if t["passed"] and t["rate"] == knee["rate"]]
+        assert at_knee and at_knee[0]["p99_ttft_ms"] <= 500  # the SLO over every turn's request
+        # Each session resends its history: the twin's prefix cache answers much of it.
+        assert at_knee[0]["prefix_cache_hit_rate"] > 0.3
+    # A history resent each turn: a session carries more tokens than 3 first turns and answers.
+    assert advice["tokens_per_request"] > 3 * 32
+    code, stdout, err = run_main(capsys, *ADVISE)
+    assert code == 0, err
+    assert "at 2 sessions/s, SLO p99 TTFT <= 500 ms on every turn" in stdout
+    header = next(line for line in stdout.splitlines() if line.startswith("#  shape"))
+    assert "sessions/s per replica" in header and "prefix hit" in header
+    row = next(line for line in stdout.splitlines() if line.startswith("1  1xL4"))
+    assert "%" in row.split()[-2]  # the hit-rate column of the cheapest shape
+
+
+def test_a_multi_turn_trial_stops_early_once_its_turns_miss_the_ttft_target() -> None:
+    from backends.advisor.knee import Sessions, run_trial
+    from backends.bench.datasets import sample_requests
+    from backends.bench.results import DatasetSpec
+    from backends.bench.slo import parse_slo
+    from backends.bench.tokenizers import TiktokenCounter
+
+    spec = DatasetSpec(kind="multi_turn", turns=3, max_context_len=1800)
+    dataset = sample_requests(spec, 40, TiktokenCounter(), 0, 64)
+    sessions = Sessions(conversations=tuple(dataset.level_conversations[0]), spec=spec)
+    config = TwinConfig.build("gemma-3-4b-it", "l4", 1, max_model_len=4096)
+    trial = run_trial(config, dataset.requests, 1000.0, parse_slo("p99_ttft:50"), sessions=sessions)
+    assert not trial.passed and trial.stopped_early
+    assert "TTFT" in trial.reasons[0]

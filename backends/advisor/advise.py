@@ -5,7 +5,8 @@ search (``backends.advisor.knee``) finds the highest rate one replica serves wit
 ``ceil(rate / knee)`` replicas serve the asked rate, their $/h comes from the machine catalog
 (``manifests.cost.estimate_cost``: nodes, cluster fee, storage) and $ per 1M tokens divides it by the
 tokens/s the asked rate carries (rate x mean prompt + output tokens of the dataset, as the article's
-total-token figure). Headroom is the spare rate: replicas x knee / rate - 1.
+total-token figure). Headroom is the spare rate: replicas x knee / rate - 1. Multi-turn (``sessions``): the
+rate is new sessions/s, the SLO holds for every turn, and tokens per request become tokens per session.
 
 Shapes with the same accelerator figures and GPU count (H100 on A3 High and A3 Mega) are simulated once.
 Every number is a twin prediction (simulated); CALIBRATION.md says how far to trust it.
@@ -20,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from backends.advisor.knee import DEFAULT_MAX_LEVELS, DEFAULT_TOLERANCE, Knee, find_knee
+from backends.advisor.knee import DEFAULT_MAX_LEVELS, DEFAULT_TOLERANCE, Knee, Sessions, find_knee
 from backends.bench.models import SampledRequest
 from backends.bench.slo import Slo
 from backends.errors import ConfigError, ServeDeckError
@@ -85,6 +86,7 @@ class Advice(BaseModel):
     tokens_per_request: float
     shapes: tuple[ShapeAdvice, ...]  # ranked: passing by $/1M, then the rest
     skipped: tuple[Skipped, ...]
+    multi_turn: bool = False  # rate and knees in sessions/s, tokens_per_request per session
 
     @property
     def passing(self) -> list[ShapeAdvice]:
@@ -132,6 +134,7 @@ class Search(BaseModel):
     tokens_per_request: float
     shapes: tuple[Searched, ...]
     skipped: tuple[Skipped, ...]
+    multi_turn: bool = False
 
 
 def search_shapes(
@@ -148,8 +151,10 @@ def search_shapes(
     burstiness: float = 1.0,
     engine_args: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    sessions: Sessions | None = None,
 ) -> Search:
-    """The knee of every catalog shape that holds ``model`` (a name or a ModelProfile)."""
+    """The knee of every catalog shape that holds ``model`` (a name or a ModelProfile); with ``sessions``
+    (``requests`` = their first turns) of a multi-turn workload, in sessions/s."""
     if max_gpus < 1:
         raise ConfigError(f"--max-gpus must be at least 1, not {max_gpus}")
     if not requests:
@@ -187,6 +192,7 @@ def search_shapes(
                 max_levels=max_levels,
                 seed=seed,
                 burstiness=burstiness,
+                sessions=sessions,
             )
             simulated[key] = (label, knee)
         else:
@@ -199,9 +205,14 @@ def search_shapes(
         slo=slo.text,
         max_gpus=max_gpus,
         num_prompts=len(requests),
-        tokens_per_request=sum(r.prompt_len + r.expected_output_len for r in requests) / len(requests),
+        tokens_per_request=(
+            sum(r.prompt_len + r.expected_output_len for r in requests) / len(requests)
+            if sessions is None
+            else sessions.tokens_per_session
+        ),
         shapes=tuple(searched),
         skipped=tuple(skipped),
+        multi_turn=sessions is not None,
     )
 
 
@@ -235,6 +246,7 @@ def rank(
             spot,
             max_replicas,
             s.simulated_as,
+            "sessions/s" if search.multi_turn else "req/s",
         )
         for s in search.shapes
     ]
@@ -258,6 +270,7 @@ def rank(
         tokens_per_request=search.tokens_per_request,
         shapes=tuple(ranked),
         skipped=search.skipped,
+        multi_turn=search.multi_turn,
     )
 
 
@@ -278,6 +291,7 @@ def advise(
     burstiness: float = 1.0,
     engine_args: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    sessions: Sessions | None = None,
 ) -> Advice:
     """``search_shapes`` then ``rank``: the advice for ``rate`` req/s under ``slo``."""
     _check_rate(rate, max_replicas)  # bad input fails before the search
@@ -294,6 +308,7 @@ def advise(
         burstiness=burstiness,
         engine_args=engine_args,
         progress=progress,
+        sessions=sessions,
     )
     return rank(search, rate=rate, catalog=catalog, max_replicas=max_replicas, spot=spot)
 
@@ -309,6 +324,7 @@ def _price(
     spot: bool,
     max_replicas: int,
     simulated_as: str | None,
+    unit: str = "req/s",
 ) -> ShapeAdvice:
     base: dict[str, Any] = {
         "gpu": gpu,
@@ -326,7 +342,7 @@ def _price(
         return ShapeAdvice(
             **base,
             verdict=Verdict.REPLICAS,
-            why=f"needs {replicas:,} replicas at {knee.rate:.3g} req/s each (--max-replicas {max_replicas})",
+            why=f"needs {replicas:,} replicas at {knee.rate:.3g} {unit} each (--max-replicas {max_replicas})",
         )
     try:
         cost = estimate_cost(
@@ -356,13 +372,14 @@ def unservable_line(advice: Advice) -> str | None:
         return None
     best = max((s for s in advice.shapes if s.knee.rate), key=lambda s: s.knee.rate or 0.0, default=None)
     where = f"at most {advice.max_gpus} GPUs per replica x {advice.max_replicas} replicas"
+    unit = "sessions/s" if advice.multi_turn else "req/s"
     if best is None or best.knee.rate is None:
         return f"no catalog shape meets {advice.slo} at any rate for {advice.model} ({where})"
     replicas = math.ceil(advice.rate / best.knee.rate)
     if replicas > advice.max_replicas:
         return (
-            f"no catalog shape serves {advice.rate:g} req/s within {advice.slo} with {where}: the best, "
-            f"{best.label}, meets it up to {best.knee.rate:.3g} req/s per replica and would need "
+            f"no catalog shape serves {advice.rate:g} {unit} within {advice.slo} with {where}: the best, "
+            f"{best.label}, meets it up to {best.knee.rate:.3g} {unit} per replica and would need "
             f"{replicas:,} replicas (raise --max-replicas or --max-gpus, or loosen --slo)"
         )
-    return f"no catalog shape with a price serves {advice.rate:g} req/s within {advice.slo}: {best.why}"
+    return f"no catalog shape with a price serves {advice.rate:g} {unit} within {advice.slo}: {best.why}"

@@ -12,6 +12,11 @@ Three parts, cheapest first:
   until the bracket is within ``tolerance``. A level stops as soon as enough requests have waited longer
   than the TTFT target for its percentile to be over it (waiting counts: a request still without its
   first token already exceeded the target once it has waited that long).
+
+Multi-turn (``sessions``): the rate is new sessions/s and every level replays the sessions turn by turn
+(``fastforward_sessions``, the prefix cache carrying each history); the SLO applies to every turn's
+request, saturation is every session started at once (its throughput in sessions/s), and the floors are
+the first turns' (nothing cached yet, the shortest context: a lower bound for every later turn too).
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from backends.bench.models import Axis, LoadLevel, SampledRequest
+from backends.bench.models import Axis, LoadLevel, SampledConversation, SampledRequest
+from backends.bench.results import DatasetSpec, LevelResult
 from backends.bench.slo import Slo, SloTarget
+from backends.prometheus import prefix_cache_hit_rate
 from backends.twin.engine import TwinConfig, TwinEngine
-from backends.twin.fastforward import run_level
+from backends.twin.fastforward import EarlyStop, run_level
+from backends.twin.fastforward_sessions import run_sessions_level
 
 DEFAULT_TOLERANCE = 0.1
 DEFAULT_MAX_LEVELS = 10
@@ -63,7 +71,71 @@ class Trial(BaseModel):
     p99_ttft_ms: float
     p99_tpot_ms: float
     request_throughput: float
+    """requests/s (multi-turn: every turn's request counts)"""
     total_token_throughput: float
+    prefix_cache_hit_rate: float | None = None
+
+
+class Sessions(BaseModel):
+    """A multi-turn workload for the search: the sessions and how they are replayed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conversations: tuple[SampledConversation, ...]
+    spec: DatasetSpec
+
+    @property
+    def turns(self) -> int:
+        return sum(len(c.turns) for c in self.conversations)
+
+    @property
+    def tokens_per_session(self) -> float:
+        """Prompt (the whole history resent, as vLLM counts it) + output tokens of a session, on average."""
+        total = 0
+        for conversation in self.conversations:
+            context = 0
+            for turn in conversation.turns:
+                context += turn.user_len
+                total += context + turn.expected_output_len
+                own = not (self.spec.dataset_answers and turn.answer)
+                context += turn.expected_output_len if own else turn.answer_len
+        return total / max(1, len(self.conversations))
+
+
+def _play(
+    config: TwinConfig,
+    requests: Sequence[SampledRequest],
+    sessions: Sessions | None,
+    level: LoadLevel,
+    *,
+    seed: int,
+    ignore_eos: bool,
+    percentiles: Sequence[float],
+    goodput_slos_ms: dict[str, float] | None = None,
+    early_stop: EarlyStop | None = None,
+) -> LevelResult:
+    if sessions is None:
+        return run_level(
+            TwinEngine(config),
+            level,
+            requests,
+            seed=seed,
+            ignore_eos=ignore_eos,
+            percentiles=percentiles,
+            goodput_slos_ms=goodput_slos_ms,
+            early_stop=early_stop,
+        )
+    return run_sessions_level(
+        TwinEngine(config),
+        level,
+        sessions.conversations,
+        sessions.spec,
+        seed=seed,
+        ignore_eos=ignore_eos,
+        percentiles=percentiles,
+        goodput_slos_ms=goodput_slos_ms,
+        early_stop=early_stop,
+    )
 
 
 class Knee(BaseModel):
@@ -194,15 +266,19 @@ def run_trial(
     burstiness: float = 1.0,
     ignore_eos: bool = True,
     watch: bool = True,
+    sessions: Sessions | None = None,
 ) -> Trial:
-    """One level at ``rate`` (inf: every request at once); ``watch`` stops it once its TTFT target fails."""
+    """One level at ``rate`` (inf: every request at once; multi-turn: sessions/s); ``watch`` stops it once
+    its TTFT target fails."""
     level = LoadLevel(axis=Axis.REQUEST_RATE, value=rate, burstiness=burstiness)
     target = slo.target("ttft") if watch else None
-    ttft_watch = _TtftWatch(target, slo.allowed_violations(target, len(requests))) if target else None
-    result = run_level(
-        TwinEngine(config),
-        level,
+    total = len(requests) if sessions is None else sessions.turns
+    ttft_watch = _TtftWatch(target, slo.allowed_violations(target, total)) if target else None
+    result = _play(
+        config,
         requests,
+        sessions,
+        level,
         seed=seed,
         ignore_eos=ignore_eos,
         percentiles=slo.percentiles,
@@ -225,19 +301,26 @@ def run_trial(
         p99_tpot_ms=metrics.tpot.percentiles.get("99", 0.0),
         request_throughput=metrics.request_throughput,
         total_token_throughput=metrics.total_token_throughput,
+        prefix_cache_hit_rate=prefix_cache_hit_rate(result.server_snapshots),
     )
 
 
 def measure_saturation(
-    config: TwinConfig, requests: Sequence[SampledRequest], *, seed: int = 0, ignore_eos: bool = True
+    config: TwinConfig,
+    requests: Sequence[SampledRequest],
+    *,
+    seed: int = 0,
+    ignore_eos: bool = True,
+    sessions: Sessions | None = None,
 ) -> Trial:
     """Every request queued at once, to the last: its request throughput is what the replica drains at
     full load. (Stopping at half done underestimates it: with equal output lengths requests finish in
     waves, and 2xH100 read 15 req/s at half against 23 over the level, 22 of which pass an SLO.)"""
-    result = run_level(
-        TwinEngine(config),
-        LoadLevel(axis=Axis.REQUEST_RATE, value=math.inf),
+    result = _play(
+        config,
         requests,
+        sessions,
+        LoadLevel(axis=Axis.REQUEST_RATE, value=math.inf),
         seed=seed,
         ignore_eos=ignore_eos,
         percentiles=[99.0],
@@ -251,6 +334,7 @@ def measure_saturation(
         p99_tpot_ms=metrics.tpot.percentiles.get("99", 0.0),
         request_throughput=metrics.request_throughput,
         total_token_throughput=metrics.total_token_throughput,
+        prefix_cache_hit_rate=prefix_cache_hit_rate(result.server_snapshots),
     )
 
 
@@ -264,8 +348,10 @@ def find_knee(
     seed: int = 0,
     burstiness: float = 1.0,
     ignore_eos: bool = True,
+    sessions: Sessions | None = None,
 ) -> Knee:
-    """Bracket and bisect the highest rate whose level meets ``slo`` (``tolerance``: relative width)."""
+    """Bracket and bisect the highest rate whose level meets ``slo`` (``tolerance``: relative width).
+    With ``sessions`` the rate is sessions/s and ``requests`` are their first turns (for the floors)."""
     if not requests:
         raise ValueError("the search needs at least one request")
     floors = slo_floors(config, requests, slo)
@@ -275,15 +361,26 @@ def find_knee(
     trials: list[Trial] = []
 
     def trial(rate: float) -> Trial:
-        t = run_trial(config, requests, rate, slo, seed=seed, burstiness=burstiness, ignore_eos=ignore_eos)
+        t = run_trial(
+            config,
+            requests,
+            rate,
+            slo,
+            seed=seed,
+            burstiness=burstiness,
+            ignore_eos=ignore_eos,
+            sessions=sessions,
+        )
         trials.append(t)
         return t
 
     # Every request at once: the replica's saturation throughput. No rate above it is sustainable, however
     # well a burst of len(requests) prompts at that rate fares, so it caps the search.
-    saturation = measure_saturation(config, requests, seed=seed, ignore_eos=ignore_eos)
+    saturation = measure_saturation(config, requests, seed=seed, ignore_eos=ignore_eos, sessions=sessions)
     trials.append(saturation)
     ceiling = saturation.request_throughput
+    if sessions is not None:  # turns/s -> sessions/s
+        ceiling *= len(sessions.conversations) / sessions.turns
     lo: float | None = None
     hi = ceiling
     rate = ceiling * START_FRACTION
@@ -304,5 +401,6 @@ def find_knee(
     reason = None
     if lo is None:
         last = trials[-1]
-        reason = f"fails even at {last.rate:.3g} req/s: {'; '.join(last.reasons)}"
+        unit = "req/s" if sessions is None else "sessions/s"
+        reason = f"fails even at {last.rate:.3g} {unit}: {'; '.join(last.reasons)}"
     return Knee(rate=lo, floors=tuple(floors), trials=tuple(trials), saturation=ceiling, reason=reason)

@@ -15,6 +15,7 @@ import heapq
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from backends.bench.results import DatasetSpec, LevelResult, RunStatus
 from backends.target_types import ServerSnapshot
 from backends.twin.engine import InvalidRequestError, TwinEngine
 from backends.twin.text import TwinTokenizer, answer_text
+
+if TYPE_CHECKING:
+    from backends.twin.fastforward import EarlyStop
 
 _SNAPSHOT_INTERVAL_S = 1.0
 # As the live twin (backends/twin/server.py): the answer tokens that join the prompt's block hashes.
@@ -77,8 +81,10 @@ def run_sessions_level(
     chat: bool = True,
     percentiles: Sequence[float] = (99.0,),
     goodput_slos_ms: dict[str, float] | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> LevelResult:
-    """Play one multi-turn level through ``engine``; the clock starts at 0 like a live level's."""
+    """Play one multi-turn level through ``engine``; the clock starts at 0 like a live level's.
+    ``early_stop`` sees every turn sent so far, in the order sent (an SLO search's early stop)."""
     from backends.twin.fastforward import SIMULATED_NOTE, snapshot
 
     started_at = datetime.now(UTC)
@@ -101,6 +107,10 @@ def run_sessions_level(
     order = 0
     running: dict[str, tuple[int, int]] = {}
     requests_sent = 0
+    # For ``early_stop``: each turn sent, in the order sent, and where it sits in that order.
+    sent_order: list[float] = []
+    first_order: list[float | None] = []
+    order_of: dict[str, int] = {}
 
     def push(at: float, s: int, t: int, chained: bool) -> None:
         nonlocal order
@@ -158,6 +168,9 @@ def run_sessions_level(
             return
         state.server_tokens = len(prompt_ids)
         running[request_id] = (s, t)
+        order_of[request_id] = len(sent_order)
+        sent_order.append(at)
+        first_order.append(None)
         history[s].append((turn.user, turn.answer if spec.dataset_answers else ""))
         # The model's own answer is filled in when it finishes (its text: the corpus from ``start``).
         answer_starts[request_id] = start
@@ -187,6 +200,7 @@ def run_sessions_level(
     next_snapshot = _SNAPSHOT_INTERVAL_S
     now = 0.0
     idle_steps = 0
+    stopped: str | None = None
     start_sessions(0.0)
     while ready or engine.has_work():
         deferred: list[tuple[int, int, float]] = []
@@ -215,6 +229,7 @@ def run_sessions_level(
             if state.first is None:
                 state.first = end
                 cached[out.request_id] = out.cached_tokens
+                first_order[order_of[out.request_id]] = end
             state.chunks.append(end)
             if out.finish_reason is not None:
                 finished(out.request_id, out.output_tokens, out.finish_reason.value, end)
@@ -224,6 +239,10 @@ def run_sessions_level(
         if now >= next_snapshot:
             snapshots.append(snapshot(engine, now))
             next_snapshot = math.floor(now / _SNAPSHOT_INTERVAL_S + 1) * _SNAPSHOT_INTERVAL_S
+            if early_stop is not None:
+                stopped = early_stop(now, sent_order, len(sent_order), first_order)
+                if stopped is not None:
+                    break
 
     records = []
     for s, conversation in enumerate(conversations):
@@ -259,6 +278,8 @@ def run_sessions_level(
                 )
             )
     duration = max((r.chunk_times[-1] for r in records if r.chunk_times), default=0.0)
+    if stopped is not None:
+        duration = now
     metrics = compute_metrics(
         records, duration, goodput_slos_ms=goodput_slos_ms or None, percentiles=list(percentiles)
     )
@@ -268,11 +289,11 @@ def run_sessions_level(
         index=index,
         level=level,
         started_at=started_at,
-        status=RunStatus.COMPLETE if metrics.completed == total else RunStatus.PARTIAL,
+        status=RunStatus.COMPLETE if metrics.completed == total and stopped is None else RunStatus.PARTIAL,
         metrics=metrics,
         client=ClientStats(),
         records=records,
         server_snapshots=snapshots,
-        message=SIMULATED_NOTE,
+        message=SIMULATED_NOTE if stopped is None else f"{SIMULATED_NOTE}; stopped early: {stopped}",
         turns=per_turn_metrics(records),
     )

@@ -26,7 +26,7 @@ from backends.advisor.advise import (
     advise,
     unservable_line,
 )
-from backends.advisor.knee import DEFAULT_MAX_LEVELS, DEFAULT_TOLERANCE
+from backends.advisor.knee import DEFAULT_MAX_LEVELS, DEFAULT_TOLERANCE, Sessions
 from backends.bench.models import Axis
 from backends.bench.results import SweepConfig
 from backends.bench.slo import describe, parse_slo
@@ -49,7 +49,11 @@ def add_advise_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="rank every catalog shape that fits by $ per 1M tokens at --rate within --slo",
     )
-    group.add_argument("--rate", type=float, help="with --advise: the request rate to serve (req/s)")
+    group.add_argument(
+        "--rate",
+        type=float,
+        help="with --advise: the request rate to serve (req/s; multi-turn: new sessions/s, the SLO per turn)",
+    )
     group.add_argument(
         "--slo",
         help="with --advise: targets in ms, vLLM --goodput key names with a statistic, e.g. "
@@ -188,6 +192,12 @@ def run_advise(args: argparse.Namespace) -> int:
         same_prompts=True,
     )
     dataset = sample_dataset(sweep)
+    conversations = dataset.conversations_for_level(0)
+    sessions = (
+        Sessions(conversations=tuple(conversations), spec=sweep.dataset)
+        if conversations is not None
+        else None
+    )
     update, stop = _progress_bar()
     try:
         advice = advise(
@@ -206,6 +216,7 @@ def run_advise(args: argparse.Namespace) -> int:
             burstiness=args.burstiness,
             engine_args=engine_args,
             progress=update,
+            sessions=sessions,
         )
     finally:
         stop()
@@ -235,20 +246,33 @@ def _money(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:,.2f}"
 
 
-def _knee_trial_ms(shape: ShapeAdvice) -> tuple[str, str]:
+def _knee_trial_ms(shape: ShapeAdvice) -> tuple[str, str, str]:
+    """p99 TTFT, p99 TPOT and prefix-cache hit rate of the level at the knee."""
     knee = shape.knee
     for trial in knee.trials:
         if knee.rate is not None and trial.passed and math.isclose(trial.rate, knee.rate):
-            return f"{trial.p99_ttft_ms:,.0f}", f"{trial.p99_tpot_ms:,.1f}"
-    return "-", "-"
+            hit = trial.prefix_cache_hit_rate
+            return (
+                f"{trial.p99_ttft_ms:,.0f}",
+                f"{trial.p99_tpot_ms:,.1f}",
+                "n/a" if hit is None else f"{hit:.0%}",
+            )
+    return "-", "-", "-"
 
 
 def print_advice(advice: Advice, slo_text: str, notes: list[str]) -> None:
     out = sys.stdout.write
-    out(f"Capacity advisor (vLLM twin, simulated): {advice.model} at {advice.rate:g} req/s, SLO {slo_text}\n")
+    unit = "sessions/s" if advice.multi_turn else "req/s"
+    slo_scope = " on every turn" if advice.multi_turn else ""
     out(
-        f"  {advice.num_prompts:,} prompts per fast-forward level "
-        f"({advice.tokens_per_request:,.0f} tokens per request on average), "
+        f"Capacity advisor (vLLM twin, simulated): {advice.model} at {advice.rate:g} {unit}, "
+        f"SLO {slo_text}{slo_scope}\n"
+    )
+    what = "multi-turn sessions" if advice.multi_turn else "prompts"
+    per = "session" if advice.multi_turn else "request"
+    out(
+        f"  {advice.num_prompts:,} {what} per fast-forward level "
+        f"({advice.tokens_per_request:,.0f} tokens per {per} on average), "
         f"{'spot' if advice.spot else 'on-demand'} prices, "
         f"at most {advice.max_gpus} GPUs per replica x {advice.max_replicas} replicas\n"
     )
@@ -257,20 +281,21 @@ def print_advice(advice: Advice, slo_text: str, notes: list[str]) -> None:
     headers = [
         "#",
         "shape",
-        "req/s per replica",
-        "saturation req/s",
+        f"{unit} per replica",
+        f"saturation {unit}",
         "replicas",
         "headroom",
         "$/h",
         "$/1M tok",
         "p99 TTFT ms",
         "p99 TPOT ms",
+        "prefix hit",
         "levels",
     ]
     rows: list[list[str]] = []
     ranked = [s for s in advice.shapes if s.verdict is not Verdict.SLO]
     for rank, shape in enumerate(ranked, 1):
-        ttft, tpot = _knee_trial_ms(shape)
+        ttft, tpot, hit = _knee_trial_ms(shape)
         levels = "shared" if shape.simulated_as else str(len(shape.knee.trials))
         knee_rate = shape.knee.rate
         rows.append(
@@ -285,6 +310,7 @@ def print_advice(advice: Advice, slo_text: str, notes: list[str]) -> None:
                 _money(shape.usd_per_million),
                 ttft,
                 tpot,
+                hit,
                 levels,
             ]
         )
@@ -307,8 +333,8 @@ def print_advice(advice: Advice, slo_text: str, notes: list[str]) -> None:
                 + "\n"
             )
         out(
-            "  p99 TTFT/TPOT at the per-replica rate; * some prices are estimates; "
-            "headroom = replicas x rate per replica / asked rate - 1\n"
+            "  p99 TTFT/TPOT and the prefix-cache hit rate at the per-replica rate; * some prices are "
+            "estimates; headroom = replicas x rate per replica / asked rate - 1\n"
         )
     for shape in advice.shapes:
         if shape.verdict is Verdict.REPLICAS or shape.verdict is Verdict.PRICE:
@@ -324,7 +350,7 @@ def print_advice(advice: Advice, slo_text: str, notes: list[str]) -> None:
             out(f"  {skipped.label}: {skipped.why}\n")
     passing = advice.passing
     if passing:
-        out(f"$ per 1M tokens at {advice.rate:g} req/s (lower is better):\n")
+        out(f"$ per 1M tokens at {advice.rate:g} {unit} (lower is better):\n")
         top = max(s.usd_per_million or 0.0 for s in passing) or 1.0
         width = max(len(s.label) for s in passing)
         for shape in passing:

@@ -252,8 +252,6 @@ def dataset_from_args(args: argparse.Namespace) -> DatasetSpec:
     """The ``--dataset`` and ``--random-*`` flags; ConfigError when a dataset file does not exist."""
     name: str = args.dataset
     if _multi_turn_requested(args):
-        if getattr(args, "advise", False):
-            raise ConfigError("--advise ranks shapes on single requests: it takes no multi-turn workload yet")
         return _multi_turn_dataset(args)
     trace: str | None = getattr(args, "trace", None)
     if trace is not None:
