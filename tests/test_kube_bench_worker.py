@@ -14,11 +14,24 @@ from pathlib import Path
 import pytest
 
 from backends.bench.metrics import compute_metrics
-from backends.bench.models import Axis, LoadLevel, RequestRecord, SampledRequest
-from backends.kube_bench.bundle import DATASET_BLOB, pack_parts, part_key
+from backends.bench.models import (
+    Axis,
+    LoadLevel,
+    RequestRecord,
+    SampledConversation,
+    SampledRequest,
+    SampledTurn,
+)
+from backends.kube_bench.bundle import CONVERSATIONS_BLOB, DATASET_BLOB, pack_parts, part_key
 from backends.kube_bench.codec import PodFatal, PodReady, PodStart, PodSummary, decode
 from backends.kube_bench.merge import PodOutcome, merge_pods
-from backends.kube_bench.plan import PLAN_ENV, WorkerPlan, encode_dataset
+from backends.kube_bench.plan import (
+    PLAN_ENV,
+    SessionSettings,
+    WorkerPlan,
+    encode_conversations,
+    encode_dataset,
+)
 from backends.kube_bench.shares import all_shares, pod_share
 from tests.fakes.sse_server import FakeSSEServer
 
@@ -233,3 +246,30 @@ def test_bench_worker_registers_as_a_hidden_servedeck_command(tmp_path: Path) ->
     assert args.handler is bench_worker.run_bench_worker
     assert (args.index, args.plan, args.bundle) == (2, tmp_path / "p.json", Path("/b"))
     assert "bench-worker" not in root.format_help()
+
+
+# --- multi-turn: the pod runs the session loop over the bundle's conversations --------------------------
+
+
+def _conversations(count: int) -> list[SampledConversation]:
+    turn = SampledTurn(user="hello there", answer="hi", user_len=3, answer_len=1, expected_output_len=4)
+    return [SampledConversation(turns=[turn, turn]) for _ in range(count)]
+
+
+def test_a_multi_turn_pod_refuses_a_bundle_without_its_sessions(
+    server: FakeSSEServer, tmp_path: Path
+) -> None:
+    level = LoadLevel(axis=Axis.CONCURRENCY, value=2)
+    plan = _plan(f"http://127.0.0.1:{server.port}", level, 1, 5).model_copy(
+        update={"multi_turn": SessionSettings()}
+    )
+    bundle = _bundle(tmp_path, _dataset(5))
+    process = _start(plan, bundle, 0)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "has no conversations parts" in (_outcome(0, 10, out).failure or "")
+    (bundle / part_key(CONVERSATIONS_BLOB, 0)).write_bytes(encode_conversations([_conversations(2)]))
+    process = _start(plan, bundle, 0)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "the bundle holds 2 sessions but the plan expects 5" in (_outcome(0, 10, out).failure or "")
