@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from backends.engines.llama_binary import LlamaServerBinary, find_llama_server
 from backends.engines.local import LocalEngine, LocalEngineConfig
 from backends.errors import EngineError
+from tests.fakes.sse_server import FakeSSEServer
 
 REQUIRE_ENGINE_ENV = "SERVEDECK_REQUIRE_ENGINE"
 SESSION_ENGINE_PARALLEL = 8
@@ -69,3 +71,28 @@ def _private_data_and_config_dirs(tmp_path_factory: pytest.TempPathFactory) -> I
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """anyio-marked tests run on asyncio only (Textual's loop)."""
+    return "asyncio"
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Config, data, cache and kubeconfig in tmp_path: nothing of the developer's leaks in.
+
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("isolated")``; a test that needs the folder
+    takes ``isolated: Path`` (``isolated / "servedeck_data_dir"``, ...)."""
+    for name in ("SERVEDECK_CONFIG_DIR", "SERVEDECK_DATA_DIR", "SERVEDECK_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeSSEServer]:
+    """One fake OpenAI-compatible SSE server (tests/fakes/sse_server.py) per test module."""
+    with FakeSSEServer() as server:
+        yield server

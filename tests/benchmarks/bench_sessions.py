@@ -29,7 +29,7 @@ import numpy as np
 from backends.bench.models import RequestRecord
 from backends.bench.results import RunStatus, SweepConfig
 from sessions import SessionStore
-from tests.test_sessions_helpers import make_config, make_level_result
+from tests.sessions_helpers import make_config, make_level_result
 
 
 def realistic_records(rng: np.random.Generator, start: int, count: int, chunks: int) -> list[RequestRecord]:

@@ -1,0 +1,1 @@
+"""Headless CLI tests: servedeck subcommands through tests/cli_runner.py or a `servedeck` process."""
