@@ -88,6 +88,10 @@ def test_plan_runs_for_a_quantized_model_from_its_config(capsys: pytest.CaptureF
     assert document["levels"][0]["output_throughput"] > 0
 
 
+def _not_json(name: str) -> None:
+    raise AssertionError(f"{name} is not JSON")
+
+
 ADVISE = ["plan", "--advise", "--slo", "p99_ttft:2000,p99_tpot:100", "--max-gpus", "2", "--json", *SMALL]
 
 
@@ -96,7 +100,9 @@ def test_the_advisor_ranks_shapes_for_a_moe_model(capsys: pytest.CaptureFixture[
         capsys, *ADVISE, "--model", "Qwen/Qwen3-30B-A3B", "--rate", "5", "--gpus", "l4,h100"
     )
     assert code == 0, err
-    document = json.loads(out)
+    document = json.loads(out, parse_constant=_not_json)
+    trials = document["shapes"][0]["knee"]["trials"]
+    assert any(trial["rate"] == "inf" for trial in trials), "every request at once is written as vLLM does"
     passing = [row for row in document["shapes"] if row["verdict"] == "ok"]
     assert [(row["gpu"], row["gpu_count"]) for row in passing] == [("h100", 1), ("h100", 2)]
     assert (

@@ -10,7 +10,6 @@ headroom), the shapes that cannot meet the SLO with the reason, and a bar chart 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from backends.target_types import Target, TargetKind
 from backends.twin.calibration import calibrated_gpus
 from backends.twin.fastforward import sample_dataset
 from manifests.gpus import GpuType
+from tui.cli.json_output import write_document
 from tui.cli.sweep_args import dataset_from_args
 from tui.cli.twin_calibrate import calibration_document, calibration_note, load_calibration
 
@@ -227,14 +227,8 @@ def run_advise(args: argparse.Namespace) -> int:
         "notes": notes,
         **advice.model_dump(mode="json"),
     }
-    if args.out is not None:
-        try:
-            args.out.write_text(json.dumps(document, indent=1))
-        except OSError as err:
-            raise ConfigError(f"cannot write {args.out}: {err.strerror or err}") from None
-    if args.json:
-        sys.stdout.write(json.dumps(document, indent=1) + "\n")
-    else:
+    write_document(document, args.out, to_stdout=args.json)
+    if not args.json:
         print_advice(advice, describe(slo), notes)
     line = unservable_line(advice)
     if line is not None:

@@ -8,7 +8,6 @@ prediction (simulated); CALIBRATION.md says how far to trust it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ from tui.cli.deploy_render import (
     custom_profile_from_args,
     load_prices,
 )
+from tui.cli.json_output import write_document
 from tui.cli.sweep_args import (
     add_sweep_arguments,
     percentiles,
@@ -348,13 +348,7 @@ def run_plan(args: argparse.Namespace) -> int:
     document = plan_document(
         config, engine.memory, args.context_len, cost, result, notes, calibration_document(calibrated)
     )
-    if args.out is not None:
-        try:
-            args.out.write_text(json.dumps(document, indent=1))
-        except OSError as err:
-            raise ConfigError(f"cannot write {args.out}: {err.strerror or err}") from None
-    if args.json:
-        sys.stdout.write(json.dumps(document, indent=1) + "\n")
-    else:
+    write_document(document, args.out, to_stdout=args.json)
+    if not args.json:
         print_plan(config, engine.memory, args.context_len, cost, result, notes)
     return 0
