@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from backends.target_types import Target
+from backends.targets import discover_target
+from backends.twin.engine_config import TwinConfig
+from backends.twin.server import TwinServer
 
 
 @pytest.fixture
@@ -19,3 +25,14 @@ def utc_and_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+@pytest.fixture(scope="module")
+def twin_target() -> Iterator[Target]:
+    """A live twin of Gemma 3 1B on 1xH100 in this process (real HTTP on 127.0.0.1), one per module."""
+    twin = TwinServer(TwinConfig.build("gemma-3-1b-it", "h100", 1), log_sink=lambda line: None)
+    twin.start_in_thread()
+    try:
+        yield asyncio.run(discover_target(twin.base_url, name="twin-1xH100"))
+    finally:
+        twin.stop()

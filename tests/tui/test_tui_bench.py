@@ -153,19 +153,6 @@ async def test_two_level_sweep_fills_charts_table_and_history(fake_target: Targe
     assert len(runs) == 1 and runs[0].status is RunStatus.COMPLETE and runs[0].levels_stored == 2
 
 
-@pytest.fixture(scope="module")
-def twin_target() -> Iterator[Target]:
-    from backends.twin.engine_config import TwinConfig
-    from backends.twin.server import TwinServer
-
-    twin = TwinServer(TwinConfig.build("gemma-3-1b-it", "h100", 1), log_sink=lambda line: None)
-    twin.start_in_thread()
-    try:
-        yield asyncio.run(discover_target(twin.base_url, name="twin-1xH100"))
-    finally:
-        twin.stop()
-
-
 async def test_two_level_sweep_against_the_live_twin_shows_server_series(
     twin_target: Target, tmp_path: Path
 ) -> None:

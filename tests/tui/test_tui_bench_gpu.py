@@ -3,8 +3,6 @@ shows GPU charts, table columns and the energy line; a target without telemetry 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,6 @@ from backends.bench.export import sweep_to_csv
 from backends.target_types import Target
 from backends.targets import discover_target
 from backends.twin.dcgm import POWER_MODELS
-from backends.twin.engine_config import TwinConfig
-from backends.twin.server import TwinServer
 from manifests.gpus import GpuType
 from sessions.store import SessionStore
 from tests.fakes.sse_server import FakeSSEServer
@@ -31,20 +27,10 @@ pytestmark = pytest.mark.anyio
 KEYS = ("0:0", "0:1")
 
 
-@pytest.fixture(scope="module")
-def h100_twin() -> Iterator[Target]:
-    twin = TwinServer(TwinConfig.build("gemma-3-1b-it", "h100", 1), log_sink=lambda line: None)
-    twin.start_in_thread()
-    try:
-        yield asyncio.run(discover_target(twin.base_url, name="twin-1xH100"))
-    finally:
-        twin.stop()
-
-
 async def test_twin_sweep_shows_gpu_charts_columns_and_energy_per_token(
-    h100_twin: Target, tmp_path: Path
+    twin_target: Target, tmp_path: Path
 ) -> None:
-    app = BenchHarness(AppContext(data_dir=tmp_path, targets=[h100_twin], selected_target="twin-1xH100"))
+    app = BenchHarness(AppContext(data_dir=tmp_path, targets=[twin_target], selected_target="twin-1xH100"))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         screen = bench(app)

@@ -5,10 +5,8 @@ round-trips, bad input is one line, and a multi-turn sweep run from the form rea
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ from backends.bench.models import Axis
 from backends.bench.results import SweepConfig
 from backends.errors import ConfigError
 from backends.target_types import Target
-from backends.targets import discover_target
 from sessions.store import SessionStore
 from tests.tui.test_tui_bench import SIZE, BenchHarness, bench, fill, static_text, wait_until
 from tui.cli import bench as bench_cli
@@ -189,19 +186,6 @@ async def test_each_workload_shows_its_own_fields_and_ramp_up_replaces_the_level
         form = screen.query_one("BenchForm")
         values = form.values()  # type: ignore[attr-defined]
         assert (values.ramp_up, values.ramp_start_rps, values.ramp_end_rps) == ("exponential", "1", "8")
-
-
-@pytest.fixture(scope="module")
-def twin_target() -> Iterator[Target]:
-    from backends.twin.engine_config import TwinConfig
-    from backends.twin.server import TwinServer
-
-    twin = TwinServer(TwinConfig.build("gemma-3-1b-it", "h100", 1), log_sink=lambda line: None)
-    twin.start_in_thread()
-    try:
-        yield asyncio.run(discover_target(twin.base_url, name="twin-1xH100"))
-    finally:
-        twin.stop()
 
 
 async def test_a_multi_turn_sweep_from_the_form_runs_sessions_on_the_live_twin(
