@@ -46,7 +46,7 @@ from backends.bench.sweep import (
     set_status_from_levels,
     validate_config,
 )
-from backends.errors import ConfigError
+from backends.bench.traces import trace_arrivals
 from backends.kube.client import KubeClient, ObjectRef
 from backends.kube.errors import KubeError, KubeForbiddenError
 from backends.kube.logs import LogStream
@@ -486,11 +486,6 @@ class InClusterSweep:
         cancel: asyncio.Event | None = None,
         api_key: SecretStr | None = None,
     ) -> None:
-        if config.dataset.kind == "trace":
-            raise ConfigError(
-                "--in-cluster does not replay traces (its pods draw their own arrival times); "
-                "replay the trace without --in-cluster"
-            )
         self.kube = kube
         self.config = config
         self.options = options
@@ -633,7 +628,8 @@ class InClusterSweep:
                 sum(len(c.turns) for c in conversations[k::used]) for k in range(used)
             ]
         total = len(self.dataset.requests)
-        shares = all_shares(level, total, self.options.pods, self.config.seed)
+        trace = trace_arrivals(self.dataset.requests)
+        shares = all_shares(level, total, self.options.pods, self.config.seed, trace)
         return total, [len(share.indices) for share in shares]
 
     async def _run_level(self, index: int, level: LoadLevel) -> LevelResult:

@@ -25,7 +25,14 @@ from typing import Any
 
 from backends.kube.resources import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from backends.kube_bench import pod_bootstrap
-from backends.kube_bench.plan import BUNDLE_DIR_ENV, DEFAULT_BUNDLE_DIR, INDEX_ENV, PLAN_ENV, WorkerPlan
+from backends.kube_bench.plan import (
+    BUNDLE_DIR_ENV,
+    DEFAULT_BUNDLE_DIR,
+    INDEX_ENV,
+    PLAN_ENV,
+    WorkerPlan,
+    encode_plan,
+)
 
 DEFAULT_LOADGEN_IMAGE = "python:3.11-slim"
 BENCH_RUN_LABEL = "servedeck.io/bench-run"
@@ -134,7 +141,7 @@ def render_job(
                 "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
             },
         },
-        {"name": PLAN_ENV, "value": plan.model_dump_json()},
+        {"name": PLAN_ENV, "value": encode_plan(plan)},
         {"name": BUNDLE_DIR_ENV, "value": DEFAULT_BUNDLE_DIR},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},

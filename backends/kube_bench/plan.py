@@ -61,6 +61,12 @@ class WorkerPlan(BaseModel):
     """Multi-turn: the pods run the worker's session loop over the bundle's conversations."""
 
 
+def encode_plan(plan: WorkerPlan) -> str:
+    """The plan as the pods' env var holds it. An infinite rate (``--request-rate inf``, a ramp-up's
+    level) is written ``Infinity``, which ``parse_plan`` reads back; pydantic's JSON would write null."""
+    return json.dumps(plan.model_dump(), allow_nan=True, separators=(",", ":"))
+
+
 def parse_plan(text: str) -> WorkerPlan:
     try:
         plan = WorkerPlan.model_validate_json(text)

@@ -26,6 +26,7 @@ from backends.bench.loadgen.requests import RequestOptions, parse_endpoint, rend
 from backends.bench.loadgen.runner import LevelPlan, session_jobs
 from backends.bench.loadgen.worker import LevelWorker, WorkerJob, WorkerProgress, job_records
 from backends.bench.models import ClientStats, SampledConversation, SampledRequest
+from backends.bench.traces import trace_arrivals
 from backends.errors import ConfigError
 from backends.kube_bench.codec import (
     PodFatal,
@@ -103,7 +104,7 @@ def build_worker_job(
             f"the bundle holds {len(dataset)} prompts but the plan expects {plan.num_requests}; "
             "the ConfigMaps do not belong to this run"
         )
-    share = pod_share(plan.level, plan.num_requests, plan.pods, pod_index, plan.seed)
+    share = pod_share(plan.level, plan.num_requests, plan.pods, pod_index, plan.seed, trace_arrivals(dataset))
     endpoint = parse_endpoint(plan.base_url)
     options = _options(plan)
     samples = [dataset[i] for i in share.indices]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from backends.bench.datasets import sample_requests
+from backends.bench.loadgen.arrivals import arrival_times
 from backends.bench.metrics import compute_metrics
 from backends.bench.models import RequestRecord
 from backends.bench.results import DatasetSpec
@@ -947,6 +948,133 @@ def test_multi_turn_sessions_run_in_the_pods_each_pod_its_own_and_merge_turn_by_
     assert not pod_sessions[0] & pod_sessions[1]
     assert sum(len(pairs) for pairs in by_pod.values()) == turns_sent
     assert _leftovers(kube_api) == []
+
+
+def test_ramp_up_runs_in_the_pods_each_pod_its_share_of_the_ramped_schedule(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    small_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "result.json"
+    num = 40
+    with FakeSSEServer(mode="tick") as server, FakeJobController(kube_api, exec_worker) as controller:
+        code = run_cli(
+            _workload_argv(
+                kubeconfig,
+                "--target",
+                f"http://127.0.0.1:{server.port}",
+                "--model",
+                "fake-model",
+                "--ramp-up-strategy",
+                "linear",
+                "--ramp-up-start-rps",
+                "2",
+                "--ramp-up-end-rps",
+                "40",
+                "--num-prompts",
+                str(num),
+                "--pods",
+                "2",
+                "--start-delay",
+                "6",
+                "--output-len",
+                "8",
+                "--loadgen-wheel",
+                str(small_wheel),
+                "--out",
+                str(out),
+            )
+        )
+        served = server.stats().generation_requests
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert served == num  # every request sent once, by one pod
+    (plan,) = _plans(controller)
+    assert plan.pods == 2 and plan.level.ramp_up == ("linear", 2.0, 40.0)
+    # The pods' disjoint shares are, merged, the schedule a local run of the same seed sends.
+    local = arrival_times(
+        num, plan.level.request_rate, plan.level.burstiness, plan.seed, ramp_up=plan.level.ramp_up
+    )
+    merged: dict[int, float] = {}
+    for share in all_shares(plan.level, num, plan.pods, plan.seed):
+        for index, arrival in zip(share.indices, share.arrivals, strict=True):
+            assert index not in merged
+            merged[index] = arrival
+    assert [merged[i] for i in range(num)] == local
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["completed"] == num and level["failed"] == 0
+    records: list[RequestRecord] = []
+    for pod in controller.pods:
+        records += [m for m in map(decode, pod.lines) if isinstance(m, RequestRecord)]
+    assert sorted(r.index for r in records) == list(range(num))
+    assert {pod.index for pod in controller.pods} == {0, 1}
+    sends = sorted(r.sent_at for r in records if r.sent_at is not None)
+    assert len(sends) == num
+    middle = (sends[0] + sends[-1]) / 2
+    # A 2 -> 40 req/s linear ramp sends about 7 of 40 requests in the first half of its span.
+    assert sum(1 for t in sends if t > middle) > 2 * sum(1 for t in sends if t <= middle)
+
+
+def test_a_trace_replays_in_the_pods_each_pod_its_share_of_the_scaled_timestamps(
+    kube_api: FakeKubeApi,
+    kubeconfig: Path,
+    small_wheel: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [(1000 + 150 * i + (90 if i % 3 == 0 else 0), 30 + i, 4) for i in range(12)]
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        "".join(
+            json.dumps({"timestamp": t, "input_length": n, "output_length": m, "hash_ids": [1]}) + "\n"
+            for t, n, m in rows
+        )
+    )
+    with FakeSSEServer(mode="tick") as server, FakeJobController(kube_api, exec_worker) as controller:
+        code = run_cli(
+            _workload_argv(
+                kubeconfig,
+                "--target",
+                f"http://127.0.0.1:{server.port}",
+                "--model",
+                "fake-model",
+                "--trace",
+                str(trace),
+                "--trace-time-scale",
+                "0.5",
+                "--concurrency",
+                "4",
+                "--pods",
+                "2",
+                "--start-delay",
+                "6",
+                "--loadgen-wheel",
+                str(small_wheel),
+                "--out",
+                str(tmp_path / "result.json"),
+            )
+        )
+        served = server.stats().generation_requests
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert served == len(rows)
+    shipped = [r.arrival_s for r in decode_dataset(_bundled_dataset(kube_api))]
+    assert shipped == pytest.approx([(t - rows[0][0]) / 1000 * 0.5 for t, _, _ in rows])
+    queued: dict[int, float] = {}
+    by_pod: dict[int, set[int]] = {}
+    for pod in controller.pods:
+        for message in map(decode, pod.lines):
+            if isinstance(message, RequestRecord):
+                assert message.index not in queued  # every request sent once
+                queued[message.index] = message.queued_at
+                by_pod.setdefault(pod.index, set()).add(message.index)
+    assert sorted(by_pod) == [0, 1]
+    # Each pod released its own requests at the trace's scaled times (the local run's schedule).
+    assert [queued[i] for i in range(len(rows))] == pytest.approx(shipped)
+    (level,) = json.loads((tmp_path / "result.json").read_text())["levels"]
+    assert level["completed"] == len(rows) and level["failed"] == 0
 
 
 def test_multi_turn_in_cluster_ships_the_sampled_conversations(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from backends.bench.loadgen.arrivals import arrival_times
 from backends.bench.models import Axis, LoadLevel
 from backends.errors import ConfigError
+from backends.kube_bench.plan import WorkerPlan, encode_plan, parse_plan
 from backends.kube_bench.shares import all_shares, pod_share, pods_for_level, split_evenly
 
 
@@ -90,3 +93,28 @@ def test_a_pod_index_outside_the_job_is_a_clear_error() -> None:
         pod_share(level, 10, 2, 2, seed=0)
     with pytest.raises(ConfigError, match="--pods must be >= 1"):
         pods_for_level(level, 10, 0)
+
+
+def test_an_infinite_rate_sends_every_request_at_zero_and_the_plan_carries_it() -> None:
+    # vLLM's default (--request-rate inf) and a ramp-up's level both have rate inf.
+    level = LoadLevel(axis=Axis.REQUEST_RATE, value=math.inf)
+    shares = all_shares(level, 9, 2, seed=0)
+    assert [len(s.indices) for s in shares] == [5, 4]
+    assert all(a == 0.0 for s in shares for a in s.arrivals)
+    assert [s.preopen for s in shares] == [5, 4]
+    plan = WorkerPlan(
+        run_id="r", level_index=0, level=level, pods=2, num_requests=9, base_url="http://x", model="m",
+        start_at_epoch=1.0,
+    )  # fmt: skip
+    assert parse_plan(encode_plan(plan)).level.request_rate == math.inf
+
+
+def test_a_trace_is_dealt_by_index_with_the_concurrency_cap_split_like_lanes() -> None:
+    trace = [0.0, 0.1, 0.1, 0.5, 1.2, 1.3, 2.0]
+    level = LoadLevel(axis=Axis.CONCURRENCY, value=3)
+    shares = all_shares(level, len(trace), 2, seed=0, trace=trace)
+    assert [s.indices for s in shares] == [[0, 2, 4, 6], [1, 3, 5]]
+    assert [s.arrivals for s in shares] == [[0.0, 0.1, 1.2, 2.0], [0.1, 0.5, 1.3]]
+    assert [s.concurrency for s in shares] == [2, 1]
+    with pytest.raises(ConfigError, match="6 trace arrival times for 7 requests"):
+        pod_share(level, 7, 2, 0, 0, trace[:6])

@@ -155,8 +155,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     from tui.cli.bench_incluster import check_local_run, run_in_cluster
 
     if args.in_cluster:
-        if args.ramp_up_strategy is not None or args.save_result:
-            raise ConfigError("--in-cluster does not take --ramp-up-strategy or --save-result yet; use --out")
+        if args.save_result:
+            raise ConfigError("--in-cluster does not take --save-result yet; use --out")
         return run_in_cluster(args)
     check_local_run(args)
     if not args.target:
