@@ -26,7 +26,7 @@ import math
 
 from pydantic import BaseModel
 
-from backends.bench.loadgen.arrivals import arrival_times
+from backends.bench.loadgen.arrivals import arrival_times, busiest_second
 from backends.bench.models import Axis, LoadLevel
 from backends.errors import ConfigError
 
@@ -101,7 +101,7 @@ def pod_share(
         indices = list(range(pod_index, num_requests, pods))
         arrivals = [trace[p] for p in indices]
         concurrency = None if cap is None else split_evenly(cap, pods)[pod_index]
-        busiest = _busiest_second(arrivals)
+        busiest = busiest_second(arrivals)
         preopen = min(len(indices), concurrency if concurrency is not None else max(8, 2 * busiest))
     elif level.axis is Axis.CONCURRENCY:
         assert cap is not None
@@ -135,16 +135,6 @@ def pod_share(
         concurrency=concurrency,
         preopen=min(preopen, MAX_PREOPEN),
     )
-
-
-def _busiest_second(arrivals: list[float]) -> int:
-    """The most arrivals within any one second."""
-    busiest, first = 0, 0
-    for last, t in enumerate(arrivals):
-        while t - arrivals[first] >= 1.0:
-            first += 1
-        busiest = max(busiest, last - first + 1)
-    return busiest
 
 
 def all_shares(

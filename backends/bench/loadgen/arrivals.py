@@ -97,3 +97,13 @@ def _ramp_up_times(
         gaps = rng.gamma(shape=burstiness, scale=1.0 / (rates * burstiness))
     times = np.concatenate(([0.0], np.cumsum(gaps)))
     return [float(t) for t in times]
+
+
+def busiest_second(arrivals: list[float]) -> int:
+    """The most arrivals (sorted send times, s) within any one second."""
+    busiest, first = 0, 0
+    for last, t in enumerate(arrivals):
+        while t - arrivals[first] >= 1.0:
+            first += 1
+        busiest = max(busiest, last - first + 1)
+    return busiest

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from backends.bench.loadgen.arrivals import arrival_times
+from backends.bench.loadgen.arrivals import arrival_times, busiest_second
 from backends.bench.loadgen.requests import Endpoint, RequestOptions
 from backends.bench.loadgen.selfmon import merge_client_stats
 from backends.bench.loadgen.worker import SessionPlan, WorkerJob, WorkerProgress, job_records, worker_main
@@ -174,16 +174,6 @@ def session_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
     return jobs
 
 
-def _busiest_second(arrivals: list[float]) -> float:
-    """A trace's most releases within any one second, as a rate in req/s."""
-    busiest, first = 0, 0
-    for last, t in enumerate(arrivals):
-        while t - arrivals[first] >= 1.0:
-            first += 1
-        busiest = max(busiest, last - first + 1)
-    return float(busiest)
-
-
 def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
     if plan.conversations is not None:
         return session_jobs(plan, endpoint)
@@ -208,7 +198,7 @@ def build_jobs(plan: LevelPlan, endpoint: Endpoint) -> list[WorkerJob]:
             # Two seconds of arrivals (all of them at rate inf, all at once).
             rate = level.ramp_up[2] if level.ramp_up is not None else level.request_rate
             if plan.arrivals is not None:
-                rate = _busiest_second(plan.arrivals)
+                rate = float(busiest_second(plan.arrivals))
             preopen = len(positions) if math.isinf(rate) else min(len(positions), max(8, math.ceil(rate * 2)))
         jobs.append(
             WorkerJob(
