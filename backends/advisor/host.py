@@ -49,6 +49,8 @@ class AdviseJob(BaseModel):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     seed: int = 0
     calibration: str | None = Field(default=None, description="a saved twin calibration profile's name")
+    turns: int = Field(default=1, description="user turns per conversation; above 1 the rate is sessions/s")
+    think_time_s: float = Field(default=0.0, description="multi-turn: seconds between a session's turns")
 
 
 class VerifyJob(BaseModel):
@@ -102,15 +104,24 @@ def check_job(job: Job) -> None:
             raise ConfigError(f"prompts must be at least 1, not {job.num_prompts}")
         if job.max_gpus < 1:
             raise ConfigError(f"max GPUs must be at least 1, not {job.max_gpus}")
+        if job.turns < 1:
+            raise ConfigError(f"turns must be at least 1 (1 = single-turn), not {job.turns}")
+        if not math.isfinite(job.think_time_s) or job.think_time_s < 0:
+            raise ConfigError(f"think time must be 0 s or more, not {job.think_time_s:g}")
 
 
 def run_advise(job: AdviseJob, progress: Callable[[int, int, str], None] | None = None) -> JobDone:
+    from backends.advisor.knee import Sessions
     from backends.twin.fastforward import sample_dataset
     from manifests.catalog import default_catalog
 
+    spec = job.dataset
+    if job.turns > 1:
+        # as `plan --advise --turns N`: ShareGPT conversations replayed turn by turn, one session each
+        spec = DatasetSpec(kind="multi_turn", path=None, turns=job.turns, think_time_s=job.think_time_s)
     sweep = SweepConfig(
         target=Target(name="twin advisor", base_url="twin://advisor", model="advisor", kind=TargetKind.TWIN),
-        dataset=job.dataset,
+        dataset=spec,
         axis=Axis.REQUEST_RATE,
         levels=[1.0],
         num_prompts=job.num_prompts,
@@ -119,6 +130,12 @@ def run_advise(job: AdviseJob, progress: Callable[[int, int, str], None] | None 
         same_prompts=True,
     )
     dataset = sample_dataset(sweep)
+    conversations = dataset.conversations_for_level(0)
+    sessions = (
+        Sessions(conversations=tuple(conversations), spec=sweep.dataset)
+        if conversations is not None
+        else None
+    )
     gpus, engine_args = job.gpus, None
     if job.calibration is not None:
         from backends.twin.calibration import calibrated_gpus, load_profile
@@ -138,6 +155,7 @@ def run_advise(job: AdviseJob, progress: Callable[[int, int, str], None] | None 
         seed=job.seed,
         engine_args=engine_args,
         progress=progress,
+        sessions=sessions,
     )
     return JobDone(advice=advice, notes=dataset.notes)
 

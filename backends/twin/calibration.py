@@ -112,6 +112,23 @@ class LevelFit(BaseModel):
     after: LevelPoint
 
 
+def level_error(fit: LevelFit, metric: str) -> tuple[str, str]:
+    """The twin's error on one level's metric ("+12.3%"), with the default constants and the fitted ones;
+    "-" where nothing was measured. The CLI table and the TUI's picked-profile line both use it."""
+    measured = fit.measured.value(metric)
+
+    def gap(value: float) -> str:
+        return "-" if measured <= 0 else f"{value / measured - 1:+.1%}"
+
+    return gap(fit.before.value(metric)), gap(fit.after.value(metric))
+
+
+def level_errors_line(fit: LevelFit) -> str:
+    """One level's before->after error on every stored metric: "4 req/s: throughput +1.0%->+0.2%, ..."."""
+    cells = (f"{METRIC_LABELS[m]} {'->'.join(level_error(fit, m))}" for m in METRICS)
+    return f"{fit.label}: {', '.join(cells)}"
+
+
 class CalibrationProfile(BaseModel):
     """A named set of fitted constants for one hardware, with where they came from and how well they fit."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Button, DataTable, Input, ProgressBar, Select, Static
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 
 from tests import tui_helpers
 from tui.app import VIEWS, ServeDeckApp
@@ -125,3 +125,39 @@ async def test_bad_advisor_input_is_one_line_in_the_view(field: str, value: str,
         await wait_until(pilot, lambda: screen.running is None and line in status(screen))
         assert "\n" not in status(screen) and screen.advice is None
         assert not screen.query_one("#adv-run", Button).disabled
+
+
+async def test_a_multi_turn_advice_ranks_in_sessions_per_second_with_the_prefix_hit_rate() -> None:
+    async with make_app().run_test(size=(160, 45)) as pilot:
+        screen = pilot.app.screen
+        assert isinstance(screen, AdvisorScreen)
+        screen.query_one("#adv-model", Select).value = "gemma-3-4b-it"
+        for field, value in [
+            ("#adv-gpus", "l4,h100"),
+            ("#adv-max-gpus", "1"),
+            ("#adv-prompts", "20"),
+            ("#adv-rate", "2"),
+            ("#adv-slo", "p99_ttft:500"),
+            ("#adv-turns", "3"),
+            ("#adv-think", "0.5"),
+        ]:
+            screen.query_one(field, Input).value = value
+        await pilot.pause()
+        assert str(screen.query_one("#adv-rate-label", Label).content) == "rate sessions/s"
+        job = screen.read_job()
+        assert (job.turns, job.think_time_s) == (3, 0.5)
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: screen.advice is not None and screen.running is None)
+        advice = screen.advice
+        assert advice is not None and advice.multi_turn and advice.num_prompts == 20
+        assert [shape.label for shape in advice.shapes] == ["1xL4 24GB", "1xH100 80GB"]
+        table = screen.query_one("#adv-table", DataTable)
+        titles = [str(column.label) for column in table.columns.values()]
+        assert "sessions/s/replica" in titles and "prefix hit" in titles, titles
+        hit_column = titles.index("prefix hit")
+        for row in range(2):
+            hit = str(table.get_row_at(row)[hit_column])
+            # each turn resends the session's history: the twin's prefix cache answers much of it
+            assert hit.endswith("%") and int(hit[:-1]) > 30, hit
+        assert "multi-turn sessions a level" in status(screen)
+        assert "sessions/s (lower is better)" in str(screen.query_one(CostChart).render())

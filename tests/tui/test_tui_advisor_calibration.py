@@ -51,7 +51,7 @@ def _save_profile() -> None:
                     run_id="run-a",
                     label="4 req/s",
                     measured=point,
-                    before=point.model_copy(update={"tpot_p50": 25.0}),
+                    before=point.model_copy(update={"tpot_p50": 25.0, "ttft_p99": 99.0}),
                     after=point.model_copy(update={"tpot_p50": 20.4}),
                 )
             ],
@@ -69,7 +69,11 @@ async def test_a_saved_profile_is_picked_in_the_form_and_times_its_gpu_only() ->
         await pilot.pause()
         picked = str(screen.query_one("#adv-calibration", Static).content)
         assert "picked calibrated: profile 'lab'" in picked and "(defaults: throughput 20.0%" in picked
-        assert "per level 4 req/s TPOT +25%->+2%" in picked, picked
+        # every metric the profile stores, as `twin calibrate` prints them
+        assert (
+            "4 req/s: throughput +0.0%->+0.0%, TTFT p50 +0.0%->+0.0%, TTFT p99 +10.0%->+0.0%, "
+            "TPOT p50 +25.0%->+2.0%" in picked
+        ), picked
         screen.query_one("#adv-gpus", Input).value = "l4"
         await pilot.press("ctrl+r")
         await wait_until(pilot, lambda: screen.running is None and "cannot time l4" in status(screen))

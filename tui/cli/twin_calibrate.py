@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from backends.twin import calibration
-from backends.twin.calibration import METRIC_LABELS, METRICS, CalibrationProfile, LevelFit
+from backends.twin.calibration import METRIC_LABELS, METRICS, CalibrationProfile, LevelFit, level_error
 from backends.twin.engine_config import TwinConfig
 from sessions.store import SessionStore
 
@@ -72,11 +72,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def _cell(fit: LevelFit, metric: str) -> list[str]:
     measured = fit.measured.value(metric)
     digits = 0 if metric == "output_throughput" else 1
-
-    def gap(value: float) -> str:
-        return "-" if measured <= 0 else f"{value / measured - 1:+.1%}"
-
-    return [f"{measured:,.{digits}f}", gap(fit.before.value(metric)), gap(fit.after.value(metric))]
+    return [f"{measured:,.{digits}f}", *level_error(fit, metric)]
 
 
 def print_profile(profile: CalibrationProfile) -> None:

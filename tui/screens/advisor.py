@@ -39,7 +39,13 @@ from backends.bench.results import SweepConfig
 from backends.bench.search_record import SearchLevel, SearchRecord
 from backends.errors import ConfigError, ServeDeckError
 from backends.target_types import Target
-from backends.twin.calibration import UNCALIBRATED_NOTE, list_profiles, load_profile, prediction_note
+from backends.twin.calibration import (
+    UNCALIBRATED_NOTE,
+    level_errors_line,
+    list_profiles,
+    load_profile,
+    prediction_note,
+)
 from manifests.errors import ManifestError
 from manifests.gpus import GpuType
 from manifests.model_catalog import all_profiles, load_custom_profile
@@ -53,7 +59,20 @@ DEFAULT_MODEL = "gemma-3-27b-it"
 DEFAULT_SLO = "p99_ttft:2000,p99_tpot:100"
 CHART_MIN_HEIGHT = 40  # the $/1M chart shows below the table only on screens at least this tall
 BAR_WIDTH = 36
-COLUMNS = ("#", "shape", "req/s/replica", "replicas", "headroom", "$/h", "$/1M tok", "p99 TTFT", "why not")
+WORKLOAD_HINT = "1 = single requests; more: ShareGPT sessions, rate = new sessions/s"
+COLUMNS = (
+    *("#", "shape", "req/s/replica", "replicas", "headroom", "$/h", "$/1M tok"),
+    *("p99 TTFT", "prefix hit", "why not"),
+)
+
+
+def columns(multi_turn: bool) -> tuple[str, ...]:
+    """The table's titles: a multi-turn advice's rates are new sessions/s."""
+    return tuple(title.replace("req/s", "sessions/s") for title in COLUMNS) if multi_turn else COLUMNS
+
+
+def rate_unit(multi_turn: bool) -> str:
+    return "sessions/s" if multi_turn else "req/s"
 
 
 def _number(text: str, what: str, *, integer: bool = False, low: float = 0.0) -> float:
@@ -65,6 +84,17 @@ def _number(text: str, what: str, *, integer: bool = False, low: float = 0.0) ->
         raise ConfigError(f"{what} must be {kind}, got {text.strip()!r}") from None
     if not math.isfinite(number) or number <= low:
         raise ConfigError(f"{what} must be more than {low:g}, got {text.strip()}")
+    return number
+
+
+def _seconds(text: str, what: str) -> float:
+    value = text.strip() or "0"
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{what} must be 0 or more, got {value}")
     return number
 
 
@@ -87,12 +117,14 @@ def _money(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:,.2f}"
 
 
-def knee_ttft(shape: ShapeAdvice) -> str:
+def knee_cells(shape: ShapeAdvice) -> tuple[str, str]:
+    """p99 TTFT and the prefix-cache hit rate of the level at the knee (as `plan --advise` prints)."""
     knee = shape.knee
     for trial in knee.trials:
         if knee.rate is not None and trial.passed and math.isclose(trial.rate, knee.rate):
-            return f"{trial.p99_ttft_ms:,.0f} ms"
-    return "-"
+            hit = trial.prefix_cache_hit_rate
+            return f"{trial.p99_ttft_ms:,.0f} ms", "n/a" if hit is None else f"{hit:.0%}"
+    return "-", "-"
 
 
 def row_cells(rank: int | None, shape: ShapeAdvice) -> list[str | Text]:
@@ -106,7 +138,7 @@ def row_cells(rank: int | None, shape: ShapeAdvice) -> list[str | Text]:
         "-" if shape.headroom is None else f"{shape.headroom:.0%}",
         _money(shape.usd_per_hour) + ("*" if shape.price_estimate else ""),
         _money(shape.usd_per_million),
-        knee_ttft(shape),
+        *knee_cells(shape),
         Text("" if ok else shape.why, style="red" if shape.verdict is Verdict.SLO else "yellow"),
     ]
 
@@ -140,7 +172,8 @@ class CostChart(Widget):
         if advice is None or not advice.passing:
             return out
         passing = advice.passing[:10]
-        out.append(f"$ per 1M tokens at {advice.rate:g} req/s (lower is better)\n", style="bold")
+        unit = rate_unit(advice.multi_turn)
+        out.append(f"$ per 1M tokens at {advice.rate:g} {unit} (lower is better)\n", style="bold")
         top = max(s.usd_per_million or 0.0 for s in passing) or 1.0
         name = max(len(s.label) for s in passing)
         room = max(8, min(BAR_WIDTH, self.size.width - name - 30))
@@ -158,7 +191,7 @@ class AdvisorScreen(Screen[None]):
     TITLE = "Advisor"
 
     DEFAULT_CSS = """
-    AdvisorScreen #advisor-inputs, AdvisorScreen #advisor-inputs-2 {
+    AdvisorScreen #advisor-inputs, AdvisorScreen #advisor-inputs-2, AdvisorScreen #advisor-inputs-3 {
         height: 1;
         padding: 0 1;
     }
@@ -173,6 +206,9 @@ class AdvisorScreen(Screen[None]):
     AdvisorScreen #adv-gpus { width: 1fr; }
     AdvisorScreen #adv-max-gpus { width: 4; }
     AdvisorScreen #adv-prompts { width: 7; }
+    AdvisorScreen #adv-turns { width: 4; }
+    AdvisorScreen #adv-think { width: 5; }
+    AdvisorScreen #adv-workload-hint { width: 1fr; color: $text-muted; }
     AdvisorScreen #adv-calibration-select { width: 18; }
     AdvisorScreen Input, AdvisorScreen Select { margin-right: 1; }
     AdvisorScreen #advisor-progress-row {
@@ -182,7 +218,7 @@ class AdvisorScreen(Screen[None]):
     AdvisorScreen #adv-progress { width: 30; }
     AdvisorScreen Switch { height: 1; border: none; padding: 0; }
     AdvisorScreen #adv-status { width: 1fr; padding-left: 1; }
-    AdvisorScreen #adv-calibration { height: auto; max-height: 2; padding: 0 1; color: $text-muted; }
+    AdvisorScreen #adv-calibration { height: auto; max-height: 3; padding: 0 1; color: $text-muted; }
     AdvisorScreen #adv-table { height: 1fr; }
     AdvisorScreen #adv-verify {
         height: auto;
@@ -250,7 +286,7 @@ class AdvisorScreen(Screen[None]):
                 id="adv-model",
             )
             yield Input(placeholder="or config.json PATH", compact=True, id="adv-config")
-            yield Label("rate", classes="adv-label")
+            yield Label("rate req/s", classes="adv-label", id="adv-rate-label")
             yield Input("10", compact=True, id="adv-rate")
             yield Label("SLO", classes="adv-label")
             yield Input(DEFAULT_SLO, compact=True, id="adv-slo")
@@ -270,6 +306,14 @@ class AdvisorScreen(Screen[None]):
                 compact=True,
                 id="adv-calibration-select",
             )
+        with Horizontal(id="advisor-inputs-3"):
+            yield Label("turns", classes="adv-label")
+            yield Input(
+                "1", compact=True, id="adv-turns", tooltip="user turns per conversation; 1 = single-turn"
+            )
+            yield Label("think s", classes="adv-label")
+            yield Input("0", compact=True, id="adv-think", tooltip="multi-turn: seconds between turns")
+            yield Static(WORKLOAD_HINT, id="adv-workload-hint")
         with Horizontal(id="advisor-progress-row"):
             yield ProgressBar(total=None, show_eta=False, id="adv-progress")
             yield Static("ctrl+r runs the advisor (vLLM twin, simulated)", id="adv-status")
@@ -287,13 +331,28 @@ class AdvisorScreen(Screen[None]):
         yield KeysFooter()
 
     def on_mount(self) -> None:
-        table = self.query_one("#adv-table", DataTable)
-        for title in COLUMNS:
-            table.add_column(title, key=title)
+        self._add_columns(multi_turn=False)
         self.query_one("#adv-verify", Static).display = False
         self.query_one("#adv-calibration", Static).display = False
         self._place_chart()
         self.query_one("#adv-rate", Input).focus()
+
+    def _add_columns(self, *, multi_turn: bool) -> None:
+        table = self.query_one("#adv-table", DataTable)
+        table.clear(columns=True)
+        for title in columns(multi_turn):
+            table.add_column(title, key=title)
+
+    def _turns(self) -> int:
+        try:
+            return int(self._value("adv-turns").strip())
+        except ValueError:
+            return 1
+
+    @on(Input.Changed, "#adv-turns")
+    def _turns_changed(self) -> None:
+        label = self.query_one("#adv-rate-label", Label)
+        label.update(f"rate {rate_unit(self._turns() > 1)}")
 
     def on_resize(self) -> None:
         self._place_chart()
@@ -334,15 +393,19 @@ class AdvisorScreen(Screen[None]):
                 raise ConfigError(str(err)) from None
             except (OSError, ValueError, TypeError) as err:
                 raise ConfigError(f"cannot read model config {config_path}: {err}") from None
+        turns = int(_number(self._value("adv-turns"), "turns", integer=True))
+        think_s = _seconds(self._value("adv-think"), "think time (s)")
         return AdviseJob(
             model=model,
-            rate=_number(self._value("adv-rate"), "rate (req/s)"),
+            rate=_number(self._value("adv-rate"), f"rate ({rate_unit(turns > 1)})"),
             slo=self._value("adv-slo").strip(),
             gpus=parse_gpus(self._value("adv-gpus")),
             max_gpus=int(_number(self._value("adv-max-gpus"), "max GPUs", integer=True)),
             num_prompts=int(_number(self._value("adv-prompts"), "prompts", integer=True)),
             spot=self.query_one("#adv-spot", Switch).value,
             calibration=self._calibration(),
+            turns=turns,
+            think_time_s=think_s,
         )
 
     def _calibration(self) -> str | None:
@@ -361,15 +424,10 @@ class AdvisorScreen(Screen[None]):
         except ConfigError as err:
             self._status(str(err), error=True)
             return
-        levels = "; ".join(
-            f"{fit.label} TPOT {fit.before.tpot_p50 / fit.measured.tpot_p50 - 1:+.0%}"
-            f"->{fit.after.tpot_p50 / fit.measured.tpot_p50 - 1:+.0%}"
-            for fit in profile.levels
-            if fit.measured.tpot_p50 > 0
-        )
+        levels = "; ".join(level_errors_line(fit) for fit in profile.levels)
         line.update(
             f"picked {profile.note()} (defaults: {profile.error_summary(profile.error_before)}); "
-            f"per level {levels}"
+            f"twin error per level, defaults->calibrated: {levels}"
         )
         line.display = True
 
@@ -422,15 +480,20 @@ class AdvisorScreen(Screen[None]):
     def _advised(self, message: Advised) -> None:
         advice = message.advice
         self.advice = advice
+        self._add_columns(multi_turn=advice.multi_turn)
         table = self.query_one("#adv-table", DataTable)
-        table.clear()
         rank = 0
         for index, shape in enumerate(advice.shapes):
             ok = shape.verdict is Verdict.OK
             rank += ok
             table.add_row(*row_cells(rank if ok else None, shape), key=str(index))
         for skipped in advice.skipped:
-            table.add_row("-", skipped.label, *["-"] * 6, Text(f"does not fit: {skipped.why}", style="dim"))
+            table.add_row(
+                "-",
+                skipped.label,
+                *["-"] * (len(COLUMNS) - 3),
+                Text(f"does not fit: {skipped.why}", style="dim"),
+            )
         self.query_one(CostChart).show(advice)
         calibration_line = self.query_one("#adv-calibration", Static)
         calibration_line.update(f"predictions: {message.calibration}")
@@ -438,12 +501,13 @@ class AdvisorScreen(Screen[None]):
         self._set_running(None)
         if advice.passing:
             best = advice.passing[0]
+            what = "multi-turn sessions" if advice.multi_turn else "prompts"
             self._status(
                 Text.assemble(
                     ("cheapest: ", "bold"),
                     (f"{best.replicas} x {best.label}", "bold green"),
                     f" ${_money(best.usd_per_million)}/1M tok, ${_money(best.usd_per_hour)}/h "
-                    f"(twin, simulated; {advice.num_prompts:,} prompts a level) · ctrl+o deploys, "
+                    f"(twin, simulated; {advice.num_prompts:,} {what} a level) · ctrl+o deploys, "
                     "ctrl+e verifies",
                 )
             )
@@ -511,6 +575,14 @@ class AdvisorScreen(Screen[None]):
             )
             return
         advice = self.advice
+        if advice.multi_turn:
+            # the search measures single requests/s: a sessions/s knee is no start for it
+            self.notify(
+                "verify searches single-turn requests/s: run the advice with turns 1 to verify it",
+                severity="warning",
+                timeout=8,
+            )
+            return
 
         def chosen(choice: VerifyChoice | None) -> None:
             if choice is not None:
