@@ -35,7 +35,7 @@ from backends.twin.calibration import calibrated_gpus
 from backends.twin.fastforward import sample_dataset
 from manifests.gpus import GpuType
 from tui.cli.json_output import write_document
-from tui.cli.sweep_args import dataset_from_args
+from tui.cli.sweep_args import check_workload_counts, dataset_from_args
 from tui.cli.twin_calibrate import calibration_document, calibration_note, load_calibration
 
 _BAR_WIDTH = 40
@@ -166,12 +166,7 @@ def run_advise(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tolerance must be > 0, not {args.tolerance:g}")
     if args.max_levels < 2:
         raise ConfigError(f"--max-levels must be at least 2, not {args.max_levels}")
-    if args.num_prompts < 1:
-        raise ConfigError(f"--num-prompts must be at least 1, not {args.num_prompts}")
-    if args.output_len is not None and args.output_len < 1:
-        raise ConfigError(f"--output-len must be at least 1 token, not {args.output_len}")
-    if not args.burstiness > 0:
-        raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), not {args.burstiness}")
+    check_workload_counts(args)
     gpus = _gpus(args.gpus)
     calibrated = load_calibration(args)
     engine_args = _engine_args(args)

@@ -39,6 +39,7 @@ from tui.cli.deploy_render import (
 from tui.cli.json_output import write_document
 from tui.cli.sweep_args import (
     add_sweep_arguments,
+    check_workload_counts,
     percentiles,
     sweep_fields_from_args,
 )
@@ -136,12 +137,7 @@ def twin_config_from_args(args: argparse.Namespace) -> TwinConfig:
 
 
 def sweep_config_from_args(args: argparse.Namespace, config: TwinConfig) -> SweepConfig:
-    if args.num_prompts < 1:
-        raise ConfigError(f"--num-prompts must be at least 1, not {args.num_prompts}")
-    if args.output_len is not None and args.output_len < 1:
-        raise ConfigError(f"--output-len must be at least 1 token, not {args.output_len}")
-    if not args.burstiness > 0:
-        raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), not {args.burstiness}")
+    check_workload_counts(args)
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ConfigError(f"--max-concurrency must be at least 1, not {args.max_concurrency}")
     target = Target(

@@ -297,3 +297,13 @@ def config_from_args(args: argparse.Namespace, target: Target) -> SweepConfig:
         ramp_up_start_rps=args.ramp_up_start_rps,
         ramp_up_end_rps=args.ramp_up_end_rps,
     )
+
+
+def check_workload_counts(args: argparse.Namespace) -> None:
+    """The prompt count, output length and burstiness of a fast-forward workload (plan, --advise)."""
+    if args.num_prompts < 1:
+        raise ConfigError(f"--num-prompts must be at least 1, not {args.num_prompts}")
+    if args.output_len is not None and args.output_len < 1:
+        raise ConfigError(f"--output-len must be at least 1 token, not {args.output_len}")
+    if not args.burstiness > 0:
+        raise ConfigError(f"--burstiness must be > 0 (1 = Poisson), not {args.burstiness}")
