@@ -27,7 +27,7 @@ from backends.bench.datasets import (
 )
 from backends.bench.loadgen.arrivals import arrival_times
 from backends.bench.metrics import compute_metrics
-from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledRequest
+from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledRequest, TurnMetrics
 from backends.bench.results import LevelResult, RunStatus, SweepConfig, SweepResult
 from backends.bench.tokenizers import TiktokenCounter, TokenCounter, load_offline_encoding
 from backends.bench.traces import check_trace_levels, trace_arrivals
@@ -218,10 +218,29 @@ def run_level(
     duration = max((c[-1] for c in chunks if c), default=0.0)
     if stopped is not None:
         duration = now
+    snapshots.append(snapshot(engine, now))
+    return simulated_level(
+        index, level, started_at, records, snapshots, duration, total, stopped, goodput_slos_ms, percentiles
+    )
+
+
+def simulated_level(
+    index: int,
+    level: LoadLevel,
+    started_at: datetime,
+    records: list[RequestRecord],
+    snapshots: list[ServerSnapshot],
+    duration: float,
+    total: int,
+    stopped: str | None,
+    goodput_slos_ms: dict[str, float] | None,
+    percentiles: Sequence[float],
+    turns: list[TurnMetrics] | None = None,
+) -> LevelResult:
+    """A fast-forward level's result: complete when every request finished and nothing stopped it early."""
     metrics = compute_metrics(
         records, duration, goodput_slos_ms=goodput_slos_ms or None, percentiles=list(percentiles)
     )
-    snapshots.append(snapshot(engine, now))
     return LevelResult(
         index=index,
         level=level,
@@ -232,6 +251,7 @@ def run_level(
         records=records,
         server_snapshots=snapshots,
         message=SIMULATED_NOTE if stopped is None else f"{SIMULATED_NOTE}; stopped early: {stopped}",
+        turns=turns,
     )
 
 

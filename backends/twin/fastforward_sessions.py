@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backends.bench.loadgen.arrivals import arrival_times
-from backends.bench.metrics import compute_metrics
-from backends.bench.models import ClientStats, LoadLevel, RequestRecord, SampledConversation
+from backends.bench.models import LoadLevel, RequestRecord, SampledConversation
 from backends.bench.multi_turn import per_turn_metrics
-from backends.bench.results import DatasetSpec, LevelResult, RunStatus
+from backends.bench.results import DatasetSpec, LevelResult
 from backends.target_types import ServerSnapshot
 from backends.twin.engine import InvalidRequestError, TwinEngine
 from backends.twin.text import TwinTokenizer, answer_text
@@ -85,7 +84,7 @@ def run_sessions_level(
 ) -> LevelResult:
     """Play one multi-turn level through ``engine``; the clock starts at 0 like a live level's.
     ``early_stop`` sees every turn sent so far, in the order sent (an SLO search's early stop)."""
-    from backends.twin.fastforward import SIMULATED_NOTE, snapshot
+    from backends.twin.fastforward import simulated_level, snapshot
 
     started_at = datetime.now(UTC)
     tokenizer = TwinTokenizer()
@@ -280,20 +279,17 @@ def run_sessions_level(
     duration = max((r.chunk_times[-1] for r in records if r.chunk_times), default=0.0)
     if stopped is not None:
         duration = now
-    metrics = compute_metrics(
-        records, duration, goodput_slos_ms=goodput_slos_ms or None, percentiles=list(percentiles)
-    )
     snapshots.append(snapshot(engine, now))
-    total = offsets[-1]
-    return LevelResult(
-        index=index,
-        level=level,
-        started_at=started_at,
-        status=RunStatus.COMPLETE if metrics.completed == total and stopped is None else RunStatus.PARTIAL,
-        metrics=metrics,
-        client=ClientStats(),
-        records=records,
-        server_snapshots=snapshots,
-        message=SIMULATED_NOTE if stopped is None else f"{SIMULATED_NOTE}; stopped early: {stopped}",
+    return simulated_level(
+        index,
+        level,
+        started_at,
+        records,
+        snapshots,
+        duration,
+        offsets[-1],
+        stopped,
+        goodput_slos_ms,
+        percentiles,
         turns=per_turn_metrics(records),
     )
