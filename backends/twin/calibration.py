@@ -209,6 +209,10 @@ def _point_from_records(records: Sequence[RequestRecord], output_throughput: flo
     )
 
 
+def _open_loop(level: LoadLevel) -> bool:
+    return level.concurrency_cap is None and math.isfinite(level.request_rate)
+
+
 def measured_levels(sweep: SweepResult) -> list[MeasuredLevel]:
     """A run's levels as replayable workloads: its requests' prompt and answer lengths, seed, arrivals."""
     out: list[MeasuredLevel] = []
@@ -217,12 +221,18 @@ def measured_levels(sweep: SweepResult) -> list[MeasuredLevel]:
         if len(done) < MIN_REQUESTS_PER_LEVEL or level.level.ramp_up is not None:
             continue
         done.sort(key=lambda r: r.index)
+        # An open-loop level replays the times its requests were really sent: on a busy client they drift
+        # from the seed's schedule, and the server batched what it really got.
+        replay_sends = _open_loop(level.level) and all(r.sent_at is not None for r in done)
+        if replay_sends:
+            done.sort(key=lambda r: r.sent_at or 0.0)
         requests = [
             SampledRequest(
                 # Placeholder text: the twin only needs lengths; a distinct one per request, no shared prefix.
                 prompt=f"r{sweep.run_id}.{level.index}.{r.index}",
                 prompt_len=max(1, r.input_tokens or r.prompt_len),
                 expected_output_len=max(1, r.expected_output_len, r.output_tokens or 0),
+                arrival_s=r.sent_at if replay_sends else None,
             )
             for r in done
         ]

@@ -3,9 +3,13 @@
 The "real server" is a live twin (own process, real HTTP, real time) of gemma-3-27b-it on 1xA100-80GB started
 with host overhead x3 and bandwidth efficiency x0.8. The bench core measures two small sweeps of it (one
 open loop, one closed loop), ``calibrate`` fits a fresh profile to them, and that profile must predict a
-third, different sweep (other rates, longer answers) within 10% on output throughput and p50 TPOT and 20%
-on p50 TTFT (the p50 of 32 first-token waits at a live server on a shared 2-core CI machine moved 13% between
-runs of the same seed); the default constants must miss by more than 10% (so the test can fail).
+third, different sweep (other rates, longer answers) within 10% on output throughput and p50 TTFT and TPOT;
+the default constants must miss by more than 10% (so the test can fail).
+
+The third sweep sends 64 requests a level, not 32: at 8 req/s the first-token waits of 32 requests cluster by
+how many ~68 ms steps each waited, and the p50 fell between two clusters, so 0-2 ms of arrival jitter moved it
+by 15.6% (229.6 vs 265.5 ms, in the fast-forward with the true constants as on a live twin in 1 of 4 runs);
+with 64 the same jitter moves it by at most 1.6%.
 """
 
 from __future__ import annotations
@@ -28,16 +32,17 @@ from backends.twin.process import start_twin_process
 HIDDEN = TwinConstants(step_overhead_scale=3.0, bandwidth_scale=0.8)
 SERVER = TwinConfig.build("gemma-3-27b-it", "a100-80gb", 1).model_copy(update={"constants": HIDDEN})
 TOLERANCE = 0.10
-TOLERANCE_BY_METRIC = {"output_throughput": TOLERANCE, "ttft_p50": 0.20, "tpot_p50": TOLERANCE}
 
 
-def _sweep(url: str, axis: Axis, levels: list[float], output_len: int, seed: int) -> SweepResult:
+def _sweep(
+    url: str, axis: Axis, levels: list[float], output_len: int, seed: int, num_prompts: int = 32
+) -> SweepResult:
     target = asyncio.run(discover_target(url))
     config = SweepConfig(
         target=target,
         axis=axis,
         levels=levels,
-        num_prompts=32,
+        num_prompts=num_prompts,
         output_len=output_len,
         seed=seed,
         endpoint="completions",
@@ -55,7 +60,7 @@ def measured() -> list[SweepResult]:
         return [
             _sweep(twin.base_url, Axis.REQUEST_RATE, [4.0, 16.0], 32, 1),
             _sweep(twin.base_url, Axis.CONCURRENCY, [4, 8], 32, 2),
-            _sweep(twin.base_url, Axis.REQUEST_RATE, [8.0, 24.0], 48, 3),
+            _sweep(twin.base_url, Axis.REQUEST_RATE, [8.0, 24.0], 48, 3, num_prompts=64),
         ]
 
 
@@ -80,14 +85,14 @@ def test_calibration_from_two_sweeps_predicts_a_third(measured: list[SweepResult
             m = level.measured.value(metric)
             gap, gap_default = abs(f.value(metric) / m - 1), abs(d.value(metric) / m - 1)
             worst_default = max(worst_default, gap_default)
-            rows.append((level.level.label, metric, m, f.value(metric), gap, gap_default, metric))
+            rows.append((level.level.label, metric, m, f.value(metric), gap, gap_default))
     report = "\n".join(
         f"{label} {metric}: measured {m:.1f} calibrated {p:.1f} ({g:.1%}; defaults {gd:.1%})"
-        for label, metric, m, p, g, gd, _ in rows
+        for label, metric, m, p, g, gd in rows
     )
     print(f"{profile.note()}\nfitted {profile.constants}\n{report}")
-    for *_, gap, _, metric in rows:
-        assert gap <= TOLERANCE_BY_METRIC[metric], report
+    for *_, gap, _ in rows:
+        assert gap <= TOLERANCE, report
     assert worst_default > TOLERANCE, report  # the hidden constants matter: defaults miss the third sweep
     assert profile.error_after["tpot_p50"] < profile.error_before["tpot_p50"]
 
@@ -131,3 +136,12 @@ def test_a_profile_is_for_its_gpu_and_a_calibrated_roofline_is_slower_where_scal
     cost = StepCost(tokens=8, sampled=8, sequences=8, kv_full_tokens=8 * 512, kv_sliding_tokens=8 * 512)
     a, b = Roofline(slow).breakdown(cost), Roofline(fast).breakdown(cost)
     assert a.overhead_s > 2.5 * b.overhead_s and a.linear_s > 1.2 * b.linear_s
+
+
+def test_open_loop_levels_replay_the_times_requests_were_sent(measured: list[SweepResult]) -> None:
+    open_loop, closed_loop = measured[0], measured[1]
+    for level, replay in zip(open_loop.levels, calibration.measured_levels(open_loop), strict=True):
+        sent = sorted(r.sent_at for r in level.records if r.success and r.sent_at is not None)
+        assert [r.arrival_s for r in replay.requests] == sent
+    for replay in calibration.measured_levels(closed_loop):
+        assert all(r.arrival_s is None for r in replay.requests)  # closed loop: arrivals follow answers
