@@ -323,6 +323,7 @@ class TwinEngine:
             kv_sliding_tokens=kv_sliding,
             attn_full_pairs=pairs_full,
             attn_sliding_pairs=pairs_sliding,
+            prefill_tokens=prefill_tokens,
         )
         self.prompt_tokens_total += new_prompt_tokens
         self.generation_tokens_total += len(outputs)

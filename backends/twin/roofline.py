@@ -54,8 +54,15 @@ GPU_ATTENTION_BANDWIDTH_EFFICIENCY = 0.93
 # peak. Marlin (Frantar et al., arXiv:2408.11743) is near its ideal speed-up up to batch 16-32 and falls to
 # about bf16 speed by batch 128+; 0.50 of peak is taken for the compute-bound side (unmeasured estimate).
 GPU_QUANTIZED_MATMUL_EFFICIENCY = 0.50
-# Prefill (causal) attention FLOPs. Measured: 0.40 of peak for a 2048-token chunk at TP 1, 0.62 at 8192.
-GPU_ATTENTION_COMPUTE_EFFICIENCY = 0.40
+# Prefill (causal) attention, per layer: FLOPs at this fraction of peak, plus a time per query row of
+# prefill and a fixed time per kernel. Fitted to 18 measured fresh causal chunks (torch SDPA on an H200,
+# TP 1/2/4 x M = 256-8192; tests/benchmarks/twin_calibration/h200_measurements.json): within 16% for
+# M >= 1024, where a fixed 0.40 of peak was 54% slow at TP 1 x 8192 and 40% fast at TP 4 x 2048. The
+# per-row time does not shrink with the heads a TP shard holds (they run side by side), which is why a
+# TP 4 shard reached 0.24 of peak at M = 2048 and TP 1 0.40; long chunks approach 0.62 (TP 1 x 8192).
+GPU_ATTENTION_COMPUTE_EFFICIENCY = 0.62
+GPU_PREFILL_ATTENTION_ROW_S = 5.75e-9
+GPU_PREFILL_ATTENTION_KERNEL_S = 15e-6
 # The smallest attention kernel: measured 12 us per layer for batch 1-8 at short context.
 GPU_ATTENTION_FLOOR_S = 12e-6
 # Non-GEMM kernels per layer in vLLM's Gemma 3 (fused add+RMSNorm x4, q/k norm x2, rotary, KV-cache write,
@@ -121,6 +128,7 @@ class StepCost:
     kv_sliding_tokens: int = 0  # same, capped at the window, for sliding-window layers
     attn_full_pairs: float = 0.0  # sum over new tokens of their attended context (full layers)
     attn_sliding_pairs: float = 0.0  # same, capped at the window
+    prefill_tokens: int = 0  # of ``tokens``, those in prefill chunks (the rest are one-token decodes)
 
 
 class StepTimeBreakdown(BaseModel):
@@ -180,6 +188,7 @@ class Roofline:
             weight_eff, matmul_eff = CPU_WEIGHT_BANDWIDTH_EFFICIENCY, CPU_MATMUL_EFFICIENCY
             attn_bw_eff, attn_fl_eff = CPU_ATTENTION_BANDWIDTH_EFFICIENCY, CPU_ATTENTION_COMPUTE_EFFICIENCY
             self.attention_floor_s = CPU_ATTENTION_FLOOR_S
+            self.prefill_row_s, self.prefill_kernel_s = 0.0, 0.0
             layer_floor = CPU_SMALL_KERNELS_PER_LAYER * CPU_SMALL_KERNEL_S
             self.step_overhead_s, self.per_sequence_s = CPU_STEP_OVERHEAD_S, CPU_PER_SEQUENCE_OVERHEAD_S
         else:
@@ -188,6 +197,10 @@ class Roofline:
                 matmul_eff = GPU_QUANTIZED_MATMUL_EFFICIENCY
             attn_bw_eff, attn_fl_eff = GPU_ATTENTION_BANDWIDTH_EFFICIENCY, GPU_ATTENTION_COMPUTE_EFFICIENCY
             self.attention_floor_s = GPU_ATTENTION_FLOOR_S
+            self.prefill_row_s, self.prefill_kernel_s = (
+                GPU_PREFILL_ATTENTION_ROW_S,
+                GPU_PREFILL_ATTENTION_KERNEL_S,
+            )
             layer_floor = GPU_SMALL_KERNELS_PER_LAYER * GPU_SMALL_KERNEL_S
             self.step_overhead_s, self.per_sequence_s = GPU_STEP_OVERHEAD_S, GPU_PER_SEQUENCE_OVERHEAD_S
         constants = config.constants
@@ -229,9 +242,14 @@ class Roofline:
             self.weight_read_s + self.moe_weight_read_s(cost.tokens), linear_flops / self.matmul_flops
         )
         write = cost.tokens  # every new token's K/V is written once per layer
+        prefill_s = (
+            self.prefill_kernel_s + cost.prefill_tokens * self.prefill_row_s if cost.prefill_tokens else 0.0
+        )
         attention = self._attention(
-            self.global_layers, cost.kv_full_tokens + write, cost.attn_full_pairs
-        ) + self._attention(self.sliding_layers, cost.kv_sliding_tokens + write, cost.attn_sliding_pairs)
+            self.global_layers, cost.kv_full_tokens + write, cost.attn_full_pairs, prefill_s
+        ) + self._attention(
+            self.sliding_layers, cost.kv_sliding_tokens + write, cost.attn_sliding_pairs, prefill_s
+        )
         elementwise = (
             self.elementwise_floor_s + cost.tokens * self.elementwise_bytes_per_token / self.weight_bw
         )
@@ -250,13 +268,14 @@ class Roofline:
             overhead_s=overhead,
         )
 
-    def _attention(self, layers: int, kv_tokens: float, pairs: float) -> float:
+    def _attention(self, layers: int, kv_tokens: float, pairs: float, prefill_s: float) -> float:
+        """``prefill_s``: the per-layer time of the step's prefill rows beyond their FLOPs (0 for decodes)."""
         if layers == 0:
             return 0.0
         per_layer = max(
             self.attention_floor_s,
             kv_tokens * self.kv_bytes_per_token_layer / self.attn_bw,
-            pairs * self.attn_flops_per_pair_layer / self.attn_flops,
+            pairs * self.attn_flops_per_pair_layer / self.attn_flops + prefill_s,
         )
         return layers * per_layer
 
