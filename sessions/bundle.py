@@ -35,6 +35,7 @@ def export_bundle(db: Database, run_id: str) -> RunBundle:
                 client=level.client,
                 message=level.message,
                 gpu=level.gpu,
+                prompt_sampling=level.prompt_sampling,
                 records=run_rows.fetch_records(conn, run_id, level.index),
                 server_snapshots=run_rows.fetch_snapshots(conn, run_id, level.index),
             )
@@ -147,5 +148,6 @@ def import_bundle(db: Database, bundle: RunBundle, *, new_id: bool = False) -> s
                 client=level.client,
                 message=redact(level.message),
                 gpu=level.gpu,
+                prompt_sampling=level.prompt_sampling,
             )
     return run_id

@@ -29,7 +29,7 @@ from pydantic_core import from_json
 
 from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord
-from backends.bench.results import STORED, RunStatus, SweepConfig
+from backends.bench.results import STORED, PromptSampling, RunStatus, SweepConfig
 from backends.target_types import ServerSnapshot
 from backends.telemetry.models import LevelGpuTelemetry
 from sessions import run_rows
@@ -104,6 +104,7 @@ class LevelFinished(_LevelEntry):
     client: ClientStats | None
     message: str | None
     gpu: LevelGpuTelemetry | None = None
+    prompt_sampling: PromptSampling | None = None
 
 
 class RunFinished(_Entry):
@@ -201,6 +202,7 @@ class _Replay:
                 client=entry.client,
                 message=entry.message,
                 gpu=entry.gpu,
+                prompt_sampling=entry.prompt_sampling,
             )
         return True
 

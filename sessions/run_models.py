@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord
-from backends.bench.results import RunStatus, SweepConfig
+from backends.bench.results import PromptSampling, RunStatus, SweepConfig
 from backends.target_types import ServerSnapshot
 from backends.telemetry.models import LevelGpuTelemetry
 
@@ -56,6 +56,7 @@ class LevelSummary(BaseModel):
     client: ClientStats | None
     message: str | None
     gpu: LevelGpuTelemetry | None = None
+    prompt_sampling: PromptSampling | None = None
 
 
 class RunDetail(BaseModel):
@@ -73,6 +74,7 @@ class BundleLevel(BaseModel):
     client: ClientStats | None
     message: str | None
     gpu: LevelGpuTelemetry | None = None
+    prompt_sampling: PromptSampling | None = None
     records: list[RequestRecord] = Field(default_factory=list)
     server_snapshots: list[ServerSnapshot] = Field(default_factory=list)
 

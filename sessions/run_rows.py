@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from backends.bench.metrics import BenchmarkMetrics
 from backends.bench.models import ClientStats, LoadLevel, RequestRecord
-from backends.bench.results import STORED, RunStatus, SweepConfig
+from backends.bench.results import STORED, PromptSampling, RunStatus, SweepConfig
 from backends.redaction import redact, redact_url
 from backends.target_types import ServerSnapshot
 from backends.telemetry.models import LevelGpuTelemetry
@@ -86,12 +86,23 @@ def fetch_config(conn: sqlite3.Connection, run_id: str) -> SweepConfig:
 def fetch_levels(conn: sqlite3.Connection, run_id: str) -> list[LevelSummary]:
     rows = conn.execute(
         "SELECT level_index, level_json, started_at, status, n_records, metrics_json, client_json, message,"
-        " gpu_json FROM run_levels WHERE run_id = ? ORDER BY level_index",
+        " gpu_json, prompt_sampling FROM run_levels WHERE run_id = ? ORDER BY level_index",
         (run_id,),
     ).fetchall()
     levels = []
     for row in rows:
-        index, level_json, started_at, status, n_records, metrics_json, client_json, message, gpu_json = row
+        (
+            index,
+            level_json,
+            started_at,
+            status,
+            n_records,
+            metrics_json,
+            client_json,
+            message,
+            gpu_json,
+            sampling,
+        ) = row
         try:
             levels.append(
                 LevelSummary(
@@ -106,6 +117,7 @@ def fetch_levels(conn: sqlite3.Connection, run_id: str) -> list[LevelSummary]:
                     client=None if client_json is None else ClientStats.model_validate_json(client_json),
                     message=redact(message),
                     gpu=None if gpu_json is None else LevelGpuTelemetry.model_validate_json(gpu_json),
+                    prompt_sampling=sampling,
                 )
             )
         except ValidationError as exc:
@@ -202,10 +214,11 @@ def update_level(
     client: ClientStats | None,
     message: str | None,
     gpu: LevelGpuTelemetry | None = None,
+    prompt_sampling: PromptSampling | None = None,
 ) -> None:
     conn.execute(
         "UPDATE run_levels SET level_json = ?, started_at = ?, status = ?, metrics_json = ?, client_json = ?,"
-        " message = ?, gpu_json = ? WHERE run_id = ? AND level_index = ?",
+        " message = ?, gpu_json = ?, prompt_sampling = ? WHERE run_id = ? AND level_index = ?",
         (
             dump_model(level),
             started_at.isoformat(),
@@ -214,6 +227,7 @@ def update_level(
             None if client is None else dump_model(client),
             message,
             None if gpu is None else dump_model(gpu),
+            None if prompt_sampling is None else prompt_sampling.value,
             run_id,
             index,
         ),

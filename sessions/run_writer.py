@@ -198,6 +198,7 @@ class RunWriter:
                     client=result.client,
                     message=redact(result.message),
                     gpu=result.gpu,
+                    prompt_sampling=result.prompt_sampling,
                 ),
             ]
         )

@@ -137,6 +137,7 @@ class RunStore:
                             ),
                             message=level.message,
                             gpu=level.gpu,
+                            prompt_sampling=level.prompt_sampling,
                             # Multi-turn: TTFT by turn comes back from the records (they keep session/turn).
                             turns=per_turn_metrics(records)
                             if any(r.turn is not None for r in records)

@@ -226,5 +226,10 @@ def _to_v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE run_levels ADD COLUMN gpu_json TEXT")
 
 
-MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3]
+def _to_v4(conn: sqlite3.Connection) -> None:
+    """How a level's prompts were sampled (``PromptSampling`` value; NULL where not known)."""
+    conn.execute("ALTER TABLE run_levels ADD COLUMN prompt_sampling TEXT")
+
+
+MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3, _to_v4]
 SCHEMA_VERSION = len(MIGRATIONS)

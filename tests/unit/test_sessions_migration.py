@@ -82,7 +82,7 @@ def test_hand_written_v1_database_migrates_with_all_data(tmp_path: Path) -> None
     written = write_v1_database(tmp_path / DB_FILENAME)
 
     with SessionStore.open(tmp_path) as store:
-        assert store.db.schema_version == SCHEMA_VERSION == 3
+        assert store.db.schema_version == SCHEMA_VERSION == 4
 
         chat = store.chats.load_chat("c1")
         assert (chat.title, chat.system_prompt, chat.params) == (
@@ -116,6 +116,7 @@ def test_hand_written_v1_database_migrates_with_all_data(tmp_path: Path) -> None
         assert sweep.levels[0].server_snapshots == written.level.server_snapshots
         assert sweep.levels[0].records == written.records
         assert sweep.levels[0].gpu is None  # v3's column: no GPU telemetry was read in v1
+        assert sweep.levels[0].prompt_sampling is None  # v4's column: v1 did not record it
 
         # The migrated database takes new data in the new format next to the old chunks.
         writer = store.runs.writer()
