@@ -220,12 +220,10 @@ def measured_levels(sweep: SweepResult) -> list[MeasuredLevel]:
         done = [r for r in level.records if r.success and r.ttft is not None]
         if len(done) < MIN_REQUESTS_PER_LEVEL or level.level.ramp_up is not None:
             continue
-        done.sort(key=lambda r: r.index)
         # An open-loop level replays the times its requests were really sent: on a busy client they drift
         # from the seed's schedule, and the server batched what it really got.
         replay_sends = _open_loop(level.level) and all(r.sent_at is not None for r in done)
-        if replay_sends:
-            done.sort(key=lambda r: r.sent_at or 0.0)
+        done.sort(key=lambda r: (r.sent_at or 0.0, r.index) if replay_sends else (0.0, r.index))
         requests = [
             SampledRequest(
                 # Placeholder text: the twin only needs lengths; a distinct one per request, no shared prefix.
