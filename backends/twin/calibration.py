@@ -4,8 +4,14 @@ The fitted constants are the scales of ``TwinConstants``: host overhead per step
 bandwidth and matmul efficiency, each bounded to a physical range (``BOUNDS``). Every measured level is
 replayed through a fresh twin of the run's hardware with the level's own prompt and answer lengths, seed
 and arrivals (fast-forward), and the fit minimises the squared log ratios predicted/measured of output
-throughput, TTFT p50 and p99 and TPOT p50, by a bounded Levenberg-Marquardt in log-parameter space
-(finite-difference Jacobian; no scipy in the environment).
+throughput, TTFT p50 and p99 and TPOT p50, plus a weak ridge on the log scales, by a bounded Nelder-Mead in
+log-parameter space from a few starting host overheads (no scipy in the environment).
+
+The search takes no derivatives on purpose: a percentile of a few dozen requests is a staircase in the
+constants (which step a request joins flips with a fraction of a millisecond), so finite differences see
+the stairs, not the slope. A Levenberg-Marquardt with a 5% difference step stopped 4-25x above the cost of
+the true constants on three runs of a live twin with hidden constants; the simplex (and one restart)
+reached a lower cost on all ten.
 
 Runs come in as ``SweepResult`` with records (the caller reads them from the store: backends never imports
 sessions). Profiles are JSON files under ``config.calibrations_dir()``.
@@ -50,9 +56,15 @@ BOUNDS: dict[str, tuple[float, float]] = {
 MIN_LEVELS = 3
 STARTING_STEP_OVERHEADS = (0.5, 1.0, 2.0, 4.0)
 # A weak ridge on the log scales: a constant moves from its default only as far as the runs demand (small
-# sweeps cannot tell per-sequence overhead from bandwidth, and would otherwise pin one at a bound).
-PRIOR_WEIGHT = 0.05
+# sweeps cannot tell per-sequence overhead from bandwidth, and would otherwise pin one at a bound). At 0.05
+# it outweighed the data: a live twin's true constants (overhead x3) cost 0.003 of ridge against 0.0002 of
+# misfit, and the fit settled at overhead x1.3; at 0.01 at x2.6-x2.8 on 10 runs (CALIBRATION.md 9b).
+PRIOR_WEIGHT = 0.01
 MIN_REQUESTS_PER_LEVEL = 4
+EVALUATIONS_PER_START = 300
+SIMPLEX_SIZE = 0.3  # the starting simplex: +0.3 in each log scale (x1.35)
+CONVERGED_SPREAD = 1e-7  # stop once the simplex's costs differ by less
+PROGRESS_EVERY = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HARDWARE = re.compile(r"^\s*(?:(\d+)\s*x\s*)?([a-z0-9-]+?)(?:\s*\(twin\))?\s*$")
 UNCALIBRATED_NOTE = (
@@ -333,70 +345,82 @@ def fit_constants(
     base: TwinConfig,
     levels: Sequence[MeasuredLevel],
     *,
-    max_iterations: int = 10,
+    evaluations_per_start: int = EVALUATIONS_PER_START,
     progress: Callable[[int, float], None] | None = None,
 ) -> TwinConstants:
-    """Bounded Levenberg-Marquardt on the log scales; returns the best constants found."""
-    measured = [level.measured for level in levels]
+    """Bounded Nelder-Mead on the log scales from each of ``STARTING_STEP_OVERHEADS``; the best constants.
 
-    def cost(x: np.ndarray) -> tuple[np.ndarray, float]:
+    ``progress(evaluations, best cost)`` every ``PROGRESS_EVERY`` replays of the levels."""
+    measured = [level.measured for level in levels]
+    evaluations = 0
+    best: tuple[float, np.ndarray] | None = None
+
+    def cost(x: np.ndarray) -> float:
+        nonlocal evaluations, best
         config = base.model_copy(update={"constants": _constants(x)})
         r = np.concatenate((_residuals(predict_levels(config, levels), measured), PRIOR_WEIGHT * x))
-        return r, float(r @ r)
+        f = float(r @ r)
+        evaluations += 1
+        if best is None or f < best[0]:
+            best = (f, x.copy())
+        if progress is not None and evaluations % PROGRESS_EVERY == 0:
+            progress(evaluations, best[0])
+        return f
 
     # Step and per-sequence overhead trade off against bandwidth on small sweeps: start from a few host
     # overheads (a symmetric grid, not the answer) and keep the best fit.
-    best: tuple[float, np.ndarray] | None = None
     for overhead in STARTING_STEP_OVERHEADS:
         x0 = np.zeros(len(_KEYS))
         x0[0] = math.log(overhead)
-        x, f = _levenberg_marquardt(cost, x0, max_iterations, progress)
-        if best is None or f < best[0]:
-            best = (f, x)
+        _nelder_mead(cost, x0, evaluations_per_start)
     assert best is not None
+    _nelder_mead(cost, best[1], evaluations_per_start)  # a fresh simplex round the best point: a restart
     return _constants(best[1])
 
 
-def _levenberg_marquardt(
-    cost: Callable[[np.ndarray], tuple[np.ndarray, float]],
-    x: np.ndarray,
-    max_iterations: int,
-    progress: Callable[[int, float], None] | None,
-) -> tuple[np.ndarray, float]:
-    r, f = cost(x)
-    damping = 1e-2
-    step = 0.05
-    for iteration in range(max_iterations):
-        jacobian = np.empty((len(r), len(x)))
-        for j in range(len(x)):
-            probe = x.copy()
-            h = step if probe[j] + step <= _HIGH[j] else -step
-            probe[j] += h
-            rj, _ = cost(probe)
-            jacobian[:, j] = (rj - r) / h
-        gradient = jacobian.T @ r
-        normal = jacobian.T @ jacobian
-        improved = False
-        for _ in range(6):
-            lhs = normal + damping * np.diag(np.diag(normal) + 1e-9)
-            try:
-                delta = np.linalg.solve(lhs, -gradient)
-            except np.linalg.LinAlgError:
-                damping *= 10
-                continue
-            candidate = np.clip(x + delta, _LOW, _HIGH)
-            rc, fc = cost(candidate)
-            if fc < f:
-                x, r, f = candidate, rc, fc
-                damping = max(damping / 3, 1e-6)
-                improved = True
-                break
-            damping *= 10
-        if progress is not None:
-            progress(iteration + 1, f)
-        if not improved or math.sqrt(f / max(len(r), 1)) < 0.005:
+def _nelder_mead(cost: Callable[[np.ndarray], float], x0: np.ndarray, max_evaluations: int) -> None:
+    """Minimise ``cost`` inside the bounds (points are clipped to them); ``cost`` keeps the best point."""
+
+    def clipped(x: np.ndarray) -> np.ndarray:
+        return np.asarray(np.clip(x, _LOW, _HIGH), dtype=np.float64)
+
+    points = [clipped(x0)]
+    for j in range(len(x0)):
+        vertex = points[0].copy()
+        vertex[j] += SIMPLEX_SIZE if vertex[j] + SIMPLEX_SIZE <= _HIGH[j] else -SIMPLEX_SIZE
+        points.append(vertex)
+    values = [cost(p) for p in points]
+    used = len(points)
+    while used < max_evaluations:
+        order = np.argsort(values)
+        points, values = [points[i] for i in order], [values[i] for i in order]
+        if values[-1] - values[0] < CONVERGED_SPREAD:
             break
-    return x, f
+        centroid = np.mean(points[:-1], axis=0)
+        worst = points[-1]
+        reflected = clipped(2 * centroid - worst)
+        f_reflected = cost(reflected)
+        used += 1
+        if f_reflected < values[0]:
+            expanded = clipped(3 * centroid - 2 * worst)
+            f_expanded = cost(expanded)
+            used += 1
+            points[-1], values[-1] = (
+                (expanded, f_expanded) if f_expanded < f_reflected else (reflected, f_reflected)
+            )
+        elif f_reflected < values[-2]:
+            points[-1], values[-1] = reflected, f_reflected
+        else:
+            contracted = clipped(centroid + 0.5 * (worst - centroid))
+            f_contracted = cost(contracted)
+            used += 1
+            if f_contracted < values[-1]:
+                points[-1], values[-1] = contracted, f_contracted
+            else:  # shrink towards the best point
+                for i in range(1, len(points)):
+                    points[i] = points[0] + 0.5 * (points[i] - points[0])
+                    values[i] = cost(points[i])
+                    used += 1
 
 
 def calibrate(

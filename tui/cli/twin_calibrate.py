@@ -56,8 +56,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         sweeps = store.runs.load_sweeps(run_ids, with_records=True)
     print(f"calibrating from {len(sweeps)} run(s): {', '.join(run_ids)}", file=sys.stderr, flush=True)
 
-    def progress(iteration: int, cost: float) -> None:
-        print(f"  fit iteration {iteration}: cost {cost:.4f}", file=sys.stderr, flush=True)
+    def progress(replays: int, cost: float) -> None:
+        print(f"  fit: {replays} replays of the levels, best cost {cost:.5f}", file=sys.stderr, flush=True)
 
     profile = calibration.calibrate(
         sweeps, hardware=args.hardware, name=args.name, model=args.model, progress=progress
